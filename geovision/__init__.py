@@ -1,0 +1,36 @@
+"""geovision: find objects in large GeoTIFFs and write them as GIS layers.
+
+The public API is small: :func:`detect` runs a model over a raster,
+:func:`resolve_model` and :func:`list_models` find models, and the error
+types in :mod:`geovision.errors` say what a user got wrong.
+"""
+
+from geovision.detect import DetectResult, RunStats, detect
+from geovision.errors import (
+    BandError,
+    GeoreferenceError,
+    GeovisionError,
+    ModelError,
+    OutputError,
+    RasterError,
+    WeightsError,
+)
+from geovision.models import ModelConfig, list_models, resolve_model
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BandError",
+    "DetectResult",
+    "GeoreferenceError",
+    "GeovisionError",
+    "ModelConfig",
+    "ModelError",
+    "OutputError",
+    "RasterError",
+    "RunStats",
+    "WeightsError",
+    "detect",
+    "list_models",
+    "resolve_model",
+]

@@ -1,0 +1,50 @@
+"""Model backends: turn batches of uint8 tiles into detections or class scores.
+
+Each backend is imported lazily, so a user who never runs a YOLO model never
+imports ultralytics (AGPL-3.0), and the ONNX path needs neither it nor torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, Sequence
+
+import numpy as np
+
+from geovision.errors import ModelError
+from geovision.models import ModelConfig
+
+
+@dataclass
+class Detections:
+    """Boxes found in one tile, in tile pixels (x1, y1, x2, y2)."""
+
+    boxes: np.ndarray  # (n, 4) float32
+    scores: np.ndarray  # (n,) float32
+    classes: np.ndarray  # (n,) int64
+
+    @classmethod
+    def empty(cls) -> Detections:
+        return cls(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64))
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+
+class Detector(Protocol):
+    """Anything that finds boxes in a batch of (size, size, channels) uint8 tiles."""
+
+    device: str
+
+    def detect(self, images: Sequence[np.ndarray]) -> list[Detections]: ...
+
+
+def load_detector(cfg: ModelConfig, device: str | None = None) -> Detector:
+    """The detector backend named by ``cfg.backend``, loaded on ``device``."""
+    if cfg.task != "detect":
+        raise ModelError(f"model '{cfg.name}' is a {cfg.task} model, not a detector")
+    if cfg.backend == "yolo":
+        from geovision.backends.yolo import YoloDetector
+
+        return YoloDetector(cfg, device=device)
+    raise ModelError(f"model '{cfg.name}': unknown detection backend '{cfg.backend}' (known: yolo)")

@@ -1,0 +1,129 @@
+"""YOLO detection through ultralytics (AGPL-3.0; imported only here and in training).
+
+Tiles go through the network in batches as one tensor, under
+``torch.inference_mode``, in half precision on CUDA. The raw head output is
+decoded here and reduced with torchvision's batched NMS, which skips the
+per-image letterboxing of ultralytics' predictor: our tiles already have the
+model's input size.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from geovision.backends import Detections
+from geovision.errors import WeightsError
+from geovision.models import ModelConfig
+
+MAX_DETECTIONS_PER_TILE = 1000
+
+
+def import_ultralytics() -> Any:
+    """Import ultralytics with every network call switched off."""
+    os.environ.setdefault("YOLO_OFFLINE", "1")
+    os.environ.setdefault("YOLO_VERBOSE", "False")
+    try:
+        import ultralytics
+        from ultralytics import settings
+    except ImportError as e:  # pragma: no cover - a dependency of the package
+        raise WeightsError("the YOLO backend needs ultralytics: pip install ultralytics") from e
+    if settings.get("sync", False):
+        settings.update({"sync": False})
+    return ultralytics
+
+
+def load_yolo(path: Path) -> Any:
+    """An ultralytics YOLO object for ``path``; a bad file becomes a WeightsError."""
+    ultralytics = import_ultralytics()
+    try:
+        return ultralytics.YOLO(str(path))
+    except Exception as e:  # noqa: BLE001 - torch/pickle raise many kinds for a bad file
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise WeightsError(f"{path.name}: not a loadable YOLO weights file ({msg})") from e
+
+
+def read_checkpoint_meta(path: Path) -> tuple[list[str], int]:
+    """Class names and training image size stored in an ultralytics checkpoint."""
+    model = load_yolo(path)
+    names = [model.names[i] for i in sorted(model.names)]
+    imgsz = model.overrides.get("imgsz", 640)
+    if isinstance(imgsz, (list, tuple)):
+        imgsz = max(imgsz)
+    return names, int(imgsz)
+
+
+class YoloDetector:
+    """Batched YOLO inference on uint8 RGB tiles of the model's input size."""
+
+    def __init__(self, cfg: ModelConfig, device: str | None = None) -> None:
+        import torch
+
+        from geovision.device import pick_device
+
+        self.cfg = cfg
+        self.device = pick_device(device)
+        yolo = load_yolo(cfg.weights)
+        if yolo.task != "detect":
+            raise WeightsError(f"{cfg.weights.name}: a YOLO '{yolo.task}' model, not a detector")
+        n_classes = len(yolo.names)
+        if n_classes != len(cfg.classes):
+            raise WeightsError(
+                f"{cfg.weights.name}: weights have {n_classes} classes, the model YAML lists {len(cfg.classes)}"
+            )
+        net = yolo.model
+        net = net.fuse() if hasattr(net, "fuse") else net
+        net.eval().to(self.device)
+        self.half = self.device.startswith("cuda")
+        if self.half:
+            net.half()
+        head = net.model[-1] if hasattr(net, "model") else None
+        self.end2end = bool(getattr(head, "end2end", False))
+        self.net = net
+        self.torch = torch
+
+    def detect(self, images: Sequence[np.ndarray]) -> list[Detections]:
+        if not images:
+            return []
+        torch = self.torch
+        batch = torch.from_numpy(np.stack(images)).to(self.device, non_blocking=True)
+        with torch.inference_mode():
+            x = batch.permute(0, 3, 1, 2)
+            x = x.half() if self.half else x.float()
+            x = x / 255.0
+            out = self.net(x)
+            out = out[0] if isinstance(out, (list, tuple)) else out
+            if isinstance(out, dict):  # end-to-end heads may return a dict of branches
+                out = out.get("one2one", next(iter(out.values())))
+                out = out[0] if isinstance(out, (list, tuple)) else out
+            return [self._decode(o) for o in out.float()]
+
+    def _decode(self, out: Any) -> Detections:
+        """One image's raw head output to boxes above the confidence threshold, after NMS."""
+        from torchvision.ops import batched_nms
+
+        if self.end2end:  # (max_det, 6): x1, y1, x2, y2, score, class, already de-duplicated
+            keep = out[:, 4] >= self.cfg.confidence
+            out = out[keep]
+            return Detections(
+                out[:, :4].cpu().numpy().astype(np.float32),
+                out[:, 4].cpu().numpy().astype(np.float32),
+                out[:, 5].cpu().numpy().astype(np.int64),
+            )
+        pred = out.T  # (anchors, 4 + classes): cx, cy, w, h, class scores
+        scores, classes = pred[:, 4:].max(dim=1)
+        keep = scores >= self.cfg.confidence
+        pred, scores, classes = pred[keep], scores[keep], classes[keep]
+        if len(scores) == 0:
+            return Detections.empty()
+        cxcy, wh = pred[:, :2], pred[:, 2:4]
+        boxes = self.torch.cat([cxcy - wh / 2, cxcy + wh / 2], dim=1).clamp_(0, self.cfg.tile_size)
+        kept = batched_nms(boxes, scores, classes, self.cfg.iou)[:MAX_DETECTIONS_PER_TILE]
+        return Detections(
+            boxes[kept].cpu().numpy().astype(np.float32),
+            scores[kept].cpu().numpy().astype(np.float32),
+            classes[kept].cpu().numpy().astype(np.int64),
+        )

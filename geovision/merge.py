@@ -1,0 +1,199 @@
+"""Merging detections across tile seams into one box per object.
+
+Neighbouring tiles overlap, so an object near a seam is seen by several
+tiles: whole by some, cut by a tile edge in others. Two boxes from different
+tiles are taken as the same object when, clipped to the region both tiles
+see, they overlap by ``match_iou``: inside that shared region both tiles
+looked at the same pixels. A group of such boxes becomes one box: the best
+whole box if any tile saw the object whole, else the union of the cut pieces
+(an object larger than the overlap, or at a four-tile corner). A class-aware
+NMS (torchvision) then removes what duplicates remain.
+
+Memory stays bounded: :class:`SeamMerger` takes detections one row of tiles
+at a time and finalises every group of boxes that no later row can touch,
+so only about one row of boxes is ever held. The result is the same as
+merging all boxes at once, because merging only ever relates boxes that
+intersect.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import shapely
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+
+from geovision.tiling import TileGrid
+
+#: A box edge this close (model pixels) to an inner tile edge counts as cut by it.
+EDGE_PX = 2.0
+
+
+@dataclass
+class Boxes:
+    """Boxes in model-grid pixels, with the extent of the tile each came from."""
+
+    xyxy: np.ndarray  # (n, 4) float64
+    scores: np.ndarray  # (n,) float32
+    classes: np.ndarray  # (n,) int64
+    tiles: np.ndarray  # (n, 4) float64: x0, y0, x1, y1 of the source tile
+    cut: np.ndarray  # (n,) bool: touches an edge the tile shares with a neighbour
+
+    @classmethod
+    def empty(cls) -> Boxes:
+        z = np.zeros((0, 4))
+        return cls(z, np.zeros(0, np.float32), np.zeros(0, np.int64), z.copy(), np.zeros(0, bool))
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+    def take(self, idx: np.ndarray) -> Boxes:
+        return Boxes(self.xyxy[idx], self.scores[idx], self.classes[idx], self.tiles[idx], self.cut[idx])
+
+    @staticmethod
+    def concat(parts: list[Boxes]) -> Boxes:
+        parts = [p for p in parts if len(p)]
+        if not parts:
+            return Boxes.empty()
+        return Boxes(
+            np.concatenate([p.xyxy for p in parts]),
+            np.concatenate([p.scores for p in parts]),
+            np.concatenate([p.classes for p in parts]),
+            np.concatenate([p.tiles for p in parts]),
+            np.concatenate([p.cut for p in parts]),
+        )
+
+
+def tile_boxes(
+    xyxy_tile: np.ndarray, scores: np.ndarray, classes: np.ndarray, x0: int, y0: int, size: int, grid: TileGrid
+) -> Boxes:
+    """Boxes of one tile (tile pixels) moved to model-grid pixels, with their cut flags."""
+    xyxy = np.asarray(xyxy_tile, dtype=np.float64).reshape(-1, 4) + [x0, y0, x0, y0]
+    x1, y1 = x0 + size, y0 + size
+    cut = (
+        ((xyxy[:, 0] <= x0 + EDGE_PX) & (x0 > 0))
+        | ((xyxy[:, 1] <= y0 + EDGE_PX) & (y0 > 0))
+        | ((xyxy[:, 2] >= x1 - EDGE_PX) & (x1 < grid.width))
+        | ((xyxy[:, 3] >= y1 - EDGE_PX) & (y1 < grid.height))
+    )
+    tiles = np.tile(np.array([x0, y0, x1, y1], dtype=np.float64), (len(xyxy), 1))
+    return Boxes(xyxy, np.asarray(scores, np.float32), np.asarray(classes, np.int64), tiles, cut)
+
+
+def _intersecting_pairs(xyxy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Index pairs (i < j) of boxes whose areas intersect, via an STRtree."""
+    if len(xyxy) < 2:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    geoms = shapely.box(xyxy[:, 0], xyxy[:, 1], xyxy[:, 2], xyxy[:, 3])
+    tree = shapely.STRtree(geoms)
+    i, j = tree.query(geoms, predicate="intersects")
+    keep = i < j
+    return i[keep], j[keep]
+
+
+def _components(n: int, i: np.ndarray, j: np.ndarray) -> np.ndarray:
+    """Connected-component label of each of ``n`` nodes given edges (i, j)."""
+    graph = coo_matrix((np.ones(len(i), dtype=np.int8), (i, j)), shape=(n, n))
+    return connected_components(graph, directed=False)[1]
+
+
+def merge_boxes(b: Boxes, match_iou: float = 0.5, nms_iou: float = 0.5) -> Boxes:
+    """Merge all boxes of ``b`` across seams, then class-aware NMS. See the module docstring."""
+    if len(b) == 0:
+        return b
+    i, j = _intersecting_pairs(b.xyxy)
+    other_tile = np.any(b.tiles[i] != b.tiles[j], axis=1)
+    same_class = b.classes[i] == b.classes[j]
+    i, j = i[other_tile & same_class], j[other_tile & same_class]
+    shared = np.concatenate(
+        [np.maximum(b.tiles[i, :2], b.tiles[j, :2]), np.minimum(b.tiles[i, 2:], b.tiles[j, 2:])], axis=1
+    )
+    match = _iou_rows(_clip(b.xyxy[i], shared), _clip(b.xyxy[j], shared)) >= match_iou
+    labels = _components(len(b), i[match], j[match])
+    merged = _merge_groups(b, labels)
+    return merged.take(_nms(merged, nms_iou))
+
+
+def _clip(xyxy: np.ndarray, region: np.ndarray) -> np.ndarray:
+    return np.concatenate([np.maximum(xyxy[:, :2], region[:, :2]), np.minimum(xyxy[:, 2:], region[:, 2:])], axis=1)
+
+
+def _iou_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of a[k] with b[k] for each row k; empty boxes give 0."""
+    wa, ha = np.clip(a[:, 2] - a[:, 0], 0, None), np.clip(a[:, 3] - a[:, 1], 0, None)
+    wb, hb = np.clip(b[:, 2] - b[:, 0], 0, None), np.clip(b[:, 3] - b[:, 1], 0, None)
+    iw = np.clip(np.minimum(a[:, 2], b[:, 2]) - np.maximum(a[:, 0], b[:, 0]), 0, None)
+    ih = np.clip(np.minimum(a[:, 3], b[:, 3]) - np.maximum(a[:, 1], b[:, 1]), 0, None)
+    inter = iw * ih
+    union = wa * ha + wb * hb - inter
+    return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+
+
+def _merge_groups(b: Boxes, labels: np.ndarray) -> Boxes:
+    """One box per label: the best whole member, else the union of the cut members."""
+    order = np.lexsort((-b.scores, labels))
+    labels_sorted = labels[order]
+    starts = np.flatnonzero(np.r_[True, labels_sorted[1:] != labels_sorted[:-1]])
+    if len(starts) == len(b):
+        return b
+    keep, xyxy = [], b.xyxy.copy()
+    for s, e in zip(starts, np.r_[starts[1:], len(order)]):
+        members = order[s:e]  # best score first
+        whole = members[~b.cut[members]]
+        if len(whole):
+            best = whole[0]
+        else:
+            best = members[0]
+            xyxy[best] = [*b.xyxy[members, :2].min(axis=0), *b.xyxy[members, 2:].max(axis=0)]
+        keep.append(best)
+    idx = np.array(keep, dtype=np.int64)
+    out = Boxes(xyxy, b.scores.copy(), b.classes, b.tiles, b.cut).take(idx)
+    out.scores = b.scores[[order[s] for s in starts]]
+    return out
+
+
+def _nms(b: Boxes, iou: float) -> np.ndarray:
+    """Indexes kept by torchvision's class-aware NMS, best score first."""
+    if len(b) < 2:
+        return np.arange(len(b))
+    import torch
+    from torchvision.ops import batched_nms
+
+    kept = batched_nms(
+        torch.from_numpy(b.xyxy), torch.from_numpy(b.scores.astype(np.float64)), torch.from_numpy(b.classes), iou
+    )
+    return kept.numpy()
+
+
+class SeamMerger:
+    """Row-by-row merging with memory bounded by about one row of boxes.
+
+    Call :meth:`add_row` with each row's boxes in order; it returns the boxes
+    that are final. :meth:`finish` returns the rest.
+    """
+
+    def __init__(self, grid: TileGrid, match_iou: float = 0.5, nms_iou: float = 0.5) -> None:
+        self.grid = grid
+        self.match_iou = match_iou
+        self.nms_iou = nms_iou
+        self.pending = Boxes.empty()
+
+    def add_row(self, row: int, boxes: Boxes) -> Boxes:
+        self.pending = Boxes.concat([self.pending, boxes])
+        if row + 1 >= self.grid.n_rows:
+            return self.finish()
+        boundary = self.grid.row_start(row + 1)
+        p = self.pending
+        labels = _components(len(p), *_intersecting_pairs(p.xyxy))
+        reach = np.full(labels.max() + 1 if len(labels) else 0, -np.inf)
+        np.maximum.at(reach, labels, p.xyxy[:, 3])
+        done = reach[labels] <= boundary
+        self.pending = p.take(np.flatnonzero(~done))
+        return merge_boxes(p.take(np.flatnonzero(done)), self.match_iou, self.nms_iou)
+
+    def finish(self) -> Boxes:
+        out = merge_boxes(self.pending, self.match_iou, self.nms_iou)
+        self.pending = Boxes.empty()
+        return out

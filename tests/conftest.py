@@ -1,0 +1,87 @@
+"""Shared fixtures: small rasters with known objects, and a fake detector.
+
+The fake detector finds bright blobs by connected components, so it behaves
+like a real detector at tile edges (a blob cut by the edge gives a cut box)
+while being exact, which lets the tests check geometry to the pixel.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pytest
+import rasterio
+from affine import Affine
+from scipy import ndimage
+
+from geovision.backends import Detections
+from geovision.models import ModelConfig
+
+os.environ.setdefault("YOLO_OFFLINE", "1")
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE_TREES = ROOT / "sample_tiles" / "OSBS_029.tif"
+
+
+class BlobDetector:
+    """Boxes around pixels brighter than 128 in channel 0; records what it was given."""
+
+    device = "cpu"
+
+    def __init__(self) -> None:
+        self.seen: list[np.ndarray] = []
+
+    def detect(self, images: Sequence[np.ndarray]) -> list[Detections]:
+        out = []
+        for img in images:
+            self.seen.append(img.copy())
+            labels, n = ndimage.label(img[..., 0] > 128)
+            boxes = [(s[1].start, s[0].start, s[1].stop, s[0].stop) for s in ndimage.find_objects(labels)]
+            b = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
+            out.append(Detections(b, np.full(n, 0.9, np.float32), np.zeros(n, np.int64)))
+        return out
+
+
+def fake_config(tile_size: int = 64, overlap: int = 16, resolution_m: float | None = 0.1, **kw) -> ModelConfig:
+    return ModelConfig(
+        name="blobs", task="detect", backend="fake", weights=Path("/nonexistent"), classes=("blob",),
+        tile_size=tile_size, overlap=overlap, resolution_m=resolution_m, batch_size=3, **kw,
+    )
+
+
+def write_raster(
+    path: Path,
+    data: np.ndarray,
+    crs: str | None = "EPSG:32617",
+    transform: Affine = Affine(0.1, 0, 500000, 0, -0.1, 4000000),
+    nodata: float | None = None,
+    **profile,
+) -> Path:
+    """Write (bands, rows, cols) ``data`` as a GeoTIFF."""
+    if data.ndim == 2:
+        data = data[None]
+    prof = dict(driver="GTiff", width=data.shape[2], height=data.shape[1], count=data.shape[0],
+                dtype=data.dtype, crs=crs, transform=transform, nodata=nodata)
+    prof.update(profile)
+    if crs is None:
+        prof.pop("crs")
+        prof.pop("transform")
+    with rasterio.open(path, "w", **prof) as ds:
+        ds.write(data)
+    return path
+
+
+def squares_image(height: int, width: int, squares: Sequence[tuple[int, int, int, int]], bands: int = 3) -> np.ndarray:
+    """uint8 image, dark grey background with white squares (x1, y1, x2, y2) in pixels."""
+    img = np.full((bands, height, width), 40, np.uint8)
+    for x1, y1, x2, y2 in squares:
+        img[:, y1:y2, x1:x2] = 230
+    return img
+
+
+@pytest.fixture
+def blob_detector() -> BlobDetector:
+    return BlobDetector()

@@ -1,0 +1,210 @@
+"""`geovision detect` and `geovision models` driven the way a user drives them."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from affine import Affine
+from click.testing import CliRunner
+
+from geovision.cli.main import main
+from tests.conftest import ROOT, SAMPLE_TREES, squares_image, write_raster
+
+TREES_YAML = ROOT / "configs" / "models" / "trees.yaml"
+
+
+def run(*args: str):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def assert_user_error(result, pattern: str, *outputs: Path, code: int = 2):
+    assert result.exit_code == code, (result.exit_code, result.output, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    assert pattern.lower() in lines[0].lower(), lines[0]
+    for o in outputs:
+        assert not o.exists()
+        assert not list(o.parent.glob(f".{o.name}*")), "temporary files left behind"
+
+
+@pytest.fixture
+def scene(tmp_path) -> Path:
+    return write_raster(tmp_path / "scene.tif", squares_image(128, 128, [(10, 10, 30, 30)]))
+
+
+@pytest.fixture
+def model_yaml(tmp_path) -> Path:
+    """A copy of the trees model YAML whose weights live in tmp_path (so tests may damage them)."""
+    cfg = yaml.safe_load(TREES_YAML.read_text())
+    weights = tmp_path / "w.pt"
+    shutil.copyfile((TREES_YAML.parent / cfg["weights"]).resolve(), weights)
+    cfg["weights"] = str(weights)
+    p = tmp_path / "m.yaml"
+    p.write_text(yaml.safe_dump(cfg))
+    return p
+
+
+def test_missing_raster(tmp_path):
+    out = tmp_path / "o.gpkg"
+    assert_user_error(run("detect", tmp_path / "nope.tif", "-m", "trees", "-o", out), "no such file", out)
+
+
+def test_not_a_raster(tmp_path):
+    bad = tmp_path / "bad.tif"
+    bad.write_bytes(b"this is not a tiff" * 10)
+    out = tmp_path / "o.gpkg"
+    assert_user_error(run("detect", bad, "-m", "trees", "-o", out), "not a raster", out)
+
+
+def test_no_georeference_refused_unless_pixel_coords(tmp_path, model_yaml):
+    path = write_raster(tmp_path / "plain.tif", squares_image(64, 64, []), crs=None)
+    out = tmp_path / "o.geojson"
+    assert_user_error(run("detect", path, "-m", model_yaml, "-o", out), "no georeference", out)
+    r = run("detect", path, "-m", model_yaml, "-o", out, "--pixel-coords", "-q")
+    assert r.exit_code == 0, r.stderr
+    doc = json.loads(out.read_text())
+    assert doc["type"] == "FeatureCollection" and "crs" not in doc
+
+
+def test_unknown_model_lists_known(scene, tmp_path):
+    out = tmp_path / "o.gpkg"
+    r = run("detect", scene, "-m", "no-such-model", "-o", out)
+    assert_user_error(r, "unknown model 'no-such-model'", out)
+    assert "trees" in r.stderr
+
+
+def test_missing_weights(scene, tmp_path, model_yaml):
+    Path(yaml.safe_load(model_yaml.read_text())["weights"]).unlink()
+    out = tmp_path / "o.gpkg"
+    assert_user_error(run("detect", scene, "-m", model_yaml, "-o", out), "does not exist", out)
+
+
+def test_hash_mismatch(scene, tmp_path, model_yaml):
+    w = Path(yaml.safe_load(model_yaml.read_text())["weights"])
+    w.write_bytes(w.read_bytes() + b"\0")
+    out = tmp_path / "o.gpkg"
+    assert_user_error(run("detect", scene, "-m", model_yaml, "-o", out), "sha256", out)
+
+
+def test_corrupt_weights_without_hash(scene, tmp_path, model_yaml):
+    cfg = yaml.safe_load(model_yaml.read_text())
+    Path(cfg["weights"]).write_bytes(b"garbage" * 100)
+    cfg["sha256"] = None
+    model_yaml.write_text(yaml.safe_dump(cfg))
+    out = tmp_path / "o.gpkg"
+    assert_user_error(run("detect", scene, "-m", model_yaml, "-o", out), "not a loadable", out)
+
+
+def test_wrong_bands(tmp_path):
+    path = write_raster(tmp_path / "grey.tif", squares_image(64, 64, [], bands=1))
+    out = tmp_path / "o.gpkg"
+    assert_user_error(run("detect", path, "-m", "trees", "-o", out), "needs 3 band", out)
+    assert_user_error(run("detect", path, "-m", "trees", "-o", out, "--bands", "1,2,3"), "do not exist", out)
+
+
+def test_all_nodata_raster(tmp_path):
+    path = write_raster(tmp_path / "nd.tif", np.zeros((3, 64, 64), np.uint8), nodata=0)
+    out = tmp_path / "o.gpkg"
+    assert_user_error(run("detect", path, "-m", "trees", "-o", out), "no valid pixels", out)
+
+
+def test_gcp_only_raster_refused(tmp_path):
+    from rasterio.control import GroundControlPoint
+
+    path = write_raster(tmp_path / "g.tif", squares_image(64, 64, []), crs=None)
+    import rasterio
+
+    with rasterio.open(path, "r+") as ds:
+        ds.gcps = ([GroundControlPoint(0, 0, 500000, 4000000), GroundControlPoint(64, 64, 500006, 3999994),
+                    GroundControlPoint(0, 64, 500000, 3999994)], rasterio.crs.CRS.from_epsg(32617))
+    out = tmp_path / "o.gpkg"
+    assert_user_error(run("detect", path, "-m", "trees", "-o", out), "ground control points", out)
+
+
+def test_existing_output_refused_unless_overwrite(scene, tmp_path):
+    out = tmp_path / "o.gpkg"
+    out.write_text("precious")
+    assert_user_error(run("detect", scene, "-m", "trees", "-o", out), "already exists")
+    assert out.read_text() == "precious"
+    r = run("detect", scene, "-m", "trees", "-o", out, "--overwrite", "-q")
+    assert r.exit_code == 0, r.stderr
+    assert out.read_bytes()[:15] == b"SQLite format 3"
+
+
+def test_unwritable_output(scene, tmp_path):
+    out = tmp_path / "no" / "such" / "dir" / "o.gpkg"
+    assert_user_error(run("detect", scene, "-m", "trees", "-o", out), "does not exist")
+    out = tmp_path / "o.xyz"
+    assert_user_error(run("detect", scene, "-m", "trees", "-o", out), "unknown output format", out)
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    try:
+        if not __import__("os").access(ro, __import__("os").W_OK):  # root can write anywhere
+            assert_user_error(run("detect", scene, "-m", "trees", "-o", ro / "o.gpkg"), "not writable")
+    finally:
+        ro.chmod(0o700)
+
+
+def test_usage_error_exits_2(scene):
+    r = run("detect", scene)
+    assert r.exit_code == 2
+
+
+def test_models_json_describes_each_model():
+    r = run("models", "--json")
+    assert r.exit_code == 0, r.stderr
+    models = {m["name"]: m for m in json.loads(r.stdout)}
+    trees = models["trees"]
+    assert trees["task"] == "detect"
+    assert Path(trees["weights"]).is_absolute() and Path(trees["weights"]).is_file()
+    assert len(trees["sha256"]) == 64
+    assert trees["tile_size"] > 0 and 0 <= trees["overlap"] < trees["tile_size"]
+    assert trees["resolution"] > 0 and trees["classes"] == ["tree"]
+    table = run("models")
+    assert table.exit_code == 0 and "trees" in table.stdout
+
+
+def test_real_yolo_on_sample_tile_end_to_end(tmp_path):
+    """The README's main job, through the installed console script."""
+    out = tmp_path / "trees.gpkg"
+    exe = Path(sys.executable).with_name("geovision")
+    cmd = [str(exe) if exe.exists() else "geovision", "detect", str(SAMPLE_TREES), "--model", "trees", "-o", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "tree" in proc.stderr and "MP/s" in proc.stderr
+    import geopandas as gpd
+
+    gdf = gpd.read_file(out)
+    assert gdf.crs.to_epsg() == 32617
+    assert len(gdf) >= 10  # OSBS_029 holds 61 labelled crowns
+    import rasterio
+
+    with rasterio.open(SAMPLE_TREES) as ds:
+        left, bottom, right, top = ds.bounds
+    b = gdf.total_bounds
+    assert left - 1 <= b[0] and b[2] <= right + 1 and bottom - 1 <= b[1] and b[3] <= top + 1
+    assert gdf["score"].between(0, 1).all() and (gdf["area_m2"] > 0).all()
+    assert set(gdf["class"]) == {"tree"} and (gdf["source"] == SAMPLE_TREES.name).all()
+
+
+def test_geojson_and_shapefile_outputs(tmp_path):
+    import geopandas as gpd
+
+    t = Affine(0.1, 0, 500000, 0, -0.1, 4000000)
+    scene = write_raster(tmp_path / "s.tif", squares_image(64, 64, []), transform=t)
+    for name in ("a.geojson", "b.shp"):
+        r = run("detect", scene, "-m", "trees", "-o", tmp_path / name, "-q")
+        assert r.exit_code == 0, r.stderr
+    g = json.loads((tmp_path / "a.geojson").read_text())
+    assert g["type"] == "FeatureCollection"
+    shp = gpd.read_file(tmp_path / "b.shp")
+    assert shp.crs.to_epsg() == 32617 and (tmp_path / "b.prj").exists()
