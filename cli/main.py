@@ -45,7 +45,33 @@ def _bands(_ctx: click.Context, _param: click.Parameter, value: str | None) -> t
         raise click.BadParameter("give 1-based band numbers separated by commas, e.g. 3,2,1") from None
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+#: Options that take several values after one flag (``--images a.tif b.tif``).
+LIST_OPTIONS = ("--images", "--labels", "--classes")
+
+
+def expand_list_options(args: list[str]) -> list[str]:
+    """Rewrite ``--images a b`` as ``--images a --images b`` for Click's repeated options."""
+    out: list[str] = []
+    current: str | None = None
+    for arg in args:
+        if arg in LIST_OPTIONS:
+            current = arg
+            out.append(arg)
+            continue
+        if current and not arg.startswith("-") and out[-1] != current:
+            out.append(current)
+        elif arg.startswith("-") or (current and out[-1] != current):
+            current = None
+        out.append(arg)
+    return out
+
+
+class _Cli(click.Group):
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        return super().parse_args(ctx, expand_list_options(args))
+
+
+@click.group(cls=_Cli, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="geovision")
 def main() -> None:
     """Find objects in geospatial rasters and write them as GIS layers."""
@@ -127,6 +153,71 @@ def models_cmd(as_json: bool, debug: bool) -> None:
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     for r in [header, *rows]:
         click.echo("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip())
+
+
+@main.command()
+@click.argument("task", required=False, type=click.Choice(["detect", "segment"]))
+@click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=str),
+              help="Training YAML (configs/training/); flags given here override it.")
+@click.option("--images", multiple=True, help="Rasters to train on (repeat, or list after one --images).")
+@click.option("--labels", multiple=True, help="Labels: one vector layer for all images, or one file per image (.xml/.csv pixel boxes).")
+@click.option("--classes", multiple=True, help="Class names, in class-id order.")
+@click.option("--class-field", help="Field of the vector labels holding the class name.")
+@click.option("--resolution", type=float, help="Model ground resolution in m/px.")
+@click.option("--image-resolution", type=float, help="m/px of images without georeference.")
+@click.option("--tile-size", type=int, help="Model input size in pixels.")
+@click.option("--overlap", type=int, help="Tile overlap at inference, pixels (default: a tenth of the tile).")
+@click.option("--epochs", type=int)
+@click.option("--batch", type=int, help="Chips per training step.")
+@click.option("--model-size", type=click.Choice(["n", "s", "m", "l", "x"]), help="YOLO11 size when training from scratch.")
+@click.option("--weights", help="Start from these weights instead of from scratch.")
+@click.option("--val-fraction", type=float, help="Share of spatial blocks held out for validation.")
+@click.option("--device", help="auto (default), cpu, cuda or cuda:N.")
+@click.option("--seed", type=int)
+@click.option("-o", "--output", help="Folder for the model package (model.yaml + weights).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing package folder.")
+@click.option("-q", "--quiet", is_flag=True)
+@click.option("--debug", is_flag=True, help="Show tracebacks of unexpected failures.")
+@click.pass_context
+def train(ctx: click.Context, task: str | None, config_file: str | None, quiet: bool, debug: bool, **flags: Any) -> None:
+    """Train a model from rasters and labels into a package `geovision detect` runs.
+
+    \b
+    geovision train detect --images ortho.tif --labels trees.gpkg --classes tree \\
+        --resolution 0.1 --tile-size 640 --epochs 100 -o models/my-trees
+    geovision train --config configs/training/trees.yaml
+    """
+    import geovision.training as training
+
+    def spec() -> training.TrainSpec:
+        raw: dict[str, Any] = training.load_train_config(config_file) if config_file else {}
+        if task:
+            raw["task"] = task
+        for key, value in flags.items():
+            if value not in (None, ()) and value is not False:
+                raw[key] = list(value) if isinstance(value, tuple) else value
+        return training.spec_from_mapping(raw)
+
+    def log(msg: str) -> None:
+        if not quiet:
+            click.echo(msg, err=True)
+
+    result = _run(lambda: training.train(spec(), log=log), debug)
+    click.echo(f"model package: {result.source}", err=True)
+
+
+@main.command()
+@click.argument("model")
+@click.option("--format", "fmt", type=click.Choice(["onnx"]), default="onnx", show_default=True)
+@click.option("-o", "--output", help="Output file (default: beside the weights).")
+@click.option("--overwrite", is_flag=True)
+@click.option("--debug", is_flag=True, help="Show tracebacks of unexpected failures.")
+def export(model: str, fmt: str, output: str | None, overwrite: bool, debug: bool) -> None:
+    """Export MODEL to ONNX with its model YAML embedded; `detect --model FILE.onnx` runs it."""
+    from geovision.export import export_onnx
+
+    path = _run(lambda: export_onnx(model, output, overwrite=overwrite), debug)
+    click.echo(str(path))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import time
-import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +18,6 @@ from typing import Callable, Iterator, Sequence
 import geopandas as gpd
 import numpy as np
 import shapely
-from rasterio.errors import NotGeoreferencedWarning
 
 from geovision.backends import Detections, Detector, load_detector
 from geovision.errors import RasterError
@@ -84,14 +82,12 @@ def detect(
     cfg = cfg.with_overrides(batch_size=batch_size, confidence=confidence, iou=iou, bands=tuple(bands) if bands else None)
     if output is not None:
         check_output(output, overwrite)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        with open_raster(raster) as ds:
-            plan = plan_read(
-                ds, cfg.resolution_m, cfg.in_channels, cfg.bands, cfg.normalization,
-                cfg.accept_grayscale, pixel_coords=pixel_coords,
-            )
-            source_name = Path(ds.name).name
+    with open_raster(raster) as ds:
+        plan = plan_read(
+            ds, cfg.resolution_m, cfg.in_channels, cfg.bands, cfg.normalization,
+            cfg.accept_grayscale, pixel_coords=pixel_coords,
+        )
+        source_name = Path(ds.name).name
     if detector is None:
         verify_weights(cfg)
         detector = load_detector(cfg, device)
@@ -99,10 +95,8 @@ def detect(
     stats = RunStats(megapixels=plan.source_width * plan.source_height / 1e6)
     merger = SeamMerger(grid, nms_iou=cfg.iou)
     final: list[Boxes] = []
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        for row, results in _rows(detector, plan, grid, cfg.batch_size, stats, progress):
-            final.append(merger.add_row(row, results))
+    for row, results in _rows(detector, plan, grid, cfg.batch_size, stats, progress):
+        final.append(merger.add_row(row, results))
     boxes = Boxes.concat(final)
     if stats.tiles_skipped == stats.tiles:
         raise RasterError(f"{source_name}: raster holds no valid pixels (all nodata)")

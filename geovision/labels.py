@@ -39,6 +39,10 @@ class LabelReport:
     used: int = 0
     dropped: Counter[str] = field(default_factory=Counter)
 
+    def drop(self, reason: str, n: int = 1) -> None:
+        if n:
+            self.dropped[reason] += n
+
     def summary(self) -> str:
         parts = [f"{self.used} labels used"]
         parts += [f"{n} dropped ({why})" for why, n in sorted(self.dropped.items())]
@@ -59,7 +63,7 @@ def read_pixel_labels(
             bb = obj.find("bndbox")
             name = obj.findtext("name", "")
             if bb is None:
-                report.dropped["no bndbox"] += 1
+                report.drop("no bndbox")
                 continue
             vals = [float(bb.findtext(k, "nan")) for k in ("xmin", "ymin", "xmax", "ymax")]
             rows.append((name, *vals))  # type: ignore[arg-type]
@@ -73,17 +77,20 @@ def read_pixel_labels(
                 )
     else:
         raise LabelError(f"{path}: pixel labels must be Pascal VOC .xml or DeepForest .csv")
-    return _to_image_labels(image, rows, classes, report)
+    return _to_image_labels(image, rows, classes, report, any_name=True)
 
 
 def read_vector_labels(
     path: Path,
-    image: Path,
+    images: Sequence[Path],
     classes: Sequence[str],
     report: LabelReport,
     class_field: str | None = None,
-) -> ImageLabels:
-    """Envelopes of a vector layer's features, reprojected to ``image``'s CRS and pixels."""
+) -> list[ImageLabels]:
+    """Envelopes of a vector layer's features in each image's pixels (reprojected to its CRS).
+
+    A feature that falls in no image is counted as dropped once, not per image.
+    """
     import geopandas as gpd
 
     try:
@@ -92,44 +99,52 @@ def read_vector_labels(
         raise LabelError(f"{path}: not a readable vector layer ({e})") from e
     if gdf.crs is None:
         raise LabelError(f"{path}: labels have no CRS; set one in QGIS or with ogr2ogr -a_srs")
-    with rasterio.open(image) as ds:
-        if ds.crs is None:
-            raise LabelError(f"{image}: vector labels need a georeferenced image")
-        gdf = gdf.to_crs(ds.crs)
-        inv = ~ds.transform
-        width, height = ds.width, ds.height
-    rows: list[tuple[str, float, float, float, float]] = []
-    for i, geom in enumerate(gdf.geometry):
-        if geom is None or geom.is_empty:
-            report.dropped["empty geometry"] += 1
-            continue
-        name = str(gdf[class_field].iloc[i]) if class_field else (classes[0] if len(classes) == 1 else "")
-        xs, ys = np.asarray(geom.envelope.exterior.coords).T if geom.envelope.geom_type == "Polygon" else (
-            np.array([geom.x]), np.array([geom.y]))
+    if class_field and class_field not in gdf.columns:
+        raise LabelError(f"{path}: no field {class_field!r}; fields are {', '.join(map(str, gdf.columns[:-1]))}")
+    empty = gdf.geometry.isna() | gdf.geometry.is_empty
+    report.drop("empty geometry", int(empty.sum()))
+    gdf = gdf[~empty]
+    names = gdf[class_field].astype(str).tolist() if class_field else [classes[0] if len(classes) == 1 else ""] * len(gdf)
+    seen = np.zeros(len(gdf), bool)
+    out = []
+    for image in images:
+        with rasterio.open(image) as ds:
+            if ds.crs is None:
+                raise LabelError(f"{image}: vector labels need a georeferenced image")
+            bounds = gdf.to_crs(ds.crs).geometry.bounds.to_numpy()
+            inv, width, height = ~ds.transform, ds.width, ds.height
+        # pixel coordinates of the four envelope corners, then their extent
+        xs, ys = bounds[:, [0, 2, 2, 0]], bounds[:, [1, 1, 3, 3]]
         px, py = inv @ (xs, ys)
-        x1, x2 = float(np.min(px)), float(np.max(px))
-        y1, y2 = float(np.min(py)), float(np.max(py))
-        if x2 <= 0 or y2 <= 0 or x1 >= width or y1 >= height:
-            report.dropped["outside the image"] += 1
-            continue
-        rows.append((name, x1, y1, x2, y2))
-    return _to_image_labels(image, rows, classes, report)
+        x1, x2, y1, y2 = px.min(1), px.max(1), py.min(1), py.max(1)
+        inside = (x2 > 0) & (y2 > 0) & (x1 < width) & (y1 < height)
+        seen |= inside
+        rows = [(names[i], x1[i], y1[i], x2[i], y2[i]) for i in np.flatnonzero(inside)]
+        out.append(_to_image_labels(image, rows, classes, report))
+    report.drop("outside every image", int((~seen).sum()))
+    return out
 
 
 def _to_image_labels(
-    image: Path, rows: list[tuple[str, float, float, float, float]], classes: Sequence[str], report: LabelReport
+    image: Path,
+    rows: list[tuple[str, float, float, float, float]],
+    classes: Sequence[str],
+    report: LabelReport,
+    any_name: bool = False,
 ) -> ImageLabels:
+    """Rows of (class name, x1, y1, x2, y2) to an ImageLabels; ``any_name`` lets
+    one-class pixel labels ("Tree", "tree crown") all count as that class."""
     boxes, cls = [], []
     lookup = {c.lower(): i for i, c in enumerate(classes)}
     for name, x1, y1, x2, y2 in rows:
         key = name.lower()
-        if len(classes) == 1 and key not in lookup:
-            key = classes[0].lower()  # one-class training takes any label name
+        if any_name and len(classes) == 1:
+            key = classes[0].lower()
         if key not in lookup:
-            report.dropped[f"unknown class {name!r}"] += 1
+            report.drop(f"unknown class {name!r}")
             continue
         if not all(np.isfinite([x1, y1, x2, y2])) or x2 <= x1 or y2 <= y1:
-            report.dropped["degenerate box"] += 1
+            report.drop("degenerate box")
             continue
         boxes.append((x1, y1, x2, y2))
         cls.append(lookup[key])

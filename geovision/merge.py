@@ -7,7 +7,7 @@ see, they overlap by ``match_iou``: inside that shared region both tiles
 looked at the same pixels. A group of such boxes becomes one box: the best
 whole box if any tile saw the object whole, else the union of the cut pieces
 (an object larger than the overlap, or at a four-tile corner). A class-aware
-NMS (torchvision) then removes what duplicates remain.
+NMS (:mod:`geovision.nms`) then removes what duplicates remain.
 
 Memory stays bounded: :class:`SeamMerger` takes detections one row of tiles
 at a time and finalises every group of boxes that no later row can touch,
@@ -25,6 +25,7 @@ import shapely
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
+from geovision.nms import batched_nms
 from geovision.tiling import TileGrid
 
 #: A box edge this close (model pixels) to an inner tile edge counts as cut by it.
@@ -155,16 +156,8 @@ def _merge_groups(b: Boxes, labels: np.ndarray) -> Boxes:
 
 
 def _nms(b: Boxes, iou: float) -> np.ndarray:
-    """Indexes kept by torchvision's class-aware NMS, best score first."""
-    if len(b) < 2:
-        return np.arange(len(b))
-    import torch
-    from torchvision.ops import batched_nms
-
-    kept = batched_nms(
-        torch.from_numpy(b.xyxy), torch.from_numpy(b.scores.astype(np.float64)), torch.from_numpy(b.classes), iou
-    )
-    return kept.numpy()
+    """Indexes kept by class-aware NMS, best score first."""
+    return batched_nms(b.xyxy, b.scores, b.classes, iou)
 
 
 class SeamMerger:

@@ -217,8 +217,13 @@ def config_to_dict(cfg: ModelConfig, relative_to: Path | None = None) -> dict[st
 
 
 def config_from_weights(path: Path) -> ModelConfig:
-    """A config for a bare ultralytics ``.pt`` file, read at the raster's own resolution."""
+    """A config for a bare weights file: an ONNX file exported by geovision, or an
+    ultralytics ``.pt`` read at the raster's own resolution."""
     path = path.resolve()
+    if path.suffix.lower() == ".onnx":
+        from geovision.export import read_onnx_config
+
+        return read_onnx_config(path)
     if path.suffix.lower() != ".pt":
         raise ModelError(f"{path}: bare weights must be an ultralytics .pt file; use a model YAML otherwise")
     from geovision.backends.yolo import read_checkpoint_meta

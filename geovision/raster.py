@@ -14,6 +14,7 @@ import math
 import os
 import queue
 import threading
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Literal, Sequence, TypeVar
@@ -23,7 +24,7 @@ import rasterio
 from affine import Affine
 from pyproj import Geod, Transformer
 from rasterio.enums import ColorInterp, MaskFlags, Resampling
-from rasterio.errors import RasterioIOError
+from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 from rasterio.windows import Window
 
 from geovision.errors import BandError, GeoreferenceError, RasterError
@@ -100,7 +101,10 @@ def open_raster(path: str | os.PathLike[str]) -> rasterio.io.DatasetReader:
     if p.is_dir():
         raise RasterError(f"{p}: is a directory, not a raster")
     try:
-        ds = rasterio.open(p)
+        with warnings.catch_warnings():
+            # a raster without georeference is refused or accepted later, with a clear message
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            ds = rasterio.open(p)
     except RasterioIOError as e:
         raise RasterError(f"{p}: not a raster GDAL can read ({_first_line(e)})") from e
     if ds.width < 1 or ds.height < 1 or ds.count < 1:
@@ -362,7 +366,7 @@ def iter_tiles(plan: ReadPlan, tiles: Iterable[Tile], skip_empty: bool = True) -
     Yielding skipped tiles (as plain :class:`Tile`) lets callers count
     progress without sending them through the model.
     """
-    with rasterio.open(plan.path) as ds:
+    with open_raster(plan.path) as ds:
         for tile in tiles:
             td = read_tile(ds, plan, tile)
             if skip_empty and not td.valid.any():

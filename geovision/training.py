@@ -10,19 +10,21 @@ held-out block and a training block is dropped, so no pixel is in both.
 from __future__ import annotations
 
 import json
+import os
 import random
 import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Literal, Sequence
 
 import numpy as np
 import yaml
 
-from geovision.labels import ImageLabels
-from geovision.models import ModelConfig, config_to_dict, sha256_file
+from geovision.errors import GeovisionError, OutputError
+from geovision.labels import ImageLabels, LabelReport, read_pixel_labels, read_vector_labels
+from geovision.models import ModelConfig, config_to_dict, resolve_model, sha256_file
 from geovision.raster import Normalization, open_raster, plan_read, read_tile
 from geovision.tiling import Tile, TileGrid
 
@@ -56,9 +58,9 @@ class ChipSet:
     dropped_straddling: int = 0
 
 
-def val_blocks(n_rows: int, n_cols: int, fraction: float, rng: random.Random) -> set[tuple[int, int]]:
+def val_blocks(cells: Sequence[tuple[int, int]], fraction: float, rng: random.Random) -> set[tuple[int, int]]:
     """Blocks (row, col) held out for validation: at least one when there are two or more."""
-    cells = [(r, c) for r in range(n_rows) for c in range(n_cols)]
+    cells = sorted(cells)
     if len(cells) < 2 or fraction <= 0:
         return set()
     k = max(1, round(fraction * len(cells)))
@@ -101,7 +103,10 @@ def chip_detection_dataset(
             boxes[:, [1, 3]] /= plan.scale_y
             t = opts.tile_size
             blocks = TileGrid(plan.width, plan.height, t, 0)
-            held = val_blocks(blocks.n_rows, blocks.n_cols, opts.val_fraction, rng)
+            # hold out blocks that have labels in them, or validation would measure nothing
+            centres = np.c_[(boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2] // t
+            labelled = {(int(r), int(c)) for c, r in centres if 0 <= r < blocks.n_rows and 0 <= c < blocks.n_cols}
+            held = val_blocks(list(labelled), opts.val_fraction, rng)
             stride = opts.stride or t // 2
             for y0 in range(0, max(1, plan.height - t // 4), stride):
                 for x0 in range(0, max(1, plan.width - t // 4), stride):
@@ -203,6 +208,7 @@ def train_yolo(
     out_dir: Path,
     opts: DetectTrainOptions,
     log: Callable[[str], None] = lambda s: None,
+    info: dict[str, Any] | None = None,
 ) -> ModelConfig:
     """Train a YOLO detector on a chip dataset and write a model package to ``out_dir``.
 
@@ -215,6 +221,12 @@ def train_yolo(
     ultralytics = import_ultralytics()
     device = pick_device(opts.device)
     model = ultralytics.YOLO(opts.model)
+
+    def on_epoch(trainer: Any) -> None:
+        m = {k.split("/")[-1]: round(float(v), 3) for k, v in (trainer.metrics or {}).items() if "mAP" in k}
+        log(f"epoch {trainer.epoch + 1}/{trainer.epochs} {m}")
+
+    model.add_callback("on_fit_epoch_end", on_epoch)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="geovision-train-") as tmp:
         args: dict[str, Any] = dict(
@@ -243,12 +255,13 @@ def train_yolo(
         task="detect",
         extra={
             **cfg.extra,
-            "training": {"base": opts.model, "epochs": opts.epochs, "seconds": round(seconds, 1), "device": device},
+            "training": {"base": opts.model, "epochs": opts.epochs, "seconds": round(seconds, 1), "device": device,
+                         **(info or {})},
             "metrics": metrics,
         },
     )
     write_model_yaml(packaged, out_dir / "model.yaml")
-    log(f"model package written to {out_dir} ({json.dumps(metrics)})")
+    log(f"validation: {json.dumps(metrics)}")
     return packaged
 
 
@@ -275,3 +288,159 @@ def write_model_yaml(cfg: ModelConfig, path: Path) -> None:
     """Write ``cfg`` as a model YAML whose weights path is relative to it."""
     data = config_to_dict(cfg, relative_to=path.parent.resolve())
     path.write_text(yaml.safe_dump(data, sort_keys=False))
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    """A whole training run, as given on the command line or in configs/training/*.yaml.
+
+    ``labels`` holds one file per image, or one file for all images (vector
+    layers, or a DeepForest CSV with an image_path column). Pixel labels
+    (Pascal VOC .xml, DeepForest .csv) need ``image_resolution`` when the
+    image has no georeference and the model's resolution differs.
+    """
+
+    task: Literal["detect", "segment"]
+    images: tuple[Path, ...]
+    labels: tuple[Path, ...]
+    output: Path
+    classes: tuple[str, ...]
+    resolution: float | None
+    tile_size: int = 640
+    overlap: int | None = None
+    epochs: int = 100
+    batch: int = 16
+    model_size: str = "n"
+    weights: Path | None = None
+    class_field: str | None = None
+    image_resolution: float | None = None
+    val_fraction: float = 0.2
+    device: str | None = None
+    seed: int = 0
+    name: str | None = None
+    confidence: float = 0.25
+    overwrite: bool = False
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+TRAIN_SPEC_FIELDS = {f for f in TrainSpec.__dataclass_fields__}
+
+
+def load_train_config(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """A training YAML as a mapping; relative paths in it are resolved against the file."""
+    p = Path(path)
+    try:
+        raw = yaml.safe_load(p.read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise TrainingError(f"{p}: cannot read training config ({e})") from e
+    if not isinstance(raw, dict):
+        raise TrainingError(f"{p}: training config must be a mapping")
+    base = p.resolve().parent
+    for key in ("images", "labels", "output", "weights"):
+        v = raw.get(key)
+        if isinstance(v, str):
+            raw[key] = str(base / v)
+        elif isinstance(v, list):
+            raw[key] = [str(base / x) for x in v]
+    return raw
+
+
+def spec_from_mapping(raw: dict[str, Any]) -> TrainSpec:
+    """A TrainSpec from a config mapping (YAML keys use - or _ alike)."""
+    raw = {k.replace("-", "_"): v for k, v in raw.items() if v is not None}
+    unknown = set(raw) - TRAIN_SPEC_FIELDS
+    if unknown:
+        raise TrainingError(f"unknown training settings: {', '.join(sorted(unknown))}")
+    missing = [k for k in ("task", "images", "labels", "output", "classes") if not raw.get(k)]
+    if missing:
+        raise TrainingError(f"training needs {', '.join('--' + m for m in missing)}")
+    as_paths = lambda v: tuple(Path(p) for p in ([v] if isinstance(v, (str, Path)) else v))  # noqa: E731
+    raw["images"], raw["labels"] = as_paths(raw["images"]), as_paths(raw["labels"])
+    raw["output"] = Path(raw["output"])
+    raw["classes"] = tuple(str(c) for c in ([raw["classes"]] if isinstance(raw["classes"], str) else raw["classes"]))
+    if raw.get("weights"):
+        raw["weights"] = Path(raw["weights"])
+    return TrainSpec(**raw)
+
+
+class TrainingError(GeovisionError, ValueError):
+    """A training run cannot start with the given settings."""
+
+
+def train(spec: TrainSpec, log: Callable[[str], None] = lambda s: None) -> ModelConfig:
+    """Run ``spec``: read labels, cut chips, train, and write the model package.
+
+    The package is built in a temporary folder beside ``spec.output`` and
+    renamed into place at the end, so a failed run leaves nothing behind.
+    """
+    out = spec.output
+    if out.exists() and not spec.overwrite:
+        raise OutputError(f"{out} already exists; pass --overwrite to replace it")
+    if not out.parent.resolve().is_dir():
+        raise OutputError(f"{out}: folder {out.parent} does not exist")
+    for p in (*spec.images, *spec.labels):
+        if not p.is_file():
+            raise TrainingError(f"{p}: no such file")
+    if len(spec.labels) not in (1, len(spec.images)):
+        raise TrainingError(f"give one labels file, or one per image ({len(spec.images)}), not {len(spec.labels)}")
+    if spec.task != "detect":
+        raise TrainingError(f"training task {spec.task!r} is not supported yet; use 'detect'")
+    report = LabelReport()
+    items = read_labels(spec, report)
+    log(f"labels: {report.summary()}")
+    if report.used == 0:
+        raise TrainingError(f"no usable labels ({report.summary()}); check the labels' CRS, classes and --class-field")
+    overlap = spec.overlap if spec.overlap is not None else spec.tile_size // 10
+    cfg = ModelConfig(
+        name=spec.name or out.name, task="detect", backend="yolo", weights=Path("weights.pt"),
+        classes=spec.classes, tile_size=spec.tile_size, overlap=overlap, resolution_m=spec.resolution,
+        confidence=spec.confidence,
+        description=f"YOLO11{spec.model_size} trained by geovision on {', '.join(p.name for p in spec.images)}",
+    )
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        chips = chip_detection_dataset(
+            items, staging / "chips",
+            ChipOptions(tile_size=spec.tile_size, resolution_m=spec.resolution, val_fraction=spec.val_fraction,
+                        native_resolution_m=spec.image_resolution, seed=spec.seed),
+            spec.classes,
+        )
+        log(f"chips: {chips.train} train ({chips.boxes_train} boxes), {chips.val} validation ({chips.boxes_val} boxes)")
+        if chips.train == 0 or chips.boxes_val == 0:
+            which = "training" if chips.train == 0 else "validation"
+            raise TrainingError(
+                f"no {which} chips with labels ({chips.train} train, {chips.val} validation); the images are too "
+                "small for this tile size and resolution, or hold too few labelled blocks to split"
+            )
+        base = str(spec.weights) if spec.weights else f"yolo11{spec.model_size}.yaml"
+        opts = DetectTrainOptions(epochs=spec.epochs, batch=spec.batch, model=base, device=spec.device,
+                                  seed=spec.seed, extra=dict(spec.options))
+        package = staging / "package"
+        info = {
+            "images": [str(p) for p in spec.images], "labels": [str(p) for p in spec.labels],
+            "labels_used": report.used, "labels_dropped": dict(report.dropped),
+            "chips_train": chips.train, "chips_val": chips.val, "val_boxes": chips.boxes_val,
+            "split": f"spatial blocks of {spec.tile_size} px, {spec.val_fraction:.0%} held out, seed {spec.seed}",
+        }
+        train_yolo(staging / "chips" / "data.yaml", cfg, package, opts, log, info={"data": info})
+        if out.exists():
+            shutil.rmtree(out) if out.is_dir() else out.unlink()
+        os.replace(package, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return resolve_model(out / "model.yaml")
+
+
+def read_labels(spec: TrainSpec, report: LabelReport) -> list[ImageLabels]:
+    """Labels for each image of ``spec``, by the labels files' kind."""
+    pixel_kinds = {".xml", ".csv"}
+    if len(spec.labels) == 1 and spec.labels[0].suffix.lower() not in pixel_kinds:
+        return read_vector_labels(spec.labels[0], spec.images, spec.classes, report, spec.class_field)
+    pairs = zip(spec.images, spec.labels if len(spec.labels) > 1 else spec.labels * len(spec.images))
+    items = []
+    for image, labels in pairs:
+        if labels.suffix.lower() in pixel_kinds:
+            items.append(read_pixel_labels(labels, image, spec.classes, report))
+        else:
+            items.extend(read_vector_labels(labels, [image], spec.classes, report, spec.class_field))
+    return items

@@ -8,6 +8,7 @@ while being exact, which lets the tests check geometry to the pixel.
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -15,6 +16,7 @@ import numpy as np
 import pytest
 import rasterio
 from affine import Affine
+from rasterio.errors import NotGeoreferencedWarning
 from scipy import ndimage
 
 from geovision.backends import Detections
@@ -69,8 +71,10 @@ def write_raster(
     if crs is None:
         prof.pop("crs")
         prof.pop("transform")
-    with rasterio.open(path, "w", **prof) as ds:
-        ds.write(data)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)  # rasters without CRS on purpose
+        with rasterio.open(path, "w", **prof) as ds:
+            ds.write(data)
     return path
 
 

@@ -122,7 +122,7 @@ def test_gcp_only_raster_refused(tmp_path):
     path = write_raster(tmp_path / "g.tif", squares_image(64, 64, []), crs=None)
     import rasterio
 
-    with rasterio.open(path, "r+") as ds:
+    with pytest.warns(rasterio.errors.NotGeoreferencedWarning), rasterio.open(path, "r+") as ds:
         ds.gcps = ([GroundControlPoint(0, 0, 500000, 4000000), GroundControlPoint(64, 64, 500006, 3999994),
                     GroundControlPoint(0, 64, 500000, 3999994)], rasterio.crs.CRS.from_epsg(32617))
     out = tmp_path / "o.gpkg"

@@ -47,4 +47,8 @@ def load_detector(cfg: ModelConfig, device: str | None = None) -> Detector:
         from geovision.backends.yolo import YoloDetector
 
         return YoloDetector(cfg, device=device)
-    raise ModelError(f"model '{cfg.name}': unknown detection backend '{cfg.backend}' (known: yolo)")
+    if cfg.backend == "onnx":
+        from geovision.backends.onnx import OnnxDetector
+
+        return OnnxDetector(cfg, device=device)
+    raise ModelError(f"model '{cfg.name}': unknown detection backend '{cfg.backend}' (known: yolo, onnx)")

@@ -2,9 +2,9 @@
 
 Tiles go through the network in batches as one tensor, under
 ``torch.inference_mode``, in half precision on CUDA. The raw head output is
-decoded here and reduced with torchvision's batched NMS, which skips the
-per-image letterboxing of ultralytics' predictor: our tiles already have the
-model's input size.
+decoded by :mod:`geovision.backends.yolo_output` (shared with the ONNX
+backend), which skips the per-image letterboxing of ultralytics' predictor:
+our tiles already have the model's input size.
 """
 
 from __future__ import annotations
@@ -16,11 +16,9 @@ from typing import Any, Sequence
 import numpy as np
 
 from geovision.backends import Detections
+from geovision.backends.yolo_output import decode
 from geovision.errors import WeightsError
 from geovision.models import ModelConfig
-
-MAX_DETECTIONS_PER_TILE = 1000
-
 
 def import_ultralytics() -> Any:
     """Import ultralytics with every network call switched off."""
@@ -99,31 +97,5 @@ class YoloDetector:
             if isinstance(out, dict):  # end-to-end heads may return a dict of branches
                 out = out.get("one2one", next(iter(out.values())))
                 out = out[0] if isinstance(out, (list, tuple)) else out
-            return [self._decode(o) for o in out.float()]
-
-    def _decode(self, out: Any) -> Detections:
-        """One image's raw head output to boxes above the confidence threshold, after NMS."""
-        from torchvision.ops import batched_nms
-
-        if self.end2end:  # (max_det, 6): x1, y1, x2, y2, score, class, already de-duplicated
-            keep = out[:, 4] >= self.cfg.confidence
-            out = out[keep]
-            return Detections(
-                out[:, :4].cpu().numpy().astype(np.float32),
-                out[:, 4].cpu().numpy().astype(np.float32),
-                out[:, 5].cpu().numpy().astype(np.int64),
-            )
-        pred = out.T  # (anchors, 4 + classes): cx, cy, w, h, class scores
-        scores, classes = pred[:, 4:].max(dim=1)
-        keep = scores >= self.cfg.confidence
-        pred, scores, classes = pred[keep], scores[keep], classes[keep]
-        if len(scores) == 0:
-            return Detections.empty()
-        cxcy, wh = pred[:, :2], pred[:, 2:4]
-        boxes = self.torch.cat([cxcy - wh / 2, cxcy + wh / 2], dim=1).clamp_(0, self.cfg.tile_size)
-        kept = batched_nms(boxes, scores, classes, self.cfg.iou)[:MAX_DETECTIONS_PER_TILE]
-        return Detections(
-            boxes[kept].cpu().numpy().astype(np.float32),
-            scores[kept].cpu().numpy().astype(np.float32),
-            classes[kept].cpu().numpy().astype(np.int64),
-        )
+            raw = out.float().cpu().numpy()
+        return [decode(o, self.cfg.confidence, self.cfg.iou, self.cfg.tile_size, self.end2end) for o in raw]

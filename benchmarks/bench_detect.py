@@ -1,0 +1,122 @@
+"""Benchmark `geovision detect`: time against the bare model forward, and peak memory.
+
+Run on demand (not part of the tests):
+
+    python benchmarks/bench_detect.py --model trees --sizes 4000 10000 20000
+
+For each size it builds a tiled, compressed RGB GeoTIFF from a real sample
+tile (mirrored to fill the extent), then measures
+
+* the whole ``geovision detect`` command as a user runs it (wall time from the
+  shell, peak RSS of the process),
+* the bare forward of the same network over the same tiles (tiles read
+  beforehand, one batched ``net(x)`` per batch, no decoding or merging), for
+  the sizes where the tiles fit in memory.
+
+Results go to stdout as a Markdown table, to paste into docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import rasterio
+from affine import Affine
+from rasterio.windows import Window
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE = ROOT / "sample_tiles" / "OSBS_029.tif"
+
+
+def make_raster(path: Path, size: int, sample: Path = SAMPLE) -> Path:
+    """A size x size RGB GeoTIFF (EPSG:32617, 0.1 m) tiled with mirrored copies of ``sample``."""
+    with rasterio.open(sample) as src:
+        tile = src.read([1, 2, 3])
+    # mirror so neighbouring copies meet without a hard edge
+    block = np.concatenate([np.concatenate([tile, tile[:, :, ::-1]], 2),
+                            np.concatenate([tile[:, ::-1], tile[:, ::-1, ::-1]], 2)], 1)
+    bh, bw = block.shape[1:]
+    profile = dict(driver="GTiff", width=size, height=size, count=3, dtype="uint8", crs="EPSG:32617",
+                   transform=Affine(0.1, 0, 400000, 0, -0.1, 3300000), tiled=True, blockxsize=512,
+                   blockysize=512, compress="deflate", BIGTIFF="IF_SAFER")
+    with rasterio.open(path, "w", **profile) as dst:
+        for y in range(0, size, 512):
+            h = min(512, size - y)
+            rows = np.arange(y, y + h) % bh
+            strip = block[:, rows][:, :, np.arange(size) % bw]
+            dst.write(strip, window=Window(0, y, size, h))
+    return path
+
+
+def time_command(cmd: list[str]) -> tuple[float, float]:
+    """Wall seconds and peak RSS (MB) of a command run as a child process."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    t0 = time.perf_counter()
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    seconds = time.perf_counter() - t0
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    if peak <= before:  # ru_maxrss is a maximum over all children so far
+        print("warning: peak RSS not above an earlier child's; run sizes in increasing order", file=sys.stderr)
+    return seconds, peak / 1024
+
+
+def bare_forward_seconds(model: str, raster: Path) -> tuple[float, int]:
+    """Seconds of the network's forward alone over the run's tiles, and the tile count."""
+    import torch
+
+    from geovision.backends.yolo import YoloDetector
+    from geovision.models import resolve_model
+    from geovision.raster import iter_tiles, open_raster, plan_read
+    from geovision.tiling import TileGrid
+
+    cfg = resolve_model(model)
+    det = YoloDetector(cfg)
+    with open_raster(raster) as ds:
+        plan = plan_read(ds, cfg.resolution_m, cfg.in_channels, cfg.bands, cfg.normalization)
+    grid = TileGrid(plan.width, plan.height, cfg.tile_size, cfg.overlap)
+    images = [td.image for td in iter_tiles(plan, iter(grid)) if hasattr(td, "image")]
+    batches = [torch.from_numpy(np.stack(images[i:i + cfg.batch_size])) for i in range(0, len(images), cfg.batch_size)]
+    with torch.inference_mode():
+        det.net(batches[0].permute(0, 3, 1, 2).float() / 255)  # warm-up
+        t0 = time.perf_counter()
+        for b in batches:
+            det.net(b.permute(0, 3, 1, 2).float() / 255)
+        return time.perf_counter() - t0, len(images)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="trees")
+    ap.add_argument("--sizes", type=int, nargs="+", default=[4000, 10000, 20000])
+    ap.add_argument("--forward-max", type=int, default=6000, help="largest size for the bare-forward comparison")
+    ap.add_argument("--workdir", type=Path, default=None)
+    args = ap.parse_args()
+    exe = str(Path(sys.executable).with_name("geovision"))
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, python {platform.python_version()}")
+    print("| raster (px) | tiles | detect command (s) | bare forward (s) | ratio | peak RSS (MB) |")
+    print("|---|---|---|---|---|---|")
+    with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
+        for size in sorted(args.sizes):
+            raster = make_raster(Path(tmp) / f"r{size}.tif", size)
+            out = Path(tmp) / f"o{size}.gpkg"
+            seconds, rss = time_command([exe, "detect", str(raster), "-m", args.model, "-o", str(out), "-q"])
+            fwd, tiles = ("-", "-")
+            ratio = "-"
+            if size <= args.forward_max:
+                f, n = bare_forward_seconds(args.model, raster)
+                fwd, tiles, ratio = f"{f:.1f}", str(n), f"{seconds / f:.2f}x"
+            print(f"| {size} x {size} | {tiles} | {seconds:.1f} | {fwd} | {ratio} | {rss:.0f} |", flush=True)
+            raster.unlink()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,51 @@
+"""Class-aware non-maximum suppression, with or without torch.
+
+When torch is already loaded (the torch backends), torchvision's
+``batched_nms`` does the work. The ONNX Runtime path must run without torch
+installed, so there the same greedy algorithm runs in NumPy; a test checks
+that both keep the same boxes.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+
+
+def batched_nms(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, iou: float) -> np.ndarray:
+    """Indexes of the boxes kept, best score first; boxes of different classes never suppress each other."""
+    if len(boxes) == 0:
+        return np.zeros(0, dtype=np.int64)
+    if "torch" in sys.modules:
+        import torch
+        from torchvision.ops import batched_nms as tv_batched_nms
+
+        kept = tv_batched_nms(
+            torch.as_tensor(boxes, dtype=torch.float64), torch.as_tensor(scores, dtype=torch.float64),
+            torch.as_tensor(classes, dtype=torch.int64), iou,
+        )
+        return kept.numpy()
+    return nms_numpy(boxes, scores, classes, iou)
+
+
+def nms_numpy(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, iou: float) -> np.ndarray:
+    """Greedy class-aware NMS in NumPy (classes kept apart by offsetting their boxes)."""
+    b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    if len(b) == 0:
+        return np.zeros(0, dtype=np.int64)
+    offset = (np.asarray(classes, dtype=np.float64) * (np.abs(b).max() + 1))[:, None]
+    b = b + offset
+    area = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    order = np.argsort(-np.asarray(scores), kind="stable")
+    keep = []
+    while order.size:
+        i, rest = order[0], order[1:]
+        keep.append(i)
+        iw = np.clip(np.minimum(b[i, 2], b[rest, 2]) - np.maximum(b[i, 0], b[rest, 0]), 0, None)
+        ih = np.clip(np.minimum(b[i, 3], b[rest, 3]) - np.maximum(b[i, 1], b[rest, 1]), 0, None)
+        inter = iw * ih
+        union = area[i] + area[rest] - inter
+        overlap = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+        order = rest[overlap <= iou]
+    return np.asarray(keep, dtype=np.int64)

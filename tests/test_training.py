@@ -1,0 +1,133 @@
+"""geovision train and export: labels to chips, the spatial split, packages that detect runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import geopandas as gpd
+import numpy as np
+import pytest
+import shapely
+import yaml
+from affine import Affine
+from click.testing import CliRunner
+from PIL import Image
+
+import geovision
+from geovision.cli.main import main
+from geovision.labels import LabelReport, read_vector_labels
+from geovision.training import ChipOptions, chip_detection_dataset
+from tests.conftest import squares_image, write_raster
+
+T = Affine(0.1, 0, 500000, 0, -0.1, 4000000)
+SQUARES = [(20, 20, 44, 44), (100, 30, 130, 60), (60, 150, 90, 176), (170, 170, 200, 204), (200, 40, 230, 70)]
+
+
+def scene(tmp_path: Path) -> tuple[Path, Path]:
+    """A 256 px raster with white squares, and their outlines as a GeoPackage in EPSG:4326."""
+    img = write_raster(tmp_path / "scene.tif", squares_image(256, 256, SQUARES), transform=T)
+    polys = [shapely.box(*(T @ (x1, y2)), *(T @ (x2, y1))) for x1, y1, x2, y2 in SQUARES]
+    gdf = gpd.GeoDataFrame({"kind": ["hut"] * len(polys)}, geometry=polys, crs="EPSG:32617").to_crs("EPSG:4326")
+    gdf.loc[len(gdf)] = ["hut", shapely.box(-50, -10, -49, -9).buffer(0)]  # far outside the raster
+    labels = tmp_path / "labels.gpkg"
+    gdf.to_file(labels)
+    return img, labels
+
+
+def test_vector_labels_land_on_the_right_pixels_through_reprojection(tmp_path):
+    img, labels = scene(tmp_path)
+    report = LabelReport()
+    [item] = read_vector_labels(labels, [img], ["hut"], report, class_field="kind")
+    assert report.used == 5 and report.dropped["outside every image"] == 1
+    # reprojection to 4326 and back bends straight edges slightly: within a tenth of a pixel
+    np.testing.assert_allclose(np.sort(item.boxes, axis=0), np.sort(np.asarray(SQUARES, float), axis=0), atol=0.1)
+
+
+def test_chips_and_their_labels_line_up_and_split_leaks_nothing(tmp_path):
+    img, labels = scene(tmp_path)
+    [item] = read_vector_labels(labels, [img], ["hut"], LabelReport(), class_field="kind")
+    out = tmp_path / "chips"
+    stats = chip_detection_dataset([item], out, ChipOptions(tile_size=64, resolution_m=0.1, val_fraction=0.25,
+                                                            max_empty_share=0.0), ["hut"])
+    assert stats.train > 0 and stats.val > 0
+    # every label box covers white pixels of its chip, and its surroundings are background
+    for split in ("train", "val"):
+        for txt in (out / "labels" / split).glob("*.txt"):
+            chip = np.asarray(Image.open(out / "images" / split / f"{txt.stem}.png"))
+            for line in txt.read_text().splitlines():
+                _, cx, cy, w, h = map(float, line.split())
+                x1, y1 = round((cx - w / 2) * 64), round((cy - h / 2) * 64)
+                x2, y2 = round((cx + w / 2) * 64), round((cy + h / 2) * 64)
+                assert (chip[y1:y2, x1:x2, 0] == 230).all(), (txt.name, line)
+    # no raster pixel is in a training chip and a validation chip
+    def footprint(split):
+        cover = np.zeros((256 + 64, 256 + 64), bool)
+        for png in (out / "images" / split).glob("*.png"):
+            if png.stem.endswith("_T"):
+                continue
+            y0, x0 = map(int, png.stem.split("_")[-2:])
+            cover[y0:y0 + 64, x0:x0 + 64] = True
+        return cover[:256, :256]
+    assert not (footprint("train") & footprint("val")).any()
+
+
+def test_train_cli_to_package_that_detect_and_onnx_run(tmp_path):
+    img, labels = scene(tmp_path)
+    pkg = tmp_path / "huts"
+    r = CliRunner().invoke(main, [
+        "train", "detect", "--images", str(img), "--labels", str(labels), "--classes", "hut",
+        "--class-field", "kind", "--resolution", "0.1", "--tile-size", "64", "--epochs", "1", "--batch", "4",
+        "--val-fraction", "0.25", "-o", str(pkg), "-q",
+    ])
+    assert r.exit_code == 0, r.stderr
+    cfg = yaml.safe_load((pkg / "model.yaml").read_text())
+    assert cfg["classes"] == ["hut"] and cfg["tile_size"] == 64 and cfg["resolution"] == 0.1
+    assert len(cfg["sha256"]) == 64 and (pkg / cfg["weights"]).is_file()
+    assert "metrics" in cfg and cfg["training"]["data"]["labels_dropped"] == {"outside every image": 1}
+    assert not list(tmp_path.glob(".huts*")), "staging folder left behind"
+    # the package runs in detect (untrained after one epoch: we check it runs, not what it finds)
+    torch_result = geovision.detect(img, pkg / "model.yaml", confidence=0.001)
+    assert torch_result.stats.tiles > 0
+    # export to ONNX and compare with the torch backend
+    r = CliRunner().invoke(main, ["export", str(pkg / "model.yaml")])
+    assert r.exit_code == 0, r.stderr
+    onnx_path = Path(r.stdout.strip())
+    assert onnx_path.is_file()
+    onnx_result = geovision.detect(img, onnx_path, confidence=0.001)
+    assert len(onnx_result.features) == len(torch_result.features)
+    a = np.sort(np.asarray([g.bounds for g in torch_result.features.geometry]).reshape(-1, 4), axis=0)
+    b = np.sort(np.asarray([g.bounds for g in onnx_result.features.geometry]).reshape(-1, 4), axis=0)
+    np.testing.assert_allclose(a, b, atol=0.1)  # within one 0.1 m pixel
+
+
+def test_training_config_file_with_flag_overrides(tmp_path):
+    img, labels = scene(tmp_path)
+    cfg = tmp_path / "train.yaml"
+    cfg.write_text(yaml.safe_dump({"task": "detect", "images": ["scene.tif"], "labels": ["labels.gpkg"],
+                                   "classes": ["hut"], "class_field": "nope", "resolution": 0.1,
+                                   "tile_size": 64, "output": "out"}))
+    r = CliRunner().invoke(main, ["train", "--config", str(cfg)])
+    assert r.exit_code == 2 and "no field 'nope'" in r.stderr  # the config's own (wrong) field is used
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--labels", "missing.gpkg"], "no such file"),
+        (["--classes", "car", "--class-field", "kind"], "no usable labels"),
+    ],
+)
+def test_bad_training_input(tmp_path, args, message):
+    img, labels = scene(tmp_path)
+    base = {"--images": str(img), "--labels": str(labels), "--classes": "hut"}
+    extra = dict(zip(args[::2], args[1::2]))
+    if extra.get("--labels") == "missing.gpkg":
+        extra["--labels"] = str(tmp_path / "missing.gpkg")
+    argv = ["train", "detect", "--resolution", "0.1", "--tile-size", "64", "-o", str(tmp_path / "m")]
+    for k, v in {**base, **extra}.items():
+        argv += [k, v]
+    r = CliRunner().invoke(main, argv)
+    assert r.exit_code == 2, r.output
+    assert message in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "m").exists() and not list(tmp_path.glob(".m.*"))
