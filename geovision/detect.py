@@ -1,9 +1,10 @@
-"""``detect``: a raster and a detector in, one georeferenced feature per object out.
+"""``detect``: a raster and a model in, one georeferenced feature per object out.
 
 The raster streams through in rows of tiles: a background thread reads and
-normalises tiles while the model runs on the previous batch, and each
-finished row goes to the seam merger, which hands back the objects that are
-final. Nothing proportional to the raster's size is ever held.
+normalises tiles while the model runs on the previous batch. Each finished
+row goes to the seam merger (detectors), or to the band blender and the strip
+vectoriser (segmenters), which hand back the objects that are final. Nothing
+proportional to the raster's size is ever held.
 """
 
 from __future__ import annotations
@@ -13,19 +14,21 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import geopandas as gpd
 import numpy as np
 import shapely
 
-from geovision.backends import Detections, Detector, load_detector
-from geovision.errors import RasterError
+from geovision.backends import Detections, Detector, Segmenter, load_detector, load_segmenter
+from geovision.blend import BandBlender
+from geovision.errors import ModelError, RasterError
 from geovision.merge import Boxes, SeamMerger, tile_boxes
 from geovision.models import ModelConfig, resolve_model, verify_weights
 from geovision.raster import ReadPlan, TileData, iter_tiles, open_raster, plan_read, prefetch
 from geovision.tiling import Tile, TileGrid
-from geovision.writers import check_output, write_layer
+from geovision.vectorize import Shape, StripVectorizer, clean, vectorize_options
+from geovision.writers import RasterSink, check_output, write_layer
 
 #: Called with (tiles done, tiles in total) as the run goes.
 ProgressCallback = Callable[[int, int], None]
@@ -68,72 +71,88 @@ def detect(
     bands: Sequence[int] | None = None,
     pixel_coords: bool = False,
     overwrite: bool = False,
+    mask_out: str | os.PathLike[str] | None = None,
+    prob_out: str | os.PathLike[str] | None = None,
     progress: ProgressCallback | None = None,
-    detector: Detector | None = None,
+    backend: Detector | Segmenter | None = None,
 ) -> DetectResult:
-    """Find objects in ``raster`` with a detection ``model`` and optionally write them.
+    """Find objects in ``raster`` with ``model`` and optionally write them to ``output``.
 
-    ``model`` is a name, a YAML or weights path, or a loaded config. Options
-    left as ``None`` come from the model's YAML. ``detector`` replaces the
-    backend the config names (for tests and custom backends).
+    Works for detectors (one box per object) and segmenters (one polygon per
+    connected region of a class). ``model`` is a name, a YAML or weights
+    path, or a loaded config; options left as ``None`` come from the model's
+    YAML. ``mask_out``/``prob_out`` (segmenters only) also write the class
+    raster and the probabilities as GeoTIFFs in the raster's own grid.
+    ``backend`` replaces the backend the config names (for tests and custom
+    backends).
     """
     started = time.perf_counter()
     cfg = model if isinstance(model, ModelConfig) else resolve_model(model)
     cfg = cfg.with_overrides(batch_size=batch_size, confidence=confidence, iou=iou, bands=tuple(bands) if bands else None)
-    if output is not None:
-        check_output(output, overwrite)
+    if cfg.task != "segment" and (mask_out or prob_out):
+        raise ModelError(f"model '{cfg.name}' is a detector; --mask-out and --prob-out need a segmentation model")
+    for path in (output, mask_out, prob_out):
+        if path is not None:
+            check_output(path, overwrite, raster=path is not output)
     with open_raster(raster) as ds:
         plan = plan_read(
             ds, cfg.resolution_m, cfg.in_channels, cfg.bands, cfg.normalization,
             cfg.accept_grayscale, pixel_coords=pixel_coords,
         )
         source_name = Path(ds.name).name
-    if detector is None:
+    if backend is None:
         verify_weights(cfg)
-        detector = load_detector(cfg, device)
+        backend = load_segmenter(cfg, device) if cfg.task == "segment" else load_detector(cfg, device)
     grid = TileGrid(plan.width, plan.height, cfg.tile_size, cfg.overlap)
     stats = RunStats(megapixels=plan.source_width * plan.source_height / 1e6)
-    merger = SeamMerger(grid, nms_iou=cfg.iou)
-    final: list[Boxes] = []
-    for row, results in _rows(detector, plan, grid, cfg.batch_size, stats, progress):
-        final.append(merger.add_row(row, results))
-    boxes = Boxes.concat(final)
+    rows = _tile_rows(backend, plan, grid, cfg.batch_size, stats, progress)
+    if cfg.task == "segment":
+        gdf = _segment(rows, plan, grid, cfg, source_name, mask_out, prob_out, overwrite)
+    else:
+        gdf = _to_features(_merge_rows(rows, grid, cfg), plan, cfg, source_name)
     if stats.tiles_skipped == stats.tiles:
         raise RasterError(f"{source_name}: raster holds no valid pixels (all nodata)")
-    gdf = _to_features(boxes, plan, cfg, source_name)
     stats.counts.update(gdf["class"].tolist())
     path = write_layer(gdf, output, overwrite) if output is not None else None
     stats.seconds = time.perf_counter() - started
     return DetectResult(gdf, stats, cfg, path)
 
 
-def _rows(
-    detector: Detector,
+TileRow = tuple[int, list[tuple[TileData, Any]]]
+
+
+def _tile_rows(
+    backend: Detector | Segmenter,
     plan: ReadPlan,
     grid: TileGrid,
     batch_size: int,
     stats: RunStats,
     progress: ProgressCallback | None,
-) -> Iterator[tuple[int, Boxes]]:
-    """Run the model over the grid and yield each row's boxes once the row is complete."""
+) -> Iterator[TileRow]:
+    """Run the model over the grid; yield each row's (tile, output) pairs once the row is complete.
+
+    Tiles are read ahead in a background thread and sent in batches that may
+    span rows; rows come out in order, tiles with no valid pixel left out.
+    """
+    run = backend.segment if hasattr(backend, "segment") else backend.detect  # type: ignore[union-attr]
     total = len(grid)
-    per_row: dict[int, list[Boxes]] = {}
+    per_row: dict[int, list[tuple[TileData, Any]]] = {}
     remaining = {r: grid.n_cols for r in range(grid.n_rows)}
     next_row = 0
     batch: list[TileData] = []
 
-    def flush() -> Iterator[tuple[int, Boxes]]:
+    def flush() -> Iterator[TileRow]:
         nonlocal next_row, batch
         if batch:
-            for td, dets in zip(batch, detector.detect([td.image for td in batch])):
-                per_row.setdefault(td.tile.row, []).append(_keep_on_data(td, dets, grid))
+            for td, out in zip(batch, run([td.image for td in batch])):
+                per_row.setdefault(td.tile.row, []).append((td, out))
                 remaining[td.tile.row] -= 1
                 stats.tiles += 1
             batch = []
             if progress:
                 progress(stats.tiles, total)
         while next_row < grid.n_rows and remaining[next_row] == 0:
-            yield next_row, Boxes.concat(per_row.pop(next_row, []))
+            yield next_row, per_row.pop(next_row, [])
             next_row += 1
 
     for item in prefetch(iter_tiles(plan, iter(grid)), depth=2 * batch_size):
@@ -146,6 +165,65 @@ def _rows(
         if len(batch) >= batch_size:
             yield from flush()
     yield from flush()
+
+
+def _merge_rows(rows: Iterator[TileRow], grid: TileGrid, cfg: ModelConfig) -> Boxes:
+    """Detections of every row through the seam merger: one box per object."""
+    merger = SeamMerger(grid, nms_iou=cfg.iou)
+    final = [
+        merger.add_row(row, Boxes.concat([_keep_on_data(td, dets, grid) for td, dets in items]))
+        for row, items in rows
+    ]
+    return Boxes.concat(final)
+
+
+def _segment(
+    rows: Iterator[TileRow],
+    plan: ReadPlan,
+    grid: TileGrid,
+    cfg: ModelConfig,
+    source: str,
+    mask_out: str | os.PathLike[str] | None,
+    prob_out: str | os.PathLike[str] | None,
+    overwrite: bool,
+) -> gpd.GeoDataFrame:
+    """Blend tile probabilities band by band, vectorise each final strip, write rasters on request."""
+    blender = BandBlender(grid, len(cfg.classes) + 1, threshold=cfg.confidence)
+    vectorizer = StripVectorizer(grid.width, grid.height)
+    opts = vectorize_options(cfg)
+    pixel_m = (plan.pixel_size_m[0] * plan.pixel_size_m[1]) ** 0.5
+    shapes: list[Shape] = []
+    with RasterSink(plan, mask_out, prob_out, len(cfg.classes), overwrite) as sink:
+        for _, items in rows:
+            for td, probs in items:
+                blender.add(td.tile.x0, probs, td.valid)
+            strip = blender.finish_row()
+            sink.write(strip)
+            shapes.extend(vectorizer.add(strip))
+        shapes.extend(vectorizer.finish())
+    kept = [(s, g) for s in shapes if (g := clean(s, opts, pixel_m, plan.pixel_area_m2)) is not None]
+    geoms = [shapely.transform(g, lambda xy: _apply(plan, xy)) for _, g in kept]
+    names = np.array(cfg.classes, dtype=object)
+    class_ids = np.array([s.cls - 1 for s, _ in kept], dtype=np.int32)
+    return gpd.GeoDataFrame(
+        {
+            "class": names[class_ids] if len(kept) else np.array([], dtype=object),
+            "class_id": class_ids,
+            "score": np.round([s.score for s, _ in kept], 4).astype(np.float64),
+            "area_m2": np.round([g.area * plan.pixel_area_m2 for _, g in kept], 3).astype(np.float64)
+            if plan.crs else np.full(len(kept), np.nan),
+            "source": np.full(len(kept), source, dtype=object),
+        },
+        geometry=gpd.GeoSeries(geoms, crs=plan.crs),
+        crs=plan.crs,
+    )
+
+
+def _apply(plan: ReadPlan, xy: np.ndarray) -> np.ndarray:
+    """Model-grid pixel coordinates (n, 2) to the raster's CRS."""
+    a = plan.transform
+    x, y = xy[:, 0], xy[:, 1]
+    return np.c_[a.a * x + a.b * y + a.c, a.d * x + a.e * y + a.f]
 
 
 def _keep_on_data(td: TileData, dets: Detections, grid: TileGrid) -> Boxes:
@@ -166,12 +244,8 @@ def _keep_on_data(td: TileData, dets: Detections, grid: TileGrid) -> Boxes:
 def _to_features(boxes: Boxes, plan: ReadPlan, cfg: ModelConfig, source: str) -> gpd.GeoDataFrame:
     """Model-grid boxes to polygons in the raster's CRS (four corners through the transform)."""
     x1, y1, x2, y2 = boxes.xyxy.T
-    corners_x = np.stack([x1, x2, x2, x1], axis=1)
-    corners_y = np.stack([y1, y1, y2, y2], axis=1)
-    a = plan.transform
-    mx = a.a * corners_x + a.b * corners_y + a.c
-    my = a.d * corners_x + a.e * corners_y + a.f
-    coords = np.stack([mx, my], axis=2)
+    corners = np.stack([np.stack([x1, x2, x2, x1], axis=1), np.stack([y1, y1, y2, y2], axis=1)], axis=2)
+    coords = _apply(plan, corners.reshape(-1, 2)).reshape(-1, 4, 2)
     polygons = shapely.polygons(coords) if len(boxes) else np.array([], dtype=object)
     names = np.array(cfg.classes, dtype=object)
     return gpd.GeoDataFrame(

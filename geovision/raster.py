@@ -85,6 +85,11 @@ class ReadPlan:
         return self.scale_x != 1.0 or self.scale_y != 1.0
 
     @property
+    def source_transform(self) -> Affine:
+        """The source raster's own geotransform."""
+        return self.transform @ Affine.scale(1 / self.scale_x, 1 / self.scale_y)
+
+    @property
     def pixel_area_m2(self) -> float:
         return self.pixel_size_m[0] * self.pixel_size_m[1]
 

@@ -15,17 +15,25 @@ import warnings
 from pathlib import Path
 
 import geopandas as gpd
+import numpy as np
+import rasterio
+import rasterio.shutil
 
+from geovision.blend import Strip
 from geovision.errors import OutputError
+from geovision.raster import ReadPlan
 
 DRIVERS = {".geojson": "GeoJSON", ".json": "GeoJSON", ".gpkg": "GPKG", ".shp": "ESRI Shapefile"}
 SHAPEFILE_PARTS = (".shp", ".shx", ".dbf", ".prj", ".cpg")
+RASTER_SUFFIXES = (".tif", ".tiff")
 
 
-def check_output(path: str | os.PathLike[str], overwrite: bool = False) -> Path:
+def check_output(path: str | os.PathLike[str], overwrite: bool = False, raster: bool = False) -> Path:
     """Refuse an output path before any work is done: format, folder, existing file."""
     p = Path(path)
-    if p.suffix.lower() not in DRIVERS:
+    if raster and p.suffix.lower() not in RASTER_SUFFIXES:
+        raise OutputError(f"{p}: raster outputs are GeoTIFFs; use a .tif name")
+    if not raster and p.suffix.lower() not in DRIVERS:
         raise OutputError(f"{p}: unknown output format '{p.suffix}'; use .gpkg, .geojson or .shp")
     parent = p.parent if str(p.parent) else Path(".")
     if not parent.is_dir():
@@ -71,3 +79,76 @@ def write_layer(gdf: gpd.GeoDataFrame, path: str | os.PathLike[str], overwrite: 
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
     return p
+
+
+class RasterSink:
+    """Writes segmentation strips as GeoTIFFs in the source raster's grid, strip by strip.
+
+    ``mask`` gets the class raster (uint8, 0 = background), ``probs`` one
+    float32 band per class. Model-grid strips are resampled to the source
+    grid by nearest neighbour at pixel centres, so every source row is
+    written exactly once. Each file is written tiled and compressed to a
+    temporary file, turned into a Cloud Optimized GeoTIFF, and renamed into
+    place only if the whole run succeeds.
+    """
+
+    def __init__(
+        self,
+        plan: ReadPlan,
+        mask: str | os.PathLike[str] | None,
+        probs: str | os.PathLike[str] | None,
+        n_classes: int,
+        overwrite: bool = False,
+    ) -> None:
+        self.plan = plan
+        self.targets = {k: Path(v) for k, v in (("mask", mask), ("probs", probs)) if v is not None}
+        self.n_classes = n_classes
+        self.overwrite = overwrite
+        self.files: dict[str, rasterio.io.DatasetWriter] = {}
+        self.tmp: dict[str, Path] = {}
+        self.cols = np.minimum(
+            ((np.arange(plan.source_width) + 0.5) / plan.scale_x).astype(np.int64), plan.width - 1
+        )
+
+    def __enter__(self) -> RasterSink:
+        p = self.plan
+        base = dict(driver="GTiff", width=p.source_width, height=p.source_height, crs=p.crs,
+                    transform=p.source_transform, tiled=True, blockxsize=256, blockysize=256,
+                    compress="deflate", BIGTIFF="IF_SAFER")
+        layouts = {"mask": dict(count=1, dtype="uint8"), "probs": dict(count=self.n_classes, dtype="float32")}
+        for key, target in self.targets.items():
+            check_output(target, self.overwrite, raster=True)
+            self.tmp[key] = target.with_name(f".{target.name}.{os.getpid()}.tmp.tif")
+            self.files[key] = rasterio.open(self.tmp[key], "w", **base, **layouts[key])
+        return self
+
+    def write(self, strip: Strip) -> None:
+        if not self.files:
+            return
+        p = self.plan
+        first = int(np.ceil(strip.y0 * p.scale_y - 0.5))
+        last_strip = strip.y0 + strip.rows >= p.height
+        end = p.source_height if last_strip else int(np.ceil((strip.y0 + strip.rows) * p.scale_y - 0.5))
+        first, end = max(first, 0), min(end, p.source_height)
+        if end <= first:
+            return
+        rows = np.clip(((np.arange(first, end) + 0.5) / p.scale_y).astype(np.int64) - strip.y0, 0, strip.rows - 1)
+        window = rasterio.windows.Window(0, first, p.source_width, end - first)
+        if "mask" in self.files:
+            self.files["mask"].write(strip.classes[rows][:, self.cols][None], window=window)
+        if "probs" in self.files:
+            self.files["probs"].write(strip.probs[1:, rows][:, :, self.cols], window=window)
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        for f in self.files.values():
+            f.close()
+        try:
+            if exc_type is None:
+                for key, target in self.targets.items():
+                    cog = self.tmp[key].with_suffix(".cog.tif")
+                    rasterio.shutil.copy(self.tmp[key], cog, driver="COG", compress="DEFLATE")
+                    os.replace(cog, target)
+        finally:
+            for tmp in self.tmp.values():
+                for leftover in (tmp, tmp.with_suffix(".cog.tif")):
+                    leftover.unlink(missing_ok=True)

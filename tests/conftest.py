@@ -89,3 +89,24 @@ def squares_image(height: int, width: int, squares: Sequence[tuple[int, int, int
 @pytest.fixture
 def blob_detector() -> BlobDetector:
     return BlobDetector()
+
+
+class BrightSegmenter:
+    """Probability of class 1 = 1 where channel 0 is bright, else 0; records tiles seen."""
+
+    device = "cpu"
+
+    def __init__(self) -> None:
+        self.seen = 0
+
+    def segment(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        self.seen += len(images)
+        fg = np.stack([(i[..., 0] > 128).astype(np.float32) for i in images])
+        return np.stack([1 - fg, fg], axis=1)
+
+
+def fake_seg_config(tile_size: int = 64, overlap: int = 16, resolution_m: float | None = 0.1, **extra) -> ModelConfig:
+    return ModelConfig(
+        name="roofs", task="segment", backend="fake", weights=Path("/nonexistent"), classes=("roof",),
+        tile_size=tile_size, overlap=overlap, resolution_m=resolution_m, batch_size=4, confidence=0.5, extra=extra,
+    )

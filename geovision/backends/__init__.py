@@ -39,6 +39,25 @@ class Detector(Protocol):
     def detect(self, images: Sequence[np.ndarray]) -> list[Detections]: ...
 
 
+class Segmenter(Protocol):
+    """Anything that gives per-pixel probabilities (background first) for a batch of tiles."""
+
+    device: str
+
+    def segment(self, images: Sequence[np.ndarray]) -> np.ndarray: ...
+
+
+def load_segmenter(cfg: ModelConfig, device: str | None = None) -> Segmenter:
+    """The segmentation backend named by ``cfg.backend``, loaded on ``device``."""
+    if cfg.task != "segment":
+        raise ModelError(f"model '{cfg.name}' is a {cfg.task} model, not a segmenter")
+    if cfg.backend == "smp":
+        from geovision.backends.smp import SmpSegmenter
+
+        return SmpSegmenter(cfg, device=device)
+    raise ModelError(f"model '{cfg.name}': unknown segmentation backend '{cfg.backend}' (known: smp)")
+
+
 def load_detector(cfg: ModelConfig, device: str | None = None) -> Detector:
     """The detector backend named by ``cfg.backend``, loaded on ``device``."""
     if cfg.task != "detect":

@@ -1,0 +1,101 @@
+"""Semantic segmentation with segmentation-models-pytorch (U-Net, DeepLabV3+, FPN, ...).
+
+The model package names the architecture, encoder and activation; weights
+are a state dict (saved in half precision to keep packages small). Networks
+are always built with ``encoder_weights=None``: nothing is downloaded, the
+package's weights are the whole model.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+from geovision.errors import ModelError, WeightsError
+from geovision.models import ModelConfig
+
+#: smp architectures by the names model YAML files use.
+ARCHITECTURES = ("Unet", "UnetPlusPlus", "DeepLabV3Plus", "DeepLabV3", "FPN", "PSPNet", "Linknet", "MAnet", "PAN")
+
+
+def build_network(cfg: ModelConfig) -> Any:
+    """An untrained smp network as ``cfg`` describes it (no pretrained encoder)."""
+    import segmentation_models_pytorch as smp
+
+    arch = cfg.extra.get("arch", "Unet")
+    if arch not in ARCHITECTURES:
+        raise ModelError(f"model '{cfg.name}': unknown architecture '{arch}'; known: {', '.join(ARCHITECTURES)}")
+    kwargs: dict[str, Any] = dict(
+        encoder_name=cfg.extra.get("encoder", "resnet34"), encoder_weights=None,
+        in_channels=cfg.in_channels, classes=n_outputs(cfg) if activation(cfg) == "softmax" else len(cfg.classes),
+    )
+    if cfg.extra.get("decoder_channels") and arch in ("Unet", "UnetPlusPlus", "MAnet"):
+        kwargs["decoder_channels"] = tuple(cfg.extra["decoder_channels"])
+    try:
+        return getattr(smp, arch)(**kwargs)
+    except (KeyError, ValueError) as e:
+        raise ModelError(f"model '{cfg.name}': cannot build {arch} with encoder {kwargs['encoder_name']} ({e})") from e
+
+
+def activation(cfg: ModelConfig) -> str:
+    """'sigmoid' (one output per class) or 'softmax' (background plus one per class)."""
+    act = cfg.extra.get("activation", "sigmoid" if len(cfg.classes) == 1 else "softmax")
+    if act not in ("sigmoid", "softmax"):
+        raise ModelError(f"model '{cfg.name}': activation must be sigmoid or softmax, not {act!r}")
+    return str(act)
+
+
+def n_outputs(cfg: ModelConfig) -> int:
+    """Probabilities per pixel handed on: background first, then each class."""
+    return len(cfg.classes) + 1
+
+
+def input_stats(cfg: ModelConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean and std (of 0-1 pixel values) the network was trained with."""
+    mean = np.asarray(cfg.extra.get("mean", [0.5] * cfg.in_channels), np.float32)
+    std = np.asarray(cfg.extra.get("std", [0.25] * cfg.in_channels), np.float32)
+    if mean.shape != (cfg.in_channels,) or std.shape != (cfg.in_channels,):
+        raise ModelError(f"model '{cfg.name}': mean and std need {cfg.in_channels} values each")
+    return mean, std
+
+
+class SmpSegmenter:
+    """Batched smp inference on uint8 tiles: (n, outputs, size, size) probabilities."""
+
+    def __init__(self, cfg: ModelConfig, device: str | None = None) -> None:
+        import torch
+
+        from geovision.device import pick_device
+
+        self.cfg = cfg
+        self.device = pick_device(device)
+        self.torch = torch
+        net = build_network(cfg)
+        try:
+            state = torch.load(cfg.weights, map_location="cpu", weights_only=True)
+            net.load_state_dict({k: v.float() for k, v in state.items()})
+        except Exception as e:  # noqa: BLE001 - torch raises many kinds for a bad file
+            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise WeightsError(f"{cfg.weights.name}: not loadable weights for this model ({msg})") from e
+        self.half = self.device.startswith("cuda")
+        self.net = (net.half() if self.half else net).eval().to(self.device)
+        mean, std = input_stats(cfg)
+        self.scale = torch.from_numpy(1 / (255 * std)).view(1, -1, 1, 1).to(self.device)
+        self.shift = torch.from_numpy(mean / std).view(1, -1, 1, 1).to(self.device)
+        self.softmax = activation(cfg) == "softmax"
+
+    def segment(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        torch = self.torch
+        batch = torch.from_numpy(np.stack(images)).to(self.device, non_blocking=True)
+        with torch.inference_mode():
+            x = batch.permute(0, 3, 1, 2).float() * self.scale - self.shift
+            logits = self.net(x.half() if self.half else x).float()
+            if self.softmax:
+                probs = logits.softmax(dim=1)
+            else:
+                fg = logits.sigmoid()
+                # one-class sigmoid: background is 1 - p; several: background is 1 - max
+                bg = 1 - fg.max(dim=1, keepdim=True).values
+                probs = torch.cat([bg, fg], dim=1)
+            return probs.cpu().numpy()
