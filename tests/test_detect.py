@@ -58,7 +58,7 @@ def test_each_object_once_at_its_true_lonlat(tmp_path, case):
         from geovision.raster import ground_pixel_size_m
         resolution = ground_pixel_size_m(crs, transform, 200, 170)[0]
     out = tmp_path / "out.geojson"
-    result = geovision.detect(path, fake_config(resolution_m=resolution), out, detector=BlobDetector())
+    result = geovision.detect(path, fake_config(resolution_m=resolution), out, backend=BlobDetector())
     import geopandas as gpd
 
     gdf = gpd.read_file(out)
@@ -77,7 +77,7 @@ def test_each_object_once_at_its_true_lonlat(tmp_path, case):
 def test_area_and_attributes_in_source_crs(tmp_path):
     path = write_raster(tmp_path / "s.tif", squares_image(170, 200, SQUARES))
     out = tmp_path / "out.gpkg"
-    geovision.detect(path, fake_config(), out, detector=BlobDetector())
+    geovision.detect(path, fake_config(), out, backend=BlobDetector())
     import geopandas as gpd
 
     gdf = gpd.read_file(out)
@@ -94,7 +94,7 @@ def test_resampled_read_keeps_objects_in_place(tmp_path):
     t = Affine(0.018, 0, 500000, 0, -0.018, 4000000)
     squares = [(100, 100, 400, 300), (500, 600, 900, 1000)]
     path = write_raster(tmp_path / "drone.tif", squares_image(1100, 1000, squares), transform=t)
-    result = geovision.detect(path, fake_config(), detector=BlobDetector())
+    result = geovision.detect(path, fake_config(), backend=BlobDetector())
     gdf = result.features.to_crs("EPSG:4326")
     assert len(gdf) == 2
     for square in squares:
@@ -110,7 +110,7 @@ def test_all_nodata_tiles_never_reach_the_model(tmp_path):
     img[:, :, 130:] = 0  # the right-hand columns of tiles are nodata only
     path = write_raster(tmp_path / "nd.tif", img, nodata=0)
     det = BlobDetector()
-    result = geovision.detect(path, fake_config(), detector=det)
+    result = geovision.detect(path, fake_config(), backend=det)
     assert result.stats.tiles == 16
     assert result.stats.tiles_skipped == 4  # tiles starting at x=144 see only nodata
     assert len(det.seen) == 12
@@ -127,7 +127,7 @@ def test_detections_centred_on_nodata_are_dropped(tmp_path):
         def detect(self, images):  # sees squares as blobs of "not background"
             return super().detect([np.where(i == 40, 0, 255).astype(np.uint8) for i in images])
 
-    result = geovision.detect(path, fake_config(), detector=WholeSquares())
+    result = geovision.detect(path, fake_config(), backend=WholeSquares())
     assert len(result.features) == 1
 
 
@@ -137,8 +137,8 @@ def test_uint16_gives_the_same_objects_as_uint8(tmp_path):
     img8[:, -6:, :] = 255
     p8 = write_raster(tmp_path / "a8.tif", img8)
     p16 = write_raster(tmp_path / "a16.tif", img8.astype(np.uint16) * 257)
-    r8 = geovision.detect(p8, fake_config(), detector=BlobDetector())
-    r16 = geovision.detect(p16, fake_config(), detector=BlobDetector())
+    r8 = geovision.detect(p8, fake_config(), backend=BlobDetector())
+    r16 = geovision.detect(p16, fake_config(), backend=BlobDetector())
     assert len(r8.features) == len(r16.features) >= len(SQUARES)
     b8 = np.sort(np.asarray([g.bounds for g in r8.features.geometry]), axis=0)
     b16 = np.sort(np.asarray([g.bounds for g in r16.features.geometry]), axis=0)
@@ -148,7 +148,7 @@ def test_uint16_gives_the_same_objects_as_uint8(tmp_path):
 def test_rotated_raster_objects_land_in_place(tmp_path):
     t = Affine.translation(500000, 4000000) @ Affine.rotation(30) @ Affine.scale(0.1, -0.1)
     path = write_raster(tmp_path / "rot.tif", squares_image(170, 200, [INSIDE, CORNER]), transform=t)
-    result = geovision.detect(path, fake_config(), detector=BlobDetector())
+    result = geovision.detect(path, fake_config(), backend=BlobDetector())
     assert len(result.features) == 2
     for square in (INSIDE, CORNER):
         cx, cy = t @ ((square[0] + square[2]) / 2, (square[1] + square[3]) / 2)
@@ -160,13 +160,13 @@ def test_rotated_raster_objects_land_in_place(tmp_path):
 def test_all_nodata_raster_is_refused(tmp_path):
     path = write_raster(tmp_path / "empty.tif", np.zeros((3, 50, 50), np.uint8), nodata=0)
     with pytest.raises(RasterError, match="no valid pixels"):
-        geovision.detect(path, fake_config(), detector=BlobDetector())
+        geovision.detect(path, fake_config(), backend=BlobDetector())
 
 
 def test_nothing_found_writes_a_valid_empty_layer(tmp_path):
     path = write_raster(tmp_path / "blank.tif", squares_image(100, 100, []))
     out = tmp_path / "none.gpkg"
-    result = geovision.detect(path, fake_config(), out, detector=BlobDetector())
+    result = geovision.detect(path, fake_config(), out, backend=BlobDetector())
     import geopandas as gpd
 
     gdf = gpd.read_file(out)
