@@ -87,12 +87,15 @@ def main() -> None:
 @click.option("--device", help="auto (default), cpu, cuda or cuda:N.")
 @click.option("--bands", callback=_bands, help="Raster bands to feed the model, e.g. 3,2,1 (default: RGB or the model's).")
 @click.option("--pixel-coords", is_flag=True, help="Accept a raster without georeference and write pixel coordinates.")
+@click.option("--mask-out", type=click.Path(path_type=str), help="Segmenters: also write the class raster (GeoTIFF).")
+@click.option("--prob-out", type=click.Path(path_type=str), help="Segmenters: also write class probabilities (GeoTIFF).")
 @click.option("--overwrite", is_flag=True, help="Replace the output if it exists.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary.")
 @click.option("--debug", is_flag=True, help="Show tracebacks of unexpected failures.")
 def detect(
     raster: str, model: str, output: str, conf: float | None, iou: float | None, batch_size: int | None,
-    device: str | None, bands: tuple[int, ...] | None, pixel_coords: bool, overwrite: bool, quiet: bool, debug: bool,
+    device: str | None, bands: tuple[int, ...] | None, pixel_coords: bool, mask_out: str | None,
+    prob_out: str | None, overwrite: bool, quiet: bool, debug: bool,
 ) -> None:
     """Detect objects in RASTER and write them to OUTPUT."""
     from tqdm import tqdm
@@ -113,7 +116,8 @@ def detect(
         result = _run(
             lambda: geovision.detect(
                 raster, model, output, device=device, batch_size=batch_size, confidence=conf, iou=iou,
-                bands=bands, pixel_coords=pixel_coords, overwrite=overwrite, progress=progress,
+                bands=bands, pixel_coords=pixel_coords, overwrite=overwrite, mask_out=mask_out, prob_out=prob_out,
+                progress=progress,
             ),
             debug,
         )
@@ -171,6 +175,11 @@ def models_cmd(as_json: bool, debug: bool) -> None:
 @click.option("--batch", type=int, help="Chips per training step.")
 @click.option("--model-size", type=click.Choice(["n", "s", "m", "l", "x"]), help="YOLO11 size when training from scratch.")
 @click.option("--weights", help="Start from these weights instead of from scratch.")
+@click.option("--arch", help="Segmentation architecture: Unet, UnetPlusPlus, DeepLabV3Plus, FPN, ...")
+@click.option("--encoder", help="Segmentation encoder, e.g. resnet34 (never downloads pretrained weights).")
+@click.option("--encoder-depth", type=click.IntRange(3, 5), help="Encoder stages used by the segmenter.")
+@click.option("--lr", type=float, help="Segmentation learning rate.")
+@click.option("--grayscale", is_flag=True, default=None, help="Accept single-band rasters, repeated into every channel.")
 @click.option("--val-fraction", type=float, help="Share of spatial blocks held out for validation.")
 @click.option("--device", help="auto (default), cpu, cuda or cuda:N.")
 @click.option("--seed", type=int)

@@ -11,7 +11,7 @@ import xml.etree.ElementTree as ET
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import rasterio
@@ -80,18 +80,28 @@ def read_pixel_labels(
     return _to_image_labels(image, rows, classes, report, any_name=True)
 
 
-def read_vector_labels(
+@dataclass
+class ImageShapes:
+    """Label geometries for one image in its pixel coordinates, and class indexes."""
+
+    image: Path
+    geoms: list[Any]
+    classes: np.ndarray
+
+
+def read_vector_shapes(
     path: Path,
     images: Sequence[Path],
     classes: Sequence[str],
     report: LabelReport,
     class_field: str | None = None,
-) -> list[ImageLabels]:
-    """Envelopes of a vector layer's features in each image's pixels (reprojected to its CRS).
+) -> list[ImageShapes]:
+    """A vector layer's features in each image's pixel coordinates (reprojected to its CRS).
 
     A feature that falls in no image is counted as dropped once, not per image.
     """
     import geopandas as gpd
+    import shapely
 
     try:
         gdf = gpd.read_file(path)
@@ -104,24 +114,51 @@ def read_vector_labels(
     empty = gdf.geometry.isna() | gdf.geometry.is_empty
     report.drop("empty geometry", int(empty.sum()))
     gdf = gdf[~empty]
-    names = gdf[class_field].astype(str).tolist() if class_field else [classes[0] if len(classes) == 1 else ""] * len(gdf)
+    if class_field:
+        names = gdf[class_field].astype(str).tolist()
+    else:
+        names = [classes[0] if len(classes) == 1 else ""] * len(gdf)
+    lookup = {c.lower(): i for i, c in enumerate(classes)}
     seen = np.zeros(len(gdf), bool)
     out = []
     for image in images:
         with rasterio.open(image) as ds:
             if ds.crs is None:
                 raise LabelError(f"{image}: vector labels need a georeferenced image")
-            bounds = gdf.to_crs(ds.crs).geometry.bounds.to_numpy()
             inv, width, height = ~ds.transform, ds.width, ds.height
-        # pixel coordinates of the four envelope corners, then their extent
-        xs, ys = bounds[:, [0, 2, 2, 0]], bounds[:, [1, 1, 3, 3]]
-        px, py = inv @ (xs, ys)
-        x1, x2, y1, y2 = px.min(1), px.max(1), py.min(1), py.max(1)
+            geoms = gdf.to_crs(ds.crs).geometry.to_numpy()
+        pixel = shapely.transform(geoms, lambda xy: np.column_stack(inv @ (xy[:, 0], xy[:, 1])))
+        x1, y1, x2, y2 = shapely.bounds(pixel).T
         inside = (x2 > 0) & (y2 > 0) & (x1 < width) & (y1 < height)
         seen |= inside
-        rows = [(names[i], x1[i], y1[i], x2[i], y2[i]) for i in np.flatnonzero(inside)]
-        out.append(_to_image_labels(image, rows, classes, report))
+        kept, cls = [], []
+        for i in np.flatnonzero(inside):
+            key = names[i].lower()
+            if key not in lookup:
+                report.drop(f"unknown class {names[i]!r}")
+                continue
+            kept.append(pixel[i])
+            cls.append(lookup[key])
+            report.used += 1
+        out.append(ImageShapes(image, kept, np.asarray(cls, dtype=np.int64)))
     report.drop("outside every image", int((~seen).sum()))
+    return out
+
+
+def read_vector_labels(
+    path: Path,
+    images: Sequence[Path],
+    classes: Sequence[str],
+    report: LabelReport,
+    class_field: str | None = None,
+) -> list[ImageLabels]:
+    """Boxes (feature envelopes) of a vector layer in each image's pixel coordinates."""
+    import shapely
+
+    out = []
+    for item in read_vector_shapes(path, images, classes, report, class_field):
+        boxes = shapely.bounds(np.asarray(item.geoms, dtype=object)).reshape(-1, 4).astype(np.float32)
+        out.append(ImageLabels(item.image, boxes, item.classes))
     return out
 
 

@@ -23,7 +23,7 @@ import numpy as np
 import yaml
 
 from geovision.errors import GeovisionError, OutputError
-from geovision.labels import ImageLabels, LabelReport, read_pixel_labels, read_vector_labels
+from geovision.labels import ImageLabels, LabelReport, read_pixel_labels, read_vector_labels, read_vector_shapes
 from geovision.models import ModelConfig, config_to_dict, resolve_model, sha256_file
 from geovision.raster import Normalization, open_raster, plan_read, read_tile
 from geovision.tiling import Tile, TileGrid
@@ -318,8 +318,17 @@ class TrainSpec:
     device: str | None = None
     seed: int = 0
     name: str | None = None
-    confidence: float = 0.25
+    confidence: float | None = None
     overwrite: bool = False
+    # segmentation
+    arch: str = "Unet"
+    encoder: str = "resnet34"
+    encoder_depth: int = 5
+    lr: float = 1e-3
+    class_weights: tuple[float, ...] | None = None
+    grayscale: bool = False
+    vectorize: dict[str, Any] = field(default_factory=dict)
+    # passed on to ultralytics' trainer as they are
     options: dict[str, Any] = field(default_factory=dict)
 
 
@@ -357,6 +366,8 @@ def spec_from_mapping(raw: dict[str, Any]) -> TrainSpec:
     as_paths = lambda v: tuple(Path(p) for p in ([v] if isinstance(v, (str, Path)) else v))  # noqa: E731
     raw["images"], raw["labels"] = as_paths(raw["images"]), as_paths(raw["labels"])
     raw["output"] = Path(raw["output"])
+    if raw.get("class_weights"):
+        raw["class_weights"] = tuple(float(w) for w in raw["class_weights"])
     raw["classes"] = tuple(str(c) for c in ([raw["classes"]] if isinstance(raw["classes"], str) else raw["classes"]))
     if raw.get("weights"):
         raw["weights"] = Path(raw["weights"])
@@ -383,52 +394,103 @@ def train(spec: TrainSpec, log: Callable[[str], None] = lambda s: None) -> Model
             raise TrainingError(f"{p}: no such file")
     if len(spec.labels) not in (1, len(spec.images)):
         raise TrainingError(f"give one labels file, or one per image ({len(spec.images)}), not {len(spec.labels)}")
-    if spec.task != "detect":
-        raise TrainingError(f"training task {spec.task!r} is not supported yet; use 'detect'")
     report = LabelReport()
-    items = read_labels(spec, report)
-    log(f"labels: {report.summary()}")
-    if report.used == 0:
-        raise TrainingError(f"no usable labels ({report.summary()}); check the labels' CRS, classes and --class-field")
-    overlap = spec.overlap if spec.overlap is not None else spec.tile_size // 10
-    cfg = ModelConfig(
-        name=spec.name or out.name, task="detect", backend="yolo", weights=Path("weights.pt"),
-        classes=spec.classes, tile_size=spec.tile_size, overlap=overlap, resolution_m=spec.resolution,
-        confidence=spec.confidence,
-        description=f"YOLO11{spec.model_size} trained by geovision on {', '.join(p.name for p in spec.images)}",
-    )
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        chips = chip_detection_dataset(
-            items, staging / "chips",
-            ChipOptions(tile_size=spec.tile_size, resolution_m=spec.resolution, val_fraction=spec.val_fraction,
-                        native_resolution_m=spec.image_resolution, seed=spec.seed),
-            spec.classes,
-        )
-        log(f"chips: {chips.train} train ({chips.boxes_train} boxes), {chips.val} validation ({chips.boxes_val} boxes)")
-        if chips.train == 0 or chips.boxes_val == 0:
-            which = "training" if chips.train == 0 else "validation"
-            raise TrainingError(
-                f"no {which} chips with labels ({chips.train} train, {chips.val} validation); the images are too "
-                "small for this tile size and resolution, or hold too few labelled blocks to split"
-            )
-        base = str(spec.weights) if spec.weights else f"yolo11{spec.model_size}.yaml"
-        opts = DetectTrainOptions(epochs=spec.epochs, batch=spec.batch, model=base, device=spec.device,
-                                  seed=spec.seed, extra=dict(spec.options))
         package = staging / "package"
-        info = {
-            "images": [str(p) for p in spec.images], "labels": [str(p) for p in spec.labels],
-            "labels_used": report.used, "labels_dropped": dict(report.dropped),
-            "chips_train": chips.train, "chips_val": chips.val, "val_boxes": chips.boxes_val,
-            "split": f"spatial blocks of {spec.tile_size} px, {spec.val_fraction:.0%} held out, seed {spec.seed}",
-        }
-        train_yolo(staging / "chips" / "data.yaml", cfg, package, opts, log, info={"data": info})
+        if spec.task == "segment":
+            _train_segmenter(spec, report, package, log)
+        else:
+            _train_detector(spec, report, staging, package, log)
         if out.exists():
             shutil.rmtree(out) if out.is_dir() else out.unlink()
         os.replace(package, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return resolve_model(out / "model.yaml")
+
+
+def _check_labels(report: LabelReport, log: Callable[[str], None]) -> None:
+    log(f"labels: {report.summary()}")
+    if report.used == 0:
+        raise TrainingError(f"no usable labels ({report.summary()}); check the labels' CRS, classes and --class-field")
+
+
+def _data_info(spec: TrainSpec, report: LabelReport, **counts: int) -> dict[str, Any]:
+    """What the model was trained on, recorded in its model.yaml."""
+    return {
+        "images": [str(p) for p in spec.images], "labels": [str(p) for p in spec.labels],
+        "labels_used": report.used, "labels_dropped": dict(report.dropped), **counts,
+        "split": f"spatial blocks of {spec.tile_size} px, {spec.val_fraction:.0%} held out, seed {spec.seed}",
+    }
+
+
+def _chip_options(spec: TrainSpec) -> ChipOptions:
+    return ChipOptions(
+        tile_size=spec.tile_size, resolution_m=spec.resolution, val_fraction=spec.val_fraction,
+        native_resolution_m=spec.image_resolution, seed=spec.seed, accept_grayscale=spec.grayscale,
+    )
+
+
+def _no_chips(train: int, val: int) -> TrainingError:
+    which = "training" if train == 0 else "validation"
+    return TrainingError(
+        f"no {which} chips with labels ({train} train, {val} validation); the images are too small for "
+        "this tile size and resolution, or hold too few labelled blocks to split"
+    )
+
+
+def _train_detector(spec: TrainSpec, report: LabelReport, staging: Path, package: Path, log: Callable[[str], None]) -> None:
+    items = read_labels(spec, report)
+    _check_labels(report, log)
+    overlap = spec.overlap if spec.overlap is not None else spec.tile_size // 10
+    cfg = ModelConfig(
+        name=spec.name or spec.output.name, task="detect", backend="yolo", weights=Path("weights.pt"),
+        classes=spec.classes, tile_size=spec.tile_size, overlap=overlap, resolution_m=spec.resolution,
+        confidence=spec.confidence if spec.confidence is not None else 0.25, accept_grayscale=spec.grayscale,
+        description=f"YOLO11{spec.model_size} trained by geovision on {', '.join(p.name for p in spec.images)}",
+    )
+    chips = chip_detection_dataset(items, staging / "chips", _chip_options(spec), spec.classes)
+    log(f"chips: {chips.train} train ({chips.boxes_train} boxes), {chips.val} validation ({chips.boxes_val} boxes)")
+    if chips.train == 0 or chips.boxes_val == 0:
+        raise _no_chips(chips.train, chips.boxes_val)
+    base = str(spec.weights) if spec.weights else f"yolo11{spec.model_size}.yaml"
+    opts = DetectTrainOptions(epochs=spec.epochs, batch=spec.batch, model=base, device=spec.device,
+                              seed=spec.seed, extra=dict(spec.options))
+    info = _data_info(spec, report, chips_train=chips.train, chips_val=chips.val, val_boxes=chips.boxes_val)
+    train_yolo(staging / "chips" / "data.yaml", cfg, package, opts, log, info={"data": info})
+
+
+def _train_segmenter(spec: TrainSpec, report: LabelReport, package: Path, log: Callable[[str], None]) -> None:
+    from geovision.train_segment import SegTrainOptions, chip_segmentation_dataset, train_smp
+
+    if any(p.suffix.lower() in {".xml", ".csv"} for p in spec.labels):
+        raise TrainingError("segmentation needs polygon labels (GeoJSON, GeoPackage, Shapefile), not boxes")
+    items = []
+    for image, labels in zip(spec.images, spec.labels if len(spec.labels) > 1 else spec.labels * len(spec.images)):
+        items += read_vector_shapes(labels, [image], spec.classes, report, spec.class_field)
+    _check_labels(report, log)
+    chips = chip_segmentation_dataset(items, _chip_options(spec))
+    n_val_fg = sum(int(m.any()) for m in chips.val_masks)
+    log(f"chips: {len(chips.train_images)} train, {len(chips.val_images)} validation ({n_val_fg} with labels)")
+    if not chips.train_images or n_val_fg == 0:
+        raise _no_chips(len(chips.train_images), n_val_fg)
+    depth = spec.encoder_depth
+    cfg = ModelConfig(
+        name=spec.name or spec.output.name, task="segment", backend="smp", weights=Path("weights.pt"),
+        classes=spec.classes, tile_size=spec.tile_size,
+        overlap=spec.overlap if spec.overlap is not None else spec.tile_size // 4, resolution_m=spec.resolution,
+        confidence=spec.confidence if spec.confidence is not None else 0.5, accept_grayscale=spec.grayscale,
+        description=f"{spec.arch} ({spec.encoder}) trained by geovision on {', '.join(p.name for p in spec.images)}",
+        extra={"arch": spec.arch, "encoder": spec.encoder, "encoder_depth": depth,
+               "decoder_channels": [256, 128, 64, 32, 16][5 - depth:] if spec.arch in ("Unet", "UnetPlusPlus") else None,
+               "activation": "sigmoid" if len(spec.classes) == 1 else "softmax",
+               "vectorize": dict(spec.vectorize) or {"simplify_m": spec.resolution or 0.0, "min_area_m2": 0.0}},
+    )
+    opts = SegTrainOptions(epochs=spec.epochs, batch=spec.batch, lr=spec.lr, device=spec.device, seed=spec.seed,
+                           class_weights=spec.class_weights)
+    info = _data_info(spec, report, chips_train=len(chips.train_images), chips_val=len(chips.val_images))
+    train_smp(chips, cfg, package, opts, log, info={"data": info})
 
 
 def read_labels(spec: TrainSpec, report: LabelReport) -> list[ImageLabels]:

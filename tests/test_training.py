@@ -131,3 +131,36 @@ def test_bad_training_input(tmp_path, args, message):
     assert r.exit_code == 2, r.output
     assert message in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "m").exists() and not list(tmp_path.glob(".m.*"))
+
+
+def test_train_segment_cli_to_package_that_detect_runs(tmp_path):
+    img, labels = scene(tmp_path)
+    pkg = tmp_path / "roofs"
+    r = CliRunner().invoke(main, [
+        "train", "segment", "--images", str(img), "--labels", str(labels), "--classes", "hut",
+        "--class-field", "kind", "--resolution", "0.1", "--tile-size", "64", "--epochs", "1", "--batch", "4",
+        "--arch", "Unet", "--encoder", "resnet18", "--encoder-depth", "3", "--val-fraction", "0.25", "-o", str(pkg), "-q",
+    ])
+    assert r.exit_code == 0, r.stderr
+    cfg = yaml.safe_load((pkg / "model.yaml").read_text())
+    assert cfg["task"] == "segment" and cfg["backend"] == "smp" and cfg["encoder_depth"] == 3
+    assert len(cfg["mean"]) == 3 and "pixel_iou" in cfg["metrics"]
+    # the unused deeper ResNet stages are not in the package
+    assert (pkg / "weights.pt").stat().st_size < 2_000_000
+    mask = tmp_path / "mask.tif"
+    result = geovision.detect(img, pkg / "model.yaml", tmp_path / "roofs.gpkg", mask_out=mask)
+    assert result.stats.tiles > 0 and mask.is_file()
+    import rasterio
+
+    with rasterio.open(mask) as m:
+        assert (m.width, m.height) == (256, 256) and m.transform == T
+
+
+def test_segmentation_needs_polygons(tmp_path):
+    img = write_raster(tmp_path / "s.tif", squares_image(64, 64, []), transform=T)
+    voc = tmp_path / "boxes.xml"
+    voc.write_text("<annotation><object><name>hut</name><bndbox><xmin>1</xmin><ymin>1</ymin>"
+                   "<xmax>9</xmax><ymax>9</ymax></bndbox></object></annotation>")
+    r = CliRunner().invoke(main, ["train", "segment", "--images", str(img), "--labels", str(voc),
+                                  "--classes", "hut", "--resolution", "0.1", "--tile-size", "64", "-o", str(tmp_path / "m")])
+    assert r.exit_code == 2 and "polygon labels" in r.stderr

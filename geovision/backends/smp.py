@@ -30,12 +30,26 @@ def build_network(cfg: ModelConfig) -> Any:
         encoder_name=cfg.extra.get("encoder", "resnet34"), encoder_weights=None,
         in_channels=cfg.in_channels, classes=n_outputs(cfg) if activation(cfg) == "softmax" else len(cfg.classes),
     )
+    if cfg.extra.get("encoder_depth"):
+        kwargs["encoder_depth"] = int(cfg.extra["encoder_depth"])
     if cfg.extra.get("decoder_channels") and arch in ("Unet", "UnetPlusPlus", "MAnet"):
         kwargs["decoder_channels"] = tuple(cfg.extra["decoder_channels"])
     try:
-        return getattr(smp, arch)(**kwargs)
+        net = getattr(smp, arch)(**kwargs)
     except (KeyError, ValueError) as e:
         raise ModelError(f"model '{cfg.name}': cannot build {arch} with encoder {kwargs['encoder_name']} ({e})") from e
+    _drop_unused_stages(net, kwargs.get("encoder_depth", 5))
+    return net
+
+
+def _drop_unused_stages(net: Any, depth: int) -> None:
+    """smp keeps a ResNet's deeper stages even when ``encoder_depth`` leaves them unused;
+    dropping them keeps the package small (resnet18 at depth 4: 12 M -> 4 M parameters)."""
+    import torch
+
+    for stage in range(depth, 5):  # depth d uses layer1 .. layer(d-1)
+        if hasattr(net.encoder, f"layer{stage}"):
+            setattr(net.encoder, f"layer{stage}", torch.nn.Identity())
 
 
 def activation(cfg: ModelConfig) -> str:
