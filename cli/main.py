@@ -229,5 +229,31 @@ def export(model: str, fmt: str, output: str | None, overwrite: bool, debug: boo
     click.echo(str(path))
 
 
+@main.command()
+@click.argument("pred", type=click.Path(path_type=str))
+@click.argument("truth", type=click.Path(path_type=str))
+@click.option("--iou", type=click.FloatRange(0, 1), default=0.5, show_default=True, help="IoU for a match.")
+@click.option("--class-field", default="class", show_default=True, help="Field with class names ('' for one class).")
+@click.option("--boxes", is_flag=True, help="Compare envelopes (box precision/recall, as DeepForest reports).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON.")
+@click.option("--debug", is_flag=True, help="Show tracebacks of unexpected failures.")
+def evaluate(pred: str, truth: str, iou: float, class_field: str, boxes: bool, as_json: bool, debug: bool) -> None:
+    """Score the objects in PRED against TRUTH (any format and CRS)."""
+    from geovision.evaluate import evaluate as run_evaluation
+
+    ev = _run(lambda: run_evaluation(pred, truth, iou=iou, class_field=class_field or None, boxes=boxes), debug)
+    if as_json:
+        click.echo(json.dumps(ev.to_dict(), indent=2))
+        return
+    header = ("CLASS", "TP", "FP", "FN", "PRECISION", "RECALL", "F1", "AP50", "AP50:95")
+    fmt = lambda v: "-" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)  # noqa: E731
+    rows = [(name, *(fmt(getattr(s, k)) for k in ("tp", "fp", "fn", "precision", "recall", "f1", "ap50", "ap")))
+            for name, s in [*ev.per_class.items(), ("overall", ev.overall)]]
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    click.echo(f"{ev.n_pred} predictions, {ev.n_truth} truth objects, IoU >= {ev.iou}, in {ev.crs}")
+    for r in [header, *rows]:
+        click.echo("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip())
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -24,7 +24,7 @@ from geovision.labels import ImageShapes
 from geovision.models import ModelConfig, sha256_file
 from geovision.raster import open_raster, plan_read, read_tile
 from geovision.tiling import Tile, TileGrid
-from geovision.training import ChipOptions, _split_of, val_blocks, write_model_yaml
+from geovision.training import ChipOptions, _split_of, held_regions, val_blocks, write_model_yaml
 
 
 @dataclass
@@ -36,6 +36,7 @@ class SegChips:
     val_images: list[np.ndarray] = field(default_factory=list)
     val_masks: list[np.ndarray] = field(default_factory=list)
     dropped_straddling: int = 0
+    val_regions: list[tuple[str, tuple[float, float, float, float]]] = field(default_factory=list)
 
 
 def chip_segmentation_dataset(items: Sequence[ImageShapes], opts: ChipOptions) -> SegChips:
@@ -56,6 +57,7 @@ def chip_segmentation_dataset(items: Sequence[ImageShapes], opts: ChipOptions) -
             }
             labelled = {(r, c) for r, c in labelled if r < blocks.n_rows and c < blocks.n_cols}
             held = val_blocks(list(labelled), opts.val_fraction, rng)
+            chips.val_regions += [(item.image.name, b) for b in held_regions(plan, blocks, held)]
             stride = opts.stride or t // 2
             shapes = list(zip(geoms, (int(c) + 1 for c in item.classes)))
             for y0 in range(0, max(1, plan.height - t // 4), stride):

@@ -25,7 +25,7 @@ import yaml
 from geovision.errors import GeovisionError, OutputError
 from geovision.labels import ImageLabels, LabelReport, read_pixel_labels, read_vector_labels, read_vector_shapes
 from geovision.models import ModelConfig, config_to_dict, resolve_model, sha256_file
-from geovision.raster import Normalization, open_raster, plan_read, read_tile
+from geovision.raster import Normalization, ReadPlan, open_raster, plan_read, read_tile
 from geovision.tiling import Tile, TileGrid
 
 
@@ -56,6 +56,7 @@ class ChipSet:
     boxes_train: int = 0
     boxes_val: int = 0
     dropped_straddling: int = 0
+    val_regions: list[tuple[str, tuple[float, float, float, float]]] = field(default_factory=list)
 
 
 def val_blocks(cells: Sequence[tuple[int, int]], fraction: float, rng: random.Random) -> set[tuple[int, int]]:
@@ -107,6 +108,7 @@ def chip_detection_dataset(
             centres = np.c_[(boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2] // t
             labelled = {(int(r), int(c)) for c, r in centres if 0 <= r < blocks.n_rows and 0 <= c < blocks.n_cols}
             held = val_blocks(list(labelled), opts.val_fraction, rng)
+            stats.val_regions += [(item.image.name, b) for b in held_regions(plan, blocks, held)]
             stride = opts.stride or t // 2
             for y0 in range(0, max(1, plan.height - t // 4), stride):
                 for x0 in range(0, max(1, plan.width - t // 4), stride):
@@ -143,6 +145,17 @@ def chip_detection_dataset(
     }
     (out_dir / "data.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
     return stats
+
+
+def held_regions(plan: ReadPlan, blocks: TileGrid, held: set[tuple[int, int]]) -> list[tuple[float, float, float, float]]:
+    """Bounds (minx, miny, maxx, maxy) of held-out blocks in the raster's CRS (or pixels without one)."""
+    t = blocks.tile_size
+    out = []
+    for r, c in sorted(held):
+        x0, y0 = plan.transform @ (c * t, r * t)
+        x1, y1 = plan.transform @ (min((c + 1) * t, plan.width), min((r + 1) * t, plan.height))
+        out.append((min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)))
+    return out
 
 
 def _split_of(tile: Tile, blocks: TileGrid, held: set[tuple[int, int]]) -> str | None:
@@ -425,6 +438,10 @@ def _data_info(spec: TrainSpec, report: LabelReport, **counts: int) -> dict[str,
     }
 
 
+def _regions_yaml(regions: list[tuple[str, tuple[float, float, float, float]]]) -> list[dict[str, Any]]:
+    return [{"image": name, "bounds": [round(float(v), 3) for v in b]} for name, b in regions]
+
+
 def _chip_options(spec: TrainSpec) -> ChipOptions:
     return ChipOptions(
         tile_size=spec.tile_size, resolution_m=spec.resolution, val_fraction=spec.val_fraction,
@@ -458,6 +475,7 @@ def _train_detector(spec: TrainSpec, report: LabelReport, staging: Path, package
     opts = DetectTrainOptions(epochs=spec.epochs, batch=spec.batch, model=base, device=spec.device,
                               seed=spec.seed, extra=dict(spec.options))
     info = _data_info(spec, report, chips_train=chips.train, chips_val=chips.val, val_boxes=chips.boxes_val)
+    info["val_regions"] = _regions_yaml(chips.val_regions)
     train_yolo(staging / "chips" / "data.yaml", cfg, package, opts, log, info={"data": info})
 
 
@@ -490,6 +508,7 @@ def _train_segmenter(spec: TrainSpec, report: LabelReport, package: Path, log: C
     opts = SegTrainOptions(epochs=spec.epochs, batch=spec.batch, lr=spec.lr, device=spec.device, seed=spec.seed,
                            class_weights=spec.class_weights)
     info = _data_info(spec, report, chips_train=len(chips.train_images), chips_val=len(chips.val_images))
+    info["val_regions"] = _regions_yaml(chips.val_regions)
     train_smp(chips, cfg, package, opts, log, info={"data": info})
 
 
