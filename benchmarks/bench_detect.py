@@ -42,12 +42,24 @@ def make_raster(path: Path, size: int, sample: Path = SAMPLE) -> Path:
     with rasterio.open(sample) as src:
         tile = src.read([1, 2, 3])
     # mirror so neighbouring copies meet without a hard edge
-    block = np.concatenate([np.concatenate([tile, tile[:, :, ::-1]], 2),
-                            np.concatenate([tile[:, ::-1], tile[:, ::-1, ::-1]], 2)], 1)
+    block = np.concatenate(
+        [np.concatenate([tile, tile[:, :, ::-1]], 2), np.concatenate([tile[:, ::-1], tile[:, ::-1, ::-1]], 2)], 1
+    )
     bh, bw = block.shape[1:]
-    profile = dict(driver="GTiff", width=size, height=size, count=3, dtype="uint8", crs="EPSG:32617",
-                   transform=Affine(0.1, 0, 400000, 0, -0.1, 3300000), tiled=True, blockxsize=512,
-                   blockysize=512, compress="deflate", BIGTIFF="IF_SAFER")
+    profile = dict(
+        driver="GTiff",
+        width=size,
+        height=size,
+        count=3,
+        dtype="uint8",
+        crs="EPSG:32617",
+        transform=Affine(0.1, 0, 400000, 0, -0.1, 3300000),
+        tiled=True,
+        blockxsize=512,
+        blockysize=512,
+        compress="deflate",
+        BIGTIFF="IF_SAFER",
+    )
     with rasterio.open(path, "w", **profile) as dst:
         for y in range(0, size, 512):
             h = min(512, size - y)
@@ -84,7 +96,9 @@ def bare_forward_seconds(model: str, raster: Path) -> tuple[float, int]:
         plan = plan_read(ds, cfg.resolution_m, cfg.in_channels, cfg.bands, cfg.normalization)
     grid = TileGrid(plan.width, plan.height, cfg.tile_size, cfg.overlap)
     images = [td.image for td in iter_tiles(plan, iter(grid)) if hasattr(td, "image")]
-    batches = [torch.from_numpy(np.stack(images[i:i + cfg.batch_size])) for i in range(0, len(images), cfg.batch_size)]
+    batches = [
+        torch.from_numpy(np.stack(images[i : i + cfg.batch_size])) for i in range(0, len(images), cfg.batch_size)
+    ]
     with torch.inference_mode():
         det.net(batches[0].permute(0, 3, 1, 2).float() / 255)  # warm-up
         t0 = time.perf_counter()
@@ -101,7 +115,8 @@ def main() -> None:
     ap.add_argument("--workdir", type=Path, default=None)
     args = ap.parse_args()
     exe = str(Path(sys.executable).with_name("geovision"))
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, python {platform.python_version()}")
+    machine = platform.processor() or platform.machine()
+    print(f"machine: {machine}, {os.cpu_count()} cores, python {platform.python_version()}")
     print("| raster (px) | tiles | detect command (s) | bare forward (s) | ratio | peak RSS (MB) |")
     print("|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:

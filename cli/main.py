@@ -10,7 +10,8 @@ from __future__ import annotations
 import json
 import sys
 import traceback
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import click
 
@@ -80,22 +81,41 @@ def main() -> None:
 @main.command()
 @click.argument("raster", type=click.Path(dir_okay=True, path_type=str))
 @click.option("-m", "--model", required=True, help="Model name (see `geovision models`), model YAML, or weights file.")
-@click.option("-o", "--output", required=True, type=click.Path(path_type=str), help="Output layer: .gpkg, .geojson or .shp.")
+@click.option(
+    "-o", "--output", required=True, type=click.Path(path_type=str), help="Output layer: .gpkg, .geojson or .shp."
+)
 @click.option("--conf", type=click.FloatRange(0, 1), help="Confidence threshold (default: the model's).")
-@click.option("--iou", type=click.FloatRange(0, 1), help="IoU threshold for removing duplicates (default: the model's).")
+@click.option(
+    "--iou", type=click.FloatRange(0, 1), help="IoU threshold for removing duplicates (default: the model's)."
+)
 @click.option("--batch-size", type=click.IntRange(1), help="Tiles per model call (default: the model's).")
 @click.option("--device", help="auto (default), cpu, cuda or cuda:N.")
-@click.option("--bands", callback=_bands, help="Raster bands to feed the model, e.g. 3,2,1 (default: RGB or the model's).")
+@click.option(
+    "--bands", callback=_bands, help="Raster bands to feed the model, e.g. 3,2,1 (default: RGB or the model's)."
+)
 @click.option("--pixel-coords", is_flag=True, help="Accept a raster without georeference and write pixel coordinates.")
 @click.option("--mask-out", type=click.Path(path_type=str), help="Segmenters: also write the class raster (GeoTIFF).")
-@click.option("--prob-out", type=click.Path(path_type=str), help="Segmenters: also write class probabilities (GeoTIFF).")
+@click.option(
+    "--prob-out", type=click.Path(path_type=str), help="Segmenters: also write class probabilities (GeoTIFF)."
+)
 @click.option("--overwrite", is_flag=True, help="Replace the output if it exists.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary.")
 @click.option("--debug", is_flag=True, help="Show tracebacks of unexpected failures.")
 def detect(
-    raster: str, model: str, output: str, conf: float | None, iou: float | None, batch_size: int | None,
-    device: str | None, bands: tuple[int, ...] | None, pixel_coords: bool, mask_out: str | None,
-    prob_out: str | None, overwrite: bool, quiet: bool, debug: bool,
+    raster: str,
+    model: str,
+    output: str,
+    conf: float | None,
+    iou: float | None,
+    batch_size: int | None,
+    device: str | None,
+    bands: tuple[int, ...] | None,
+    pixel_coords: bool,
+    mask_out: str | None,
+    prob_out: str | None,
+    overwrite: bool,
+    quiet: bool,
+    debug: bool,
 ) -> None:
     """Detect objects in RASTER and write them to OUTPUT."""
     from tqdm import tqdm
@@ -115,8 +135,18 @@ def detect(
     try:
         result = _run(
             lambda: geovision.detect(
-                raster, model, output, device=device, batch_size=batch_size, confidence=conf, iou=iou,
-                bands=bands, pixel_coords=pixel_coords, overwrite=overwrite, mask_out=mask_out, prob_out=prob_out,
+                raster,
+                model,
+                output,
+                device=device,
+                batch_size=batch_size,
+                confidence=conf,
+                iou=iou,
+                bands=bands,
+                pixel_coords=pixel_coords,
+                overwrite=overwrite,
+                mask_out=mask_out,
+                prob_out=prob_out,
                 progress=progress,
             ),
             debug,
@@ -149,8 +179,16 @@ def models_cmd(as_json: bool, debug: bool) -> None:
         click.echo("no models found")
         return
     rows = [
-        (m.name, m.task, m.backend, ",".join(m.classes), str(m.tile_size), str(m.overlap),
-         f"{m.resolution_m:g}" if m.resolution_m else "native", m.description)
+        (
+            m.name,
+            m.task,
+            m.backend,
+            ",".join(m.classes),
+            str(m.tile_size),
+            str(m.overlap),
+            f"{m.resolution_m:g}" if m.resolution_m else "native",
+            m.description,
+        )
         for m in found
     ]
     header = ("NAME", "TASK", "BACKEND", "CLASSES", "TILE", "OVERLAP", "M/PX", "DESCRIPTION")
@@ -161,10 +199,18 @@ def models_cmd(as_json: bool, debug: bool) -> None:
 
 @main.command()
 @click.argument("task", required=False, type=click.Choice(["detect", "segment"]))
-@click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=str),
-              help="Training YAML (configs/training/); flags given here override it.")
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False, path_type=str),
+    help="Training YAML (configs/training/); flags given here override it.",
+)
 @click.option("--images", multiple=True, help="Rasters to train on (repeat, or list after one --images).")
-@click.option("--labels", multiple=True, help="Labels: one vector layer for all images, or one file per image (.xml/.csv pixel boxes).")
+@click.option(
+    "--labels",
+    multiple=True,
+    help="Labels: one vector layer for all images, or one file per image (.xml/.csv pixel boxes).",
+)
 @click.option("--classes", multiple=True, help="Class names, in class-id order.")
 @click.option("--class-field", help="Field of the vector labels holding the class name.")
 @click.option("--resolution", type=float, help="Model ground resolution in m/px.")
@@ -173,13 +219,17 @@ def models_cmd(as_json: bool, debug: bool) -> None:
 @click.option("--overlap", type=int, help="Tile overlap at inference, pixels (default: a tenth of the tile).")
 @click.option("--epochs", type=int)
 @click.option("--batch", type=int, help="Chips per training step.")
-@click.option("--model-size", type=click.Choice(["n", "s", "m", "l", "x"]), help="YOLO11 size when training from scratch.")
+@click.option(
+    "--model-size", type=click.Choice(["n", "s", "m", "l", "x"]), help="YOLO11 size when training from scratch."
+)
 @click.option("--weights", help="Start from these weights instead of from scratch.")
 @click.option("--arch", help="Segmentation architecture: Unet, UnetPlusPlus, DeepLabV3Plus, FPN, ...")
 @click.option("--encoder", help="Segmentation encoder, e.g. resnet34 (never downloads pretrained weights).")
 @click.option("--encoder-depth", type=click.IntRange(3, 5), help="Encoder stages used by the segmenter.")
 @click.option("--lr", type=float, help="Segmentation learning rate.")
-@click.option("--grayscale", is_flag=True, default=None, help="Accept single-band rasters, repeated into every channel.")
+@click.option(
+    "--grayscale", is_flag=True, default=None, help="Accept single-band rasters, repeated into every channel."
+)
 @click.option("--val-fraction", type=float, help="Share of spatial blocks held out for validation.")
 @click.option("--device", help="auto (default), cpu, cuda or cuda:N.")
 @click.option("--seed", type=int)
@@ -188,7 +238,9 @@ def models_cmd(as_json: bool, debug: bool) -> None:
 @click.option("-q", "--quiet", is_flag=True)
 @click.option("--debug", is_flag=True, help="Show tracebacks of unexpected failures.")
 @click.pass_context
-def train(ctx: click.Context, task: str | None, config_file: str | None, quiet: bool, debug: bool, **flags: Any) -> None:
+def train(
+    ctx: click.Context, task: str | None, config_file: str | None, quiet: bool, debug: bool, **flags: Any
+) -> None:
     """Train a model from rasters and labels into a package `geovision detect` runs.
 
     \b
@@ -247,8 +299,10 @@ def evaluate(pred: str, truth: str, iou: float, class_field: str, boxes: bool, a
         return
     header = ("CLASS", "TP", "FP", "FN", "PRECISION", "RECALL", "F1", "AP50", "AP50:95")
     fmt = lambda v: "-" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)  # noqa: E731
-    rows = [(name, *(fmt(getattr(s, k)) for k in ("tp", "fp", "fn", "precision", "recall", "f1", "ap50", "ap")))
-            for name, s in [*ev.per_class.items(), ("overall", ev.overall)]]
+    rows = [
+        (name, *(fmt(getattr(s, k)) for k in ("tp", "fp", "fn", "precision", "recall", "f1", "ap50", "ap")))
+        for name, s in [*ev.per_class.items(), ("overall", ev.overall)]
+    ]
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     click.echo(f"{ev.n_pred} predictions, {ev.n_truth} truth objects, IoU >= {ev.iou}, in {ev.crs}")
     for r in [header, *rows]:

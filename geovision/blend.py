@@ -56,8 +56,8 @@ class BandBlender:
         """Add one tile of the current row: ``probs`` (outputs, t, t), ``valid`` (t, t)."""
         w = min(self.grid.tile_size, self.grid.width - x0)
         weight = self.window[:, :w] * valid[:, :w]
-        self.acc[:, :, x0:x0 + w] += probs[:, :, :w] * weight
-        self.weight[:, x0:x0 + w] += weight
+        self.acc[:, :, x0 : x0 + w] += probs[:, :, :w] * weight
+        self.weight[:, x0 : x0 + w] += weight
 
     def finish_row(self) -> Strip:
         """Close the current row of tiles; return the rows that are now final."""
@@ -73,9 +73,9 @@ class BandBlender:
         # shift the band up by one stride; the freed rows start empty
         s = g.stride
         self.acc[:, : t - s] = self.acc[:, s:]
-        self.acc[:, t - s:] = 0
+        self.acc[:, t - s :] = 0
         self.weight[: t - s] = self.weight[s:]
-        self.weight[t - s:] = 0
+        self.weight[t - s :] = 0
         self.row += 1
         return strip
 

@@ -12,9 +12,10 @@ from __future__ import annotations
 import os
 import time
 from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import geopandas as gpd
 import numpy as np
@@ -88,7 +89,9 @@ def detect(
     """
     started = time.perf_counter()
     cfg = model if isinstance(model, ModelConfig) else resolve_model(model)
-    cfg = cfg.with_overrides(batch_size=batch_size, confidence=confidence, iou=iou, bands=tuple(bands) if bands else None)
+    cfg = cfg.with_overrides(
+        batch_size=batch_size, confidence=confidence, iou=iou, bands=tuple(bands) if bands else None
+    )
     if cfg.task != "segment" and (mask_out or prob_out):
         raise ModelError(f"model '{cfg.name}' is a detector; --mask-out and --prob-out need a segmentation model")
     for path in (output, mask_out, prob_out):
@@ -96,8 +99,13 @@ def detect(
             check_output(path, overwrite, raster=path is not output)
     with open_raster(raster) as ds:
         plan = plan_read(
-            ds, cfg.resolution_m, cfg.in_channels, cfg.bands, cfg.normalization,
-            cfg.accept_grayscale, pixel_coords=pixel_coords,
+            ds,
+            cfg.resolution_m,
+            cfg.in_channels,
+            cfg.bands,
+            cfg.normalization,
+            cfg.accept_grayscale,
+            pixel_coords=pixel_coords,
         )
         source_name = Path(ds.name).name
     if backend is None:
@@ -171,8 +179,7 @@ def _merge_rows(rows: Iterator[TileRow], grid: TileGrid, cfg: ModelConfig) -> Bo
     """Detections of every row through the seam merger: one box per object."""
     merger = SeamMerger(grid, nms_iou=cfg.iou)
     final = [
-        merger.add_row(row, Boxes.concat([_keep_on_data(td, dets, grid) for td, dets in items]))
-        for row, items in rows
+        merger.add_row(row, Boxes.concat([_keep_on_data(td, dets, grid) for td, dets in items])) for row, items in rows
     ]
     return Boxes.concat(final)
 
@@ -211,7 +218,8 @@ def _segment(
             "class_id": class_ids,
             "score": np.round([s.score for s, _ in kept], 4).astype(np.float64),
             "area_m2": np.round([g.area * plan.pixel_area_m2 for _, g in kept], 3).astype(np.float64)
-            if plan.crs else np.full(len(kept), np.nan),
+            if plan.crs
+            else np.full(len(kept), np.nan),
             "source": np.full(len(kept), source, dtype=object),
         },
         geometry=gpd.GeoSeries(geoms, crs=plan.crs),

@@ -21,7 +21,9 @@ def pick_device(requested: str | None = None) -> str:
             raise DeviceError(f"device '{requested}' requested but CUDA is not available here; use --device cpu")
         index = int(requested.split(":")[1]) if ":" in requested else 0
         if index >= torch.cuda.device_count():
-            raise DeviceError(f"device '{requested}' does not exist; this machine has {torch.cuda.device_count()} GPU(s)")
+            raise DeviceError(
+                f"device '{requested}' does not exist; this machine has {torch.cuda.device_count()} GPU(s)"
+            )
         return requested
     if requested == "cpu":
         return "cpu"

@@ -64,8 +64,12 @@ class Evaluation:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "iou": self.iou, "crs": self.crs, "n_pred": self.n_pred, "n_truth": self.n_truth,
-            "overall": asdict(self.overall), "per_class": {k: asdict(v) for k, v in self.per_class.items()},
+            "iou": self.iou,
+            "crs": self.crs,
+            "n_pred": self.n_pred,
+            "n_truth": self.n_truth,
+            "overall": asdict(self.overall),
+            "per_class": {k: asdict(v) for k, v in self.per_class.items()},
         }
 
 

@@ -47,8 +47,15 @@ def export_onnx(
         work = Path(tmp) / "model.pt"
         shutil.copyfile(cfg.weights, work)
         exported = Path(
-            load_yolo(work).export(format="onnx", imgsz=cfg.tile_size, dynamic=True, simplify=False,
-                                   opset=opset, device="cpu", verbose=False)
+            load_yolo(work).export(
+                format="onnx",
+                imgsz=cfg.tile_size,
+                dynamic=True,
+                simplify=False,
+                opset=opset,
+                device="cpu",
+                verbose=False,
+            )
         )
         embed_config(exported, cfg)
         tmp_out = out.with_name(f".{out.name}.tmp")

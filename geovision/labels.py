@@ -9,9 +9,10 @@ from __future__ import annotations
 import csv
 import xml.etree.ElementTree as ET
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import rasterio
@@ -49,9 +50,7 @@ class LabelReport:
         return ", ".join(parts)
 
 
-def read_pixel_labels(
-    path: Path, image: Path, classes: Sequence[str], report: LabelReport
-) -> ImageLabels:
+def read_pixel_labels(path: Path, image: Path, classes: Sequence[str], report: LabelReport) -> ImageLabels:
     """Pascal VOC XML or DeepForest-style CSV boxes for an image without georeference."""
     rows: list[tuple[str, float, float, float, float]] = []
     if path.suffix.lower() == ".xml":
@@ -73,7 +72,13 @@ def read_pixel_labels(
                 if rec.get("image_path") and Path(rec["image_path"]).name != image.name:
                     continue
                 rows.append(
-                    (rec.get("label", ""), float(rec["xmin"]), float(rec["ymin"]), float(rec["xmax"]), float(rec["ymax"]))
+                    (
+                        rec.get("label", ""),
+                        float(rec["xmin"]),
+                        float(rec["ymin"]),
+                        float(rec["xmax"]),
+                        float(rec["ymax"]),
+                    )
                 )
     else:
         raise LabelError(f"{path}: pixel labels must be Pascal VOC .xml or DeepForest .csv")
@@ -127,7 +132,7 @@ def read_vector_shapes(
                 raise LabelError(f"{image}: vector labels need a georeferenced image")
             inv, width, height = ~ds.transform, ds.width, ds.height
             geoms = gdf.to_crs(ds.crs).geometry.to_numpy()
-        pixel = shapely.transform(geoms, lambda xy: np.column_stack(inv @ (xy[:, 0], xy[:, 1])))
+        pixel = shapely.transform(geoms, lambda xy, inv=inv: np.column_stack(inv @ (xy[:, 0], xy[:, 1])))
         x1, y1, x2, y2 = shapely.bounds(pixel).T
         inside = (x2 > 0) & (y2 > 0) & (x1 < width) & (y1 < height)
         seen |= inside

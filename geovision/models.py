@@ -175,9 +175,23 @@ def config_from_dict(raw: dict[str, Any], path: Path) -> ModelConfig:
 
 
 _KNOWN_KEYS = {
-    "name", "task", "backend", "weights", "classes", "tile_size", "overlap", "resolution",
-    "sha256", "in_channels", "bands", "accept_grayscale", "normalization", "confidence",
-    "iou", "batch_size", "description",
+    "name",
+    "task",
+    "backend",
+    "weights",
+    "classes",
+    "tile_size",
+    "overlap",
+    "resolution",
+    "sha256",
+    "in_channels",
+    "bands",
+    "accept_grayscale",
+    "normalization",
+    "confidence",
+    "iou",
+    "batch_size",
+    "description",
 }
 
 

@@ -22,8 +22,10 @@ def batched_nms(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, iou:
         from torchvision.ops import batched_nms as tv_batched_nms
 
         kept = tv_batched_nms(
-            torch.as_tensor(boxes, dtype=torch.float64), torch.as_tensor(scores, dtype=torch.float64),
-            torch.as_tensor(classes, dtype=torch.int64), iou,
+            torch.as_tensor(boxes, dtype=torch.float64),
+            torch.as_tensor(scores, dtype=torch.float64),
+            torch.as_tensor(classes, dtype=torch.int64),
+            iou,
         )
         return kept.numpy()
     return nms_numpy(boxes, scores, classes, iou)

@@ -15,9 +15,10 @@ import os
 import queue
 import threading
 import warnings
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Literal, Sequence, TypeVar
+from typing import Literal, TypeVar
 
 import numpy as np
 import rasterio
@@ -180,9 +181,7 @@ def plan_read(
     )
 
 
-def ground_pixel_size_m(
-    crs: rasterio.crs.CRS, transform: Affine, width: int, height: int
-) -> tuple[float, float]:
+def ground_pixel_size_m(crs: rasterio.crs.CRS, transform: Affine, width: int, height: int) -> tuple[float, float]:
     """Ground length in metres of one pixel step along columns and rows.
 
     Measured geodesically at the raster's centre, so it is right for
@@ -279,9 +278,7 @@ def compute_stretch(
         method = "none" if all(ds.dtypes[b - 1] == "uint8" for b in bands) else "percentile"
     if method == "none":
         if any(ds.dtypes[b - 1] != "uint8" for b in bands):
-            raise BandError(
-                f"{Path(ds.name).name}: normalization 'none' needs uint8 bands, raster is {ds.dtypes[0]}"
-            )
+            raise BandError(f"{Path(ds.name).name}: normalization 'none' needs uint8 bands, raster is {ds.dtypes[0]}")
         return None
     if method == "fixed":
         if norm.min is None or norm.max is None:

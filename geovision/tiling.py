@@ -9,8 +9,8 @@ shape and the overlap is the same everywhere.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 
 @dataclass(frozen=True)
@@ -47,9 +47,7 @@ class TileGrid:
         if self.tile_size < 1:
             raise ValueError(f"tile_size must be positive, got {self.tile_size}")
         if not 0 <= self.overlap < self.tile_size:
-            raise ValueError(
-                f"overlap must be in [0, tile_size), got {self.overlap} for tile_size {self.tile_size}"
-            )
+            raise ValueError(f"overlap must be in [0, tile_size), got {self.overlap} for tile_size {self.tile_size}")
 
     @property
     def stride(self) -> int:

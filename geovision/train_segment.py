@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import random
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 from rasterio import features
@@ -22,9 +23,8 @@ from shapely import affinity
 
 from geovision.labels import ImageShapes
 from geovision.models import ModelConfig, sha256_file
-from geovision.raster import open_raster, plan_read, read_tile
-from geovision.tiling import Tile, TileGrid
-from geovision.training import ChipOptions, _split_of, held_regions, val_blocks, write_model_yaml
+from geovision.raster import open_raster
+from geovision.training import ChipOptions, SplitLog, chip_plan, cut_chips, write_model_yaml
 
 
 @dataclass
@@ -35,8 +35,7 @@ class SegChips:
     train_masks: list[np.ndarray] = field(default_factory=list)
     val_images: list[np.ndarray] = field(default_factory=list)
     val_masks: list[np.ndarray] = field(default_factory=list)
-    dropped_straddling: int = 0
-    val_regions: list[tuple[str, tuple[float, float, float, float]]] = field(default_factory=list)
+    split: SplitLog = field(default_factory=SplitLog)
 
 
 def chip_segmentation_dataset(items: Sequence[ImageShapes], opts: ChipOptions) -> SegChips:
@@ -46,42 +45,26 @@ def chip_segmentation_dataset(items: Sequence[ImageShapes], opts: ChipOptions) -
     t = opts.tile_size
     for item in items:
         with open_raster(item.image) as ds:
-            plan = plan_read(ds, opts.resolution_m, opts.in_channels, opts.bands, opts.normalization,
-                             opts.accept_grayscale, pixel_coords=True, native_resolution_m=opts.native_resolution_m)
+            plan = chip_plan(ds, opts)
             # label geometries from source pixels to model-grid pixels
             scale = (1 / plan.scale_x, 0, 0, 1 / plan.scale_y, 0, 0)
             geoms = [affinity.affine_transform(g, scale) for g in item.geoms]
-            blocks = TileGrid(plan.width, plan.height, t, 0)
-            labelled = {
-                (int(g.centroid.y // t), int(g.centroid.x // t)) for g in geoms if not g.is_empty
-            }
-            labelled = {(r, c) for r, c in labelled if r < blocks.n_rows and c < blocks.n_cols}
-            held = val_blocks(list(labelled), opts.val_fraction, rng)
-            chips.val_regions += [(item.image.name, b) for b in held_regions(plan, blocks, held)]
-            stride = opts.stride or t // 2
+            centres = [(g.centroid.x, g.centroid.y) for g in geoms if not g.is_empty]
             shapes = list(zip(geoms, (int(c) + 1 for c in item.classes)))
-            for y0 in range(0, max(1, plan.height - t // 4), stride):
-                for x0 in range(0, max(1, plan.width - t // 4), stride):
-                    tile = Tile(y0 // stride, x0 // stride, x0, y0, t)
-                    split = _split_of(tile, blocks, held)
-                    if split is None:
-                        chips.dropped_straddling += 1
-                        continue
-                    td = read_tile(ds, plan, tile)
-                    if not td.valid.any():
-                        continue
-                    mask = np.zeros((t, t), np.uint8)
-                    if shapes:
-                        mask = features.rasterize(
-                            shapes, out_shape=(t, t), transform=(1, 0, x0, 0, 1, y0), fill=0, dtype="uint8"
-                        )
-                    mask[~td.valid] = 0
-                    if split == "train":
-                        chips.train_images.append(td.image)
-                        chips.train_masks.append(mask)
-                    else:
-                        chips.val_images.append(td.image)
-                        chips.val_masks.append(mask)
+            for split, td in cut_chips(ds, plan, np.asarray(centres), opts, rng, chips.split):
+                x0, y0 = td.tile.x0, td.tile.y0
+                mask = np.zeros((t, t), np.uint8)
+                if shapes:
+                    mask = features.rasterize(
+                        shapes, out_shape=(t, t), transform=(1, 0, x0, 0, 1, y0), fill=0, dtype="uint8"
+                    )
+                mask[~td.valid] = 0
+                if split == "train":
+                    chips.train_images.append(td.image)
+                    chips.train_masks.append(mask)
+                else:
+                    chips.val_images.append(td.image)
+                    chips.val_masks.append(mask)
     return chips
 
 
@@ -101,12 +84,14 @@ def augmentation() -> Any:
     """Augmentations for nadir imagery: no 'up', so all eight square symmetries are fair."""
     import albumentations as A
 
-    return A.Compose([
-        A.SquareSymmetry(p=1.0),
-        A.RandomBrightnessContrast(brightness_limit=0.2, contrast_limit=0.2, p=0.7),
-        A.Affine(scale=(0.85, 1.15), rotate=(-10, 10), p=0.5),
-        A.GaussNoise(std_range=(0.0, 0.03), p=0.2),
-    ])
+    return A.Compose(
+        [
+            A.SquareSymmetry(p=1.0),
+            A.RandomBrightnessContrast(brightness_limit=0.2, contrast_limit=0.2, p=0.7),
+            A.Affine(scale=(0.85, 1.15), rotate=(-10, 10), p=0.5),
+            A.GaussNoise(std_range=(0.0, 0.03), p=0.2),
+        ]
+    )
 
 
 def _tensor(images: Sequence[np.ndarray], mean: np.ndarray, std: np.ndarray) -> Any:
@@ -152,8 +137,9 @@ def train_smp(
     mean = stacked.mean(axis=(0, 1, 2))
     std = np.maximum(stacked.std(axis=(0, 1, 2)), 1e-3)
     del stacked
-    cfg = replace(cfg, extra={**cfg.extra, "mean": [round(float(m), 5) for m in mean],
-                              "std": [round(float(s), 5) for s in std]})
+    cfg = replace(
+        cfg, extra={**cfg.extra, "mean": [round(float(m), 5) for m in mean], "std": [round(float(s), 5) for s in std]}
+    )
     net = build_network(cfg).to(device)
     sigmoid = activation(cfg) == "sigmoid"
     mode = "binary" if sigmoid and n_classes == 1 else ("multilabel" if sigmoid else "multiclass")
@@ -172,7 +158,7 @@ def train_smp(
         random.shuffle(order)
         losses = []
         for i in range(0, max(1, len(order) - opts.batch + 1), opts.batch):  # the last partial batch is left out
-            pairs = [aug(image=chips.train_images[k], mask=chips.train_masks[k]) for k in order[i:i + opts.batch]]
+            pairs = [aug(image=chips.train_images[k], mask=chips.train_masks[k]) for k in order[i : i + opts.batch]]
             x = _tensor([p["image"] for p in pairs], mean, std).to(device)
             y = torch.from_numpy(np.stack([p["mask"] for p in pairs]).astype(np.int64)).to(device)
             logits = net(x)
@@ -189,25 +175,40 @@ def train_smp(
         scores = _validate(net, chips, mean, std, cfg, device)
         log(f"epoch {epoch + 1}/{opts.epochs} loss {np.mean(losses):.3f} val {scores}")
         if best is None or scores["iou"] > best[0]:
-            best = (scores["iou"], {k: v.detach().cpu().half().clone() for k, v in net.state_dict().items()},
-                    scores, epoch + 1)
+            best = (
+                scores["iou"],
+                {k: v.detach().cpu().half().clone() for k, v in net.state_dict().items()},
+                scores,
+                epoch + 1,
+            )
     assert best is not None
     seconds = time.perf_counter() - started
     out_dir.mkdir(parents=True, exist_ok=True)
     weights_path = out_dir / "weights.pt"
     torch.save(best[1], weights_path)
     packaged = replace(
-        cfg, weights=weights_path.resolve(), sha256=sha256_file(weights_path),
-        extra={**cfg.extra,
-               "training": {"epochs": opts.epochs, "best_epoch": best[3], "seconds": round(seconds, 1),
-                            "device": device, **(info or {})},
-               "metrics": {"pixel_iou": best[2]["iou"], "pixel_f1": best[2]["f1"]}},
+        cfg,
+        weights=weights_path.resolve(),
+        sha256=sha256_file(weights_path),
+        extra={
+            **cfg.extra,
+            "training": {
+                "epochs": opts.epochs,
+                "best_epoch": best[3],
+                "seconds": round(seconds, 1),
+                "device": device,
+                **(info or {}),
+            },
+            "metrics": {"pixel_iou": best[2]["iou"], "pixel_f1": best[2]["f1"]},
+        },
     )
     write_model_yaml(packaged, out_dir / "model.yaml")
     return packaged
 
 
-def _validate(net: Any, chips: SegChips, mean: np.ndarray, std: np.ndarray, cfg: ModelConfig, device: str) -> dict[str, float]:
+def _validate(
+    net: Any, chips: SegChips, mean: np.ndarray, std: np.ndarray, cfg: ModelConfig, device: str
+) -> dict[str, float]:
     import torch
 
     from geovision.backends.smp import activation
@@ -216,7 +217,7 @@ def _validate(net: Any, chips: SegChips, mean: np.ndarray, std: np.ndarray, cfg:
     preds = []
     with torch.inference_mode():
         for i in range(0, len(chips.val_images), 8):
-            logits = net(_tensor(chips.val_images[i:i + 8], mean, std).to(device)).float()
+            logits = net(_tensor(chips.val_images[i : i + 8], mean, std).to(device)).float()
             if activation(cfg) == "softmax":
                 preds.append(logits.argmax(1).cpu().numpy())
             else:

@@ -15,17 +15,19 @@ import random
 import shutil
 import tempfile
 import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Literal, Sequence
+from typing import Any, Literal
 
 import numpy as np
+import rasterio
 import yaml
 
 from geovision.errors import GeovisionError, OutputError
 from geovision.labels import ImageLabels, LabelReport, read_pixel_labels, read_vector_labels, read_vector_shapes
 from geovision.models import ModelConfig, config_to_dict, resolve_model, sha256_file
-from geovision.raster import Normalization, ReadPlan, open_raster, plan_read, read_tile
+from geovision.raster import Normalization, ReadPlan, TileData, open_raster, plan_read, read_tile
 from geovision.tiling import Tile, TileGrid
 
 
@@ -48,6 +50,14 @@ class ChipOptions:
 
 
 @dataclass
+class SplitLog:
+    """Where the validation blocks are, and how many chips straddled the split and were dropped."""
+
+    val_regions: list[tuple[str, tuple[float, float, float, float]]] = field(default_factory=list)
+    dropped_straddling: int = 0
+
+
+@dataclass
 class ChipSet:
     """Counts of what chipping wrote."""
 
@@ -55,8 +65,55 @@ class ChipSet:
     val: int = 0
     boxes_train: int = 0
     boxes_val: int = 0
-    dropped_straddling: int = 0
-    val_regions: list[tuple[str, tuple[float, float, float, float]]] = field(default_factory=list)
+    split: SplitLog = field(default_factory=SplitLog)
+
+
+def chip_plan(ds: rasterio.io.DatasetReader, opts: ChipOptions) -> ReadPlan:
+    """The read plan for chipping: inference's, accepting rasters without georeference."""
+    return plan_read(
+        ds,
+        opts.resolution_m,
+        opts.in_channels,
+        opts.bands,
+        opts.normalization,
+        opts.accept_grayscale,
+        pixel_coords=True,
+        native_resolution_m=opts.native_resolution_m,
+    )
+
+
+def cut_chips(
+    ds: rasterio.io.DatasetReader,
+    plan: ReadPlan,
+    label_centres: np.ndarray,
+    opts: ChipOptions,
+    rng: random.Random,
+    log: SplitLog,
+) -> Iterator[tuple[str, TileData]]:
+    """Chips of one raster as ('train' | 'val', tile), the split by held-out blocks.
+
+    ``label_centres`` (n, 2) are label centres in model-grid pixels: held-out
+    blocks are drawn among blocks holding labels, or validation would
+    measure nothing. Chips touching both splits, and chips without a valid
+    pixel, are left out.
+    """
+    t = opts.tile_size
+    blocks = TileGrid(plan.width, plan.height, t, 0)
+    cells = np.asarray(label_centres, dtype=np.float64).reshape(-1, 2) // t
+    labelled = {(int(r), int(c)) for c, r in cells if 0 <= r < blocks.n_rows and 0 <= c < blocks.n_cols}
+    held = val_blocks(list(labelled), opts.val_fraction, rng)
+    log.val_regions += [(Path(plan.path).name, b) for b in held_regions(plan, blocks, held)]
+    stride = opts.stride or t // 2
+    for y0 in range(0, max(1, plan.height - t // 4), stride):
+        for x0 in range(0, max(1, plan.width - t // 4), stride):
+            tile = Tile(y0 // stride, x0 // stride, x0, y0, t)
+            split = _split_of(tile, blocks, held)
+            if split is None:
+                log.dropped_straddling += 1
+                continue
+            td = read_tile(ds, plan, tile)
+            if td.valid.any():
+                yield split, td
 
 
 def val_blocks(cells: Sequence[tuple[int, int]], fraction: float, rng: random.Random) -> set[tuple[int, int]]:
@@ -95,42 +152,24 @@ def chip_detection_dataset(
 
     for n, item in enumerate(items):
         with open_raster(item.image) as ds:
-            plan = plan_read(
-                ds, opts.resolution_m, opts.in_channels, opts.bands, opts.normalization,
-                opts.accept_grayscale, pixel_coords=True, native_resolution_m=opts.native_resolution_m,
-            )
+            plan = chip_plan(ds, opts)
             boxes = item.boxes.copy()
             boxes[:, [0, 2]] /= plan.scale_x
             boxes[:, [1, 3]] /= plan.scale_y
-            t = opts.tile_size
-            blocks = TileGrid(plan.width, plan.height, t, 0)
-            # hold out blocks that have labels in them, or validation would measure nothing
-            centres = np.c_[(boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2] // t
-            labelled = {(int(r), int(c)) for c, r in centres if 0 <= r < blocks.n_rows and 0 <= c < blocks.n_cols}
-            held = val_blocks(list(labelled), opts.val_fraction, rng)
-            stats.val_regions += [(item.image.name, b) for b in held_regions(plan, blocks, held)]
-            stride = opts.stride or t // 2
-            for y0 in range(0, max(1, plan.height - t // 4), stride):
-                for x0 in range(0, max(1, plan.width - t // 4), stride):
-                    tile = Tile(y0 // stride, x0 // stride, x0, y0, t)
-                    split = _split_of(tile, blocks, held)
-                    if split is None:
-                        stats.dropped_straddling += 1
-                        continue
-                    td = read_tile(ds, plan, tile)
-                    if not td.valid.any():
-                        continue
-                    lines = _yolo_lines(boxes, item.classes, tile, opts.min_visible)
-                    name = f"{n:03d}_{item.image.stem}_{y0}_{x0}"
-                    if not lines:
-                        empty_pool[split].append((td.image, name))
-                        continue
-                    write(split, name, td.image, lines)
-                    if split == "train":
-                        write(split, name + "_T", td.image.transpose(1, 0, 2), _transpose_lines(lines))
-                        stats.boxes_train += 2 * len(lines)
-                    else:
-                        stats.boxes_val += len(lines)
+            centres = np.c_[(boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2]
+            for split, td in cut_chips(ds, plan, centres, opts, rng, stats.split):
+                tile = td.tile
+                lines = _yolo_lines(boxes, item.classes, tile, opts.min_visible)
+                name = f"{n:03d}_{item.image.stem}_{tile.y0}_{tile.x0}"
+                if not lines:
+                    empty_pool[split].append((td.image, name))
+                    continue
+                write(split, name, td.image, lines)
+                if split == "train":
+                    write(split, name + "_T", td.image.transpose(1, 0, 2), _transpose_lines(lines))
+                    stats.boxes_train += 2 * len(lines)
+                else:
+                    stats.boxes_val += len(lines)
     for split, pool in empty_pool.items():
         cap = int(opts.max_empty_share * counts[split] / max(1e-6, 1 - opts.max_empty_share))
         rng.shuffle(pool)
@@ -147,7 +186,9 @@ def chip_detection_dataset(
     return stats
 
 
-def held_regions(plan: ReadPlan, blocks: TileGrid, held: set[tuple[int, int]]) -> list[tuple[float, float, float, float]]:
+def held_regions(
+    plan: ReadPlan, blocks: TileGrid, held: set[tuple[int, int]]
+) -> list[tuple[float, float, float, float]]:
     """Bounds (minx, miny, maxx, maxy) of held-out blocks in the raster's CRS (or pixels without one)."""
     t = blocks.tile_size
     out = []
@@ -243,11 +284,29 @@ def train_yolo(
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="geovision-train-") as tmp:
         args: dict[str, Any] = dict(
-            data=str(data_yaml), epochs=opts.epochs, imgsz=cfg.tile_size, batch=opts.batch,
-            device=device, workers=opts.workers, seed=opts.seed, deterministic=True,
-            project=tmp, name="run", exist_ok=True, plots=False, verbose=False,
-            pretrained=False, amp=device != "cpu", patience=opts.patience, lr0=opts.lr0,
-            fliplr=0.5, flipud=0.5, degrees=0.0, scale=0.3, mosaic=1.0, hsv_v=0.3,
+            data=str(data_yaml),
+            epochs=opts.epochs,
+            imgsz=cfg.tile_size,
+            batch=opts.batch,
+            device=device,
+            workers=opts.workers,
+            seed=opts.seed,
+            deterministic=True,
+            project=tmp,
+            name="run",
+            exist_ok=True,
+            plots=False,
+            verbose=False,
+            pretrained=False,
+            amp=device != "cpu",
+            patience=opts.patience,
+            lr0=opts.lr0,
+            fliplr=0.5,
+            flipud=0.5,
+            degrees=0.0,
+            scale=0.3,
+            mosaic=1.0,
+            hsv_v=0.3,
         )
         args.update(opts.extra)
         model.train(**args)
@@ -268,8 +327,13 @@ def train_yolo(
         task="detect",
         extra={
             **cfg.extra,
-            "training": {"base": opts.model, "epochs": opts.epochs, "seconds": round(seconds, 1), "device": device,
-                         **(info or {})},
+            "training": {
+                "base": opts.model,
+                "epochs": opts.epochs,
+                "seconds": round(seconds, 1),
+                "device": device,
+                **(info or {}),
+            },
             "metrics": metrics,
         },
     )
@@ -432,8 +496,11 @@ def _check_labels(report: LabelReport, log: Callable[[str], None]) -> None:
 def _data_info(spec: TrainSpec, report: LabelReport, **counts: int) -> dict[str, Any]:
     """What the model was trained on, recorded in its model.yaml."""
     return {
-        "images": [str(p) for p in spec.images], "labels": [str(p) for p in spec.labels],
-        "labels_used": report.used, "labels_dropped": dict(report.dropped), **counts,
+        "images": [str(p) for p in spec.images],
+        "labels": [str(p) for p in spec.labels],
+        "labels_used": report.used,
+        "labels_dropped": dict(report.dropped),
+        **counts,
         "split": f"spatial blocks of {spec.tile_size} px, {spec.val_fraction:.0%} held out, seed {spec.seed}",
     }
 
@@ -444,8 +511,12 @@ def _regions_yaml(regions: list[tuple[str, tuple[float, float, float, float]]]) 
 
 def _chip_options(spec: TrainSpec) -> ChipOptions:
     return ChipOptions(
-        tile_size=spec.tile_size, resolution_m=spec.resolution, val_fraction=spec.val_fraction,
-        native_resolution_m=spec.image_resolution, seed=spec.seed, accept_grayscale=spec.grayscale,
+        tile_size=spec.tile_size,
+        resolution_m=spec.resolution,
+        val_fraction=spec.val_fraction,
+        native_resolution_m=spec.image_resolution,
+        seed=spec.seed,
+        accept_grayscale=spec.grayscale,
     )
 
 
@@ -457,14 +528,23 @@ def _no_chips(train: int, val: int) -> TrainingError:
     )
 
 
-def _train_detector(spec: TrainSpec, report: LabelReport, staging: Path, package: Path, log: Callable[[str], None]) -> None:
+def _train_detector(
+    spec: TrainSpec, report: LabelReport, staging: Path, package: Path, log: Callable[[str], None]
+) -> None:
     items = read_labels(spec, report)
     _check_labels(report, log)
     overlap = spec.overlap if spec.overlap is not None else spec.tile_size // 10
     cfg = ModelConfig(
-        name=spec.name or spec.output.name, task="detect", backend="yolo", weights=Path("weights.pt"),
-        classes=spec.classes, tile_size=spec.tile_size, overlap=overlap, resolution_m=spec.resolution,
-        confidence=spec.confidence if spec.confidence is not None else 0.25, accept_grayscale=spec.grayscale,
+        name=spec.name or spec.output.name,
+        task="detect",
+        backend="yolo",
+        weights=Path("weights.pt"),
+        classes=spec.classes,
+        tile_size=spec.tile_size,
+        overlap=overlap,
+        resolution_m=spec.resolution,
+        confidence=spec.confidence if spec.confidence is not None else 0.25,
+        accept_grayscale=spec.grayscale,
         description=f"YOLO11{spec.model_size} trained by geovision on {', '.join(p.name for p in spec.images)}",
     )
     chips = chip_detection_dataset(items, staging / "chips", _chip_options(spec), spec.classes)
@@ -472,10 +552,11 @@ def _train_detector(spec: TrainSpec, report: LabelReport, staging: Path, package
     if chips.train == 0 or chips.boxes_val == 0:
         raise _no_chips(chips.train, chips.boxes_val)
     base = str(spec.weights) if spec.weights else f"yolo11{spec.model_size}.yaml"
-    opts = DetectTrainOptions(epochs=spec.epochs, batch=spec.batch, model=base, device=spec.device,
-                              seed=spec.seed, extra=dict(spec.options))
+    opts = DetectTrainOptions(
+        epochs=spec.epochs, batch=spec.batch, model=base, device=spec.device, seed=spec.seed, extra=dict(spec.options)
+    )
     info = _data_info(spec, report, chips_train=chips.train, chips_val=chips.val, val_boxes=chips.boxes_val)
-    info["val_regions"] = _regions_yaml(chips.val_regions)
+    info["val_regions"] = _regions_yaml(chips.split.val_regions)
     train_yolo(staging / "chips" / "data.yaml", cfg, package, opts, log, info={"data": info})
 
 
@@ -495,20 +576,36 @@ def _train_segmenter(spec: TrainSpec, report: LabelReport, package: Path, log: C
         raise _no_chips(len(chips.train_images), n_val_fg)
     depth = spec.encoder_depth
     cfg = ModelConfig(
-        name=spec.name or spec.output.name, task="segment", backend="smp", weights=Path("weights.pt"),
-        classes=spec.classes, tile_size=spec.tile_size,
-        overlap=spec.overlap if spec.overlap is not None else spec.tile_size // 4, resolution_m=spec.resolution,
-        confidence=spec.confidence if spec.confidence is not None else 0.5, accept_grayscale=spec.grayscale,
+        name=spec.name or spec.output.name,
+        task="segment",
+        backend="smp",
+        weights=Path("weights.pt"),
+        classes=spec.classes,
+        tile_size=spec.tile_size,
+        overlap=spec.overlap if spec.overlap is not None else spec.tile_size // 4,
+        resolution_m=spec.resolution,
+        confidence=spec.confidence if spec.confidence is not None else 0.5,
+        accept_grayscale=spec.grayscale,
         description=f"{spec.arch} ({spec.encoder}) trained by geovision on {', '.join(p.name for p in spec.images)}",
-        extra={"arch": spec.arch, "encoder": spec.encoder, "encoder_depth": depth,
-               "decoder_channels": [256, 128, 64, 32, 16][5 - depth:] if spec.arch in ("Unet", "UnetPlusPlus") else None,
-               "activation": "sigmoid" if len(spec.classes) == 1 else "softmax",
-               "vectorize": dict(spec.vectorize) or {"simplify_m": spec.resolution or 0.0, "min_area_m2": 0.0}},
+        extra={
+            "arch": spec.arch,
+            "encoder": spec.encoder,
+            "encoder_depth": depth,
+            "decoder_channels": [256, 128, 64, 32, 16][5 - depth :] if spec.arch in ("Unet", "UnetPlusPlus") else None,
+            "activation": "sigmoid" if len(spec.classes) == 1 else "softmax",
+            "vectorize": dict(spec.vectorize) or {"simplify_m": spec.resolution or 0.0, "min_area_m2": 0.0},
+        },
     )
-    opts = SegTrainOptions(epochs=spec.epochs, batch=spec.batch, lr=spec.lr, device=spec.device, seed=spec.seed,
-                           class_weights=spec.class_weights)
+    opts = SegTrainOptions(
+        epochs=spec.epochs,
+        batch=spec.batch,
+        lr=spec.lr,
+        device=spec.device,
+        seed=spec.seed,
+        class_weights=spec.class_weights,
+    )
     info = _data_info(spec, report, chips_train=len(chips.train_images), chips_val=len(chips.val_images))
-    info["val_regions"] = _regions_yaml(chips.val_regions)
+    info["val_regions"] = _regions_yaml(chips.split.val_regions)
     train_smp(chips, cfg, package, opts, log, info={"data": info})
 
 

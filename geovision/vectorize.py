@@ -14,8 +14,8 @@ simplification tolerances and minimum areas in metres translate exactly.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import numpy as np
 import shapely
@@ -120,8 +120,9 @@ def _polygonize(strip: Strip) -> Iterator[Shape]:
         index = np.arange(1, n + 1)
         sums = ndimage.sum_labels(strip.score, labels, index)
         counts = np.bincount(labels.ravel(), minlength=n + 1)[1:]
-        for geom, value in features.shapes(labels.astype(np.int32), mask=labels > 0, connectivity=4,
-                                           transform=transform):
+        for geom, value in features.shapes(
+            labels.astype(np.int32), mask=labels > 0, connectivity=4, transform=transform
+        ):
             k = int(value) - 1
             yield Shape(shapely.geometry.shape(geom), int(cls), float(sums[k]), int(counts[k]))
 

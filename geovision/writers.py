@@ -64,8 +64,12 @@ def write_layer(gdf: gpd.GeoDataFrame, path: str | os.PathLike[str], overwrite: 
                 # pixel-coordinate layers have no CRS on purpose
                 warnings.filterwarnings("ignore", message=".*crs.*was not provided")
                 gdf.to_file(
-                    tmp, driver=driver, engine="pyogrio", layer=p.stem if driver == "GPKG" else None,
-                    geometry_type=geometry_type, layer_options=options or None,
+                    tmp,
+                    driver=driver,
+                    engine="pyogrio",
+                    layer=p.stem if driver == "GPKG" else None,
+                    geometry_type=geometry_type,
+                    layer_options=options or None,
                 )
         except Exception as e:  # noqa: BLE001 - GDAL write errors come in several types
             raise OutputError(f"{p}: could not write layer ({e})") from e
@@ -106,15 +110,22 @@ class RasterSink:
         self.overwrite = overwrite
         self.files: dict[str, rasterio.io.DatasetWriter] = {}
         self.tmp: dict[str, Path] = {}
-        self.cols = np.minimum(
-            ((np.arange(plan.source_width) + 0.5) / plan.scale_x).astype(np.int64), plan.width - 1
-        )
+        self.cols = np.minimum(((np.arange(plan.source_width) + 0.5) / plan.scale_x).astype(np.int64), plan.width - 1)
 
     def __enter__(self) -> RasterSink:
         p = self.plan
-        base = dict(driver="GTiff", width=p.source_width, height=p.source_height, crs=p.crs,
-                    transform=p.source_transform, tiled=True, blockxsize=256, blockysize=256,
-                    compress="deflate", BIGTIFF="IF_SAFER")
+        base = dict(
+            driver="GTiff",
+            width=p.source_width,
+            height=p.source_height,
+            crs=p.crs,
+            transform=p.source_transform,
+            tiled=True,
+            blockxsize=256,
+            blockysize=256,
+            compress="deflate",
+            BIGTIFF="IF_SAFER",
+        )
         layouts = {"mask": dict(count=1, dtype="uint8"), "probs": dict(count=self.n_classes, dtype="float32")}
         for key, target in self.targets.items():
             check_output(target, self.overwrite, raster=True)

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pytest
@@ -49,24 +49,43 @@ class BlobDetector:
 
 def fake_config(tile_size: int = 64, overlap: int = 16, resolution_m: float | None = 0.1, **kw) -> ModelConfig:
     return ModelConfig(
-        name="blobs", task="detect", backend="fake", weights=Path("/nonexistent"), classes=("blob",),
-        tile_size=tile_size, overlap=overlap, resolution_m=resolution_m, batch_size=3, **kw,
+        name="blobs",
+        task="detect",
+        backend="fake",
+        weights=Path("/nonexistent"),
+        classes=("blob",),
+        tile_size=tile_size,
+        overlap=overlap,
+        resolution_m=resolution_m,
+        batch_size=3,
+        **kw,
     )
+
+
+UTM_10CM = Affine(0.1, 0, 500000, 0, -0.1, 4000000)
 
 
 def write_raster(
     path: Path,
     data: np.ndarray,
     crs: str | None = "EPSG:32617",
-    transform: Affine = Affine(0.1, 0, 500000, 0, -0.1, 4000000),
+    transform: Affine = UTM_10CM,
     nodata: float | None = None,
     **profile,
 ) -> Path:
     """Write (bands, rows, cols) ``data`` as a GeoTIFF."""
     if data.ndim == 2:
         data = data[None]
-    prof = dict(driver="GTiff", width=data.shape[2], height=data.shape[1], count=data.shape[0],
-                dtype=data.dtype, crs=crs, transform=transform, nodata=nodata)
+    prof = dict(
+        driver="GTiff",
+        width=data.shape[2],
+        height=data.shape[1],
+        count=data.shape[0],
+        dtype=data.dtype,
+        crs=crs,
+        transform=transform,
+        nodata=nodata,
+    )
     prof.update(profile)
     if crs is None:
         prof.pop("crs")
@@ -107,6 +126,15 @@ class BrightSegmenter:
 
 def fake_seg_config(tile_size: int = 64, overlap: int = 16, resolution_m: float | None = 0.1, **extra) -> ModelConfig:
     return ModelConfig(
-        name="roofs", task="segment", backend="fake", weights=Path("/nonexistent"), classes=("roof",),
-        tile_size=tile_size, overlap=overlap, resolution_m=resolution_m, batch_size=4, confidence=0.5, extra=extra,
+        name="roofs",
+        task="segment",
+        backend="fake",
+        weights=Path("/nonexistent"),
+        classes=("roof",),
+        tile_size=tile_size,
+        overlap=overlap,
+        resolution_m=resolution_m,
+        batch_size=4,
+        confidence=0.5,
+        extra=extra,
     )

@@ -13,8 +13,8 @@ import pytest
 import yaml
 from affine import Affine
 from click.testing import CliRunner
-
 from geovision.cli.main import main
+
 from tests.conftest import ROOT, SAMPLE_TREES, squares_image, write_raster
 
 TREES_YAML = ROOT / "configs" / "models" / "trees.yaml"
@@ -123,8 +123,14 @@ def test_gcp_only_raster_refused(tmp_path):
     import rasterio
 
     with pytest.warns(rasterio.errors.NotGeoreferencedWarning), rasterio.open(path, "r+") as ds:
-        ds.gcps = ([GroundControlPoint(0, 0, 500000, 4000000), GroundControlPoint(64, 64, 500006, 3999994),
-                    GroundControlPoint(0, 64, 500000, 3999994)], rasterio.crs.CRS.from_epsg(32617))
+        ds.gcps = (
+            [
+                GroundControlPoint(0, 0, 500000, 4000000),
+                GroundControlPoint(64, 64, 500006, 3999994),
+                GroundControlPoint(0, 64, 500000, 3999994),
+            ],
+            rasterio.crs.CRS.from_epsg(32617),
+        )
     out = tmp_path / "o.gpkg"
     assert_user_error(run("detect", path, "-m", "trees", "-o", out), "ground control points", out)
 

@@ -25,9 +25,11 @@ def assert_box_at(feature_bounds_lonlat, crs, transform, square, tol_px=0.5):
     corners = [lonlat(crs, transform, x, y) for x, y in [(x1, y1), (x2, y1), (x2, y2), (x1, y2)]]
     lons, lats = zip(*corners)
     px_lon = abs(lonlat(crs, transform, 1, 0)[0] - lonlat(crs, transform, 0, 0)[0]) + abs(
-        lonlat(crs, transform, 0, 1)[0] - lonlat(crs, transform, 0, 0)[0])
+        lonlat(crs, transform, 0, 1)[0] - lonlat(crs, transform, 0, 0)[0]
+    )
     px_lat = abs(lonlat(crs, transform, 0, 1)[1] - lonlat(crs, transform, 0, 0)[1]) + abs(
-        lonlat(crs, transform, 1, 0)[1] - lonlat(crs, transform, 0, 0)[1])
+        lonlat(crs, transform, 1, 0)[1] - lonlat(crs, transform, 0, 0)[1]
+    )
     minx, miny, maxx, maxy = feature_bounds_lonlat
     assert minx == pytest.approx(min(lons), abs=tol_px * px_lon)
     assert maxx == pytest.approx(max(lons), abs=tol_px * px_lon)
@@ -36,10 +38,10 @@ def assert_box_at(feature_bounds_lonlat, crs, transform, square, tol_px=0.5):
 
 
 # Squares (x1, y1, x2, y2) in pixels on a 200 x 170 raster tiled 64/16 (stride 48):
-INSIDE = (5, 5, 25, 25)             # wholly inside tile (0, 0)
-SEAM_SMALL = (40, 100, 60, 115)     # within the 48..64 overlap band of a vertical seam
-SEAM_LARGE = (120, 10, 180, 30)     # 60 px wide: larger than the overlap, cut in every tile
-CORNER = (84, 84, 116, 116)         # across the four-tile corner at 96..112
+INSIDE = (5, 5, 25, 25)  # wholly inside tile (0, 0)
+SEAM_SMALL = (40, 100, 60, 115)  # within the 48..64 overlap band of a vertical seam
+SEAM_LARGE = (120, 10, 180, 30)  # 60 px wide: larger than the overlap, cut in every tile
+CORNER = (84, 84, 116, 116)  # across the four-tile corner at 96..112
 SQUARES = [INSIDE, SEAM_SMALL, SEAM_LARGE, CORNER]
 
 CASES = {
@@ -56,6 +58,7 @@ def test_each_object_once_at_its_true_lonlat(tmp_path, case):
     path = write_raster(tmp_path / "scene.tif", squares_image(170, 200, SQUARES), crs=crs, transform=transform)
     if resolution is None:  # Web Mercator: model at the true ground size of a pixel
         from geovision.raster import ground_pixel_size_m
+
         resolution = ground_pixel_size_m(crs, transform, 200, 170)[0]
     out = tmp_path / "out.geojson"
     result = geovision.detect(path, fake_config(resolution_m=resolution), out, backend=BlobDetector())
@@ -98,8 +101,13 @@ def test_resampled_read_keeps_objects_in_place(tmp_path):
     gdf = result.features.to_crs("EPSG:4326")
     assert len(gdf) == 2
     for square in squares:
-        hits = gdf[gdf.geometry.contains(gdf.geometry.iloc[0].centroid.__class__(
-            lonlat("EPSG:32617", t, (square[0] + square[2]) / 2, (square[1] + square[3]) / 2)))]
+        hits = gdf[
+            gdf.geometry.contains(
+                gdf.geometry.iloc[0].centroid.__class__(
+                    lonlat("EPSG:32617", t, (square[0] + square[2]) / 2, (square[1] + square[3]) / 2)
+                )
+            )
+        ]
         assert len(hits) == 1
         # within half a model pixel (0.1 m = 5.6 source pixels)
         assert_box_at(hits.geometry.iloc[0].bounds, "EPSG:32617", t, square, tol_px=0.5 * 0.1 / 0.018)
@@ -133,7 +141,7 @@ def test_detections_centred_on_nodata_are_dropped(tmp_path):
 
 def test_uint16_gives_the_same_objects_as_uint8(tmp_path):
     img8 = squares_image(170, 200, SQUARES)
-    img8[:, :6, :] = 0     # >2% of pixels at 0 and at 255: the 2-98% stretch spans 0..65535
+    img8[:, :6, :] = 0  # >2% of pixels at 0 and at 255: the 2-98% stretch spans 0..65535
     img8[:, -6:, :] = 255
     p8 = write_raster(tmp_path / "a8.tif", img8)
     p16 = write_raster(tmp_path / "a16.tif", img8.astype(np.uint16) * 257)

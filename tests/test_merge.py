@@ -18,7 +18,8 @@ def boxes_of_objects(grid: TileGrid, objects: list[tuple[float, float, float, fl
                 found.append((cx1 - t.x0, cy1 - t.y0, cx2 - t.x0, cy2 - t.y0, c))
         arr = np.asarray(found, dtype=np.float64).reshape(-1, 5)
         rows.setdefault(t.row, []).append(
-            tile_boxes(arr[:, :4], np.full(len(arr), 0.8), arr[:, 4].astype(int), t.x0, t.y0, t.size, grid))
+            tile_boxes(arr[:, :4], np.full(len(arr), 0.8), arr[:, 4].astype(int), t.x0, t.y0, t.size, grid)
+        )
     return {r: Boxes.concat(b) for r, b in rows.items()}
 
 
@@ -52,8 +53,15 @@ def scenes(draw):
     objs = []
     for _ in range(draw(st.integers(0, 15))):
         x1, y1 = draw(st.integers(0, w - 5)), draw(st.integers(0, h - 5))
-        objs.append((x1, y1, min(w, x1 + draw(st.integers(4, 90))), min(h, y1 + draw(st.integers(4, 90))),
-                     draw(st.integers(0, 1))))
+        objs.append(
+            (
+                x1,
+                y1,
+                min(w, x1 + draw(st.integers(4, 90))),
+                min(h, y1 + draw(st.integers(4, 90))),
+                draw(st.integers(0, 1)),
+            )
+        )
     return grid, objs
 
 

@@ -14,8 +14,16 @@ from geovision.models import list_models, load_config, resolve_model, sha256_fil
 def write_model(folder: Path, name: str = "cars", **over) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "w.pt").write_bytes(b"weights")
-    cfg = {"task": "detect", "backend": "yolo", "weights": "w.pt", "classes": ["car", "truck"],
-           "tile_size": 512, "overlap": 48, "resolution": 0.3, "sha256": sha256_file(folder / "w.pt")}
+    cfg = {
+        "task": "detect",
+        "backend": "yolo",
+        "weights": "w.pt",
+        "classes": ["car", "truck"],
+        "tile_size": 512,
+        "overlap": 48,
+        "resolution": 0.3,
+        "sha256": sha256_file(folder / "w.pt"),
+    }
     cfg.update(over)
     p = folder / f"{name}.yaml"
     p.write_text(yaml.safe_dump(cfg))

@@ -49,8 +49,11 @@ def test_fractional_resampling_reads_the_right_ground(tmp_path):
 
 
 def test_non_integer_ratio_grid_spans_the_raster_exactly(tmp_path):
-    path = write_raster(tmp_path / "d.tif", np.zeros((3, 708, 751), np.uint8) + 5,
-                        transform=Affine(0.018, 0, 500000, 0, -0.018, 4000000))
+    path = write_raster(
+        tmp_path / "d.tif",
+        np.zeros((3, 708, 751), np.uint8) + 5,
+        transform=Affine(0.018, 0, 500000, 0, -0.018, 4000000),
+    )
     with rasterio.open(path) as ds:
         plan = plan_read(ds, 0.1, 3)
         # the model grid's footprint is the raster's footprint
@@ -85,8 +88,7 @@ def test_stretch_is_computed_once_per_raster(tmp_path):
 def test_fixed_normalization(tmp_path):
     path = write_raster(tmp_path / "f.tif", np.full((1, 8, 8), 1024, np.uint16))
     with rasterio.open(path) as ds:
-        plan = plan_read(ds, 0.1, 3, normalization=Normalization("fixed", min=(0,), max=(2048,)),
-                         accept_grayscale=True)
+        plan = plan_read(ds, 0.1, 3, normalization=Normalization("fixed", min=(0,), max=(2048,)), accept_grayscale=True)
         td = read_tile(ds, plan, Tile(0, 0, 0, 0, 8))
     assert plan.bands == (1, 1, 1)
     assert (td.image == 128).all()

@@ -75,7 +75,9 @@ def test_nodata_is_background_and_empty_tiles_are_skipped(tmp_path):
     r = geovision.detect(path, fake_seg_config(), backend=seg)
     assert r.stats.tiles_skipped == 3 and seg.seen == r.stats.tiles - 3
     areas = sorted(r.features["area_m2"])
-    assert areas == pytest.approx([9.0, 9.6], rel=0.002)  # ground area: UTM scale factor  # the second square is cut by nodata at x=144
+    assert areas == pytest.approx(
+        [9.0, 9.6], rel=0.002
+    )  # ground area: UTM scale factor  # the second square is cut by nodata at x=144
 
 
 def test_mask_and_probability_rasters_in_the_source_grid(tmp_path):
@@ -141,7 +143,7 @@ def test_strips_of_any_height_give_the_polygons_of_the_whole_mask(case):
     vec = StripVectorizer(w, h)
     shapes = []
     for y0 in range(0, h, band):
-        part = classes[y0:y0 + band]
+        part = classes[y0 : y0 + band]
         score = np.ones(part.shape, np.float32)
         shapes += vec.add(Strip(y0, part, score, np.zeros((3, *part.shape), np.float32)))
     shapes += vec.finish()

@@ -8,8 +8,10 @@ from geovision.tiling import TileGrid
 
 @settings(max_examples=200, deadline=None)
 @given(
-    width=st.integers(1, 3000), height=st.integers(1, 3000),
-    tile=st.integers(8, 700), frac=st.floats(0, 0.9),
+    width=st.integers(1, 3000),
+    height=st.integers(1, 3000),
+    tile=st.integers(8, 700),
+    frac=st.floats(0, 0.9),
 )
 def test_tiles_cover_grid_exactly_with_constant_overlap(width, height, tile, frac):
     overlap = min(int(tile * frac), tile - 1)
@@ -35,7 +37,7 @@ def test_every_pixel_covered_once_plus_overlap():
     grid = TileGrid(250, 130, 64, 16)
     cover = np.zeros((130 + 64, 250 + 64), int)
     for t in grid:
-        cover[t.y0:t.y1, t.x0:t.x1] += 1
+        cover[t.y0 : t.y1, t.x0 : t.x1] += 1
     cover = cover[:130, :250]
     assert cover.min() >= 1
     # pixels in one overlap band are seen twice, at a four-tile corner four times, never more

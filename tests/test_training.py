@@ -11,10 +11,10 @@ import shapely
 import yaml
 from affine import Affine
 from click.testing import CliRunner
+from geovision.cli.main import main
 from PIL import Image
 
 import geovision
-from geovision.cli.main import main
 from geovision.labels import LabelReport, read_vector_labels
 from geovision.training import ChipOptions, chip_detection_dataset
 from tests.conftest import squares_image, write_raster
@@ -47,8 +47,9 @@ def test_chips_and_their_labels_line_up_and_split_leaks_nothing(tmp_path):
     img, labels = scene(tmp_path)
     [item] = read_vector_labels(labels, [img], ["hut"], LabelReport(), class_field="kind")
     out = tmp_path / "chips"
-    stats = chip_detection_dataset([item], out, ChipOptions(tile_size=64, resolution_m=0.1, val_fraction=0.25,
-                                                            max_empty_share=0.0), ["hut"])
+    stats = chip_detection_dataset(
+        [item], out, ChipOptions(tile_size=64, resolution_m=0.1, val_fraction=0.25, max_empty_share=0.0), ["hut"]
+    )
     assert stats.train > 0 and stats.val > 0
     # every label box covers white pixels of its chip, and its surroundings are background
     for split in ("train", "val"):
@@ -59,6 +60,7 @@ def test_chips_and_their_labels_line_up_and_split_leaks_nothing(tmp_path):
                 x1, y1 = round((cx - w / 2) * 64), round((cy - h / 2) * 64)
                 x2, y2 = round((cx + w / 2) * 64), round((cy + h / 2) * 64)
                 assert (chip[y1:y2, x1:x2, 0] == 230).all(), (txt.name, line)
+
     # no raster pixel is in a training chip and a validation chip
     def footprint(split):
         cover = np.zeros((256 + 64, 256 + 64), bool)
@@ -66,19 +68,43 @@ def test_chips_and_their_labels_line_up_and_split_leaks_nothing(tmp_path):
             if png.stem.endswith("_T"):
                 continue
             y0, x0 = map(int, png.stem.split("_")[-2:])
-            cover[y0:y0 + 64, x0:x0 + 64] = True
+            cover[y0 : y0 + 64, x0 : x0 + 64] = True
         return cover[:256, :256]
+
     assert not (footprint("train") & footprint("val")).any()
 
 
 def test_train_cli_to_package_that_detect_and_onnx_run(tmp_path):
     img, labels = scene(tmp_path)
     pkg = tmp_path / "huts"
-    r = CliRunner().invoke(main, [
-        "train", "detect", "--images", str(img), "--labels", str(labels), "--classes", "hut",
-        "--class-field", "kind", "--resolution", "0.1", "--tile-size", "64", "--epochs", "1", "--batch", "4",
-        "--val-fraction", "0.25", "-o", str(pkg), "-q",
-    ])
+    r = CliRunner().invoke(
+        main,
+        [
+            "train",
+            "detect",
+            "--images",
+            str(img),
+            "--labels",
+            str(labels),
+            "--classes",
+            "hut",
+            "--class-field",
+            "kind",
+            "--resolution",
+            "0.1",
+            "--tile-size",
+            "64",
+            "--epochs",
+            "1",
+            "--batch",
+            "4",
+            "--val-fraction",
+            "0.25",
+            "-o",
+            str(pkg),
+            "-q",
+        ],
+    )
     assert r.exit_code == 0, r.stderr
     cfg = yaml.safe_load((pkg / "model.yaml").read_text())
     assert cfg["classes"] == ["hut"] and cfg["tile_size"] == 64 and cfg["resolution"] == 0.1
@@ -103,9 +129,20 @@ def test_train_cli_to_package_that_detect_and_onnx_run(tmp_path):
 def test_training_config_file_with_flag_overrides(tmp_path):
     img, labels = scene(tmp_path)
     cfg = tmp_path / "train.yaml"
-    cfg.write_text(yaml.safe_dump({"task": "detect", "images": ["scene.tif"], "labels": ["labels.gpkg"],
-                                   "classes": ["hut"], "class_field": "nope", "resolution": 0.1,
-                                   "tile_size": 64, "output": "out"}))
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "task": "detect",
+                "images": ["scene.tif"],
+                "labels": ["labels.gpkg"],
+                "classes": ["hut"],
+                "class_field": "nope",
+                "resolution": 0.1,
+                "tile_size": 64,
+                "output": "out",
+            }
+        )
+    )
     r = CliRunner().invoke(main, ["train", "--config", str(cfg)])
     assert r.exit_code == 2 and "no field 'nope'" in r.stderr  # the config's own (wrong) field is used
     assert not (tmp_path / "out").exists()
@@ -136,11 +173,40 @@ def test_bad_training_input(tmp_path, args, message):
 def test_train_segment_cli_to_package_that_detect_runs(tmp_path):
     img, labels = scene(tmp_path)
     pkg = tmp_path / "roofs"
-    r = CliRunner().invoke(main, [
-        "train", "segment", "--images", str(img), "--labels", str(labels), "--classes", "hut",
-        "--class-field", "kind", "--resolution", "0.1", "--tile-size", "64", "--epochs", "1", "--batch", "4",
-        "--arch", "Unet", "--encoder", "resnet18", "--encoder-depth", "3", "--val-fraction", "0.25", "-o", str(pkg), "-q",
-    ])
+    r = CliRunner().invoke(
+        main,
+        [
+            "train",
+            "segment",
+            "--images",
+            str(img),
+            "--labels",
+            str(labels),
+            "--classes",
+            "hut",
+            "--class-field",
+            "kind",
+            "--resolution",
+            "0.1",
+            "--tile-size",
+            "64",
+            "--epochs",
+            "1",
+            "--batch",
+            "4",
+            "--arch",
+            "Unet",
+            "--encoder",
+            "resnet18",
+            "--encoder-depth",
+            "3",
+            "--val-fraction",
+            "0.25",
+            "-o",
+            str(pkg),
+            "-q",
+        ],
+    )
     assert r.exit_code == 0, r.stderr
     cfg = yaml.safe_load((pkg / "model.yaml").read_text())
     assert cfg["task"] == "segment" and cfg["backend"] == "smp" and cfg["encoder_depth"] == 3
@@ -159,8 +225,27 @@ def test_train_segment_cli_to_package_that_detect_runs(tmp_path):
 def test_segmentation_needs_polygons(tmp_path):
     img = write_raster(tmp_path / "s.tif", squares_image(64, 64, []), transform=T)
     voc = tmp_path / "boxes.xml"
-    voc.write_text("<annotation><object><name>hut</name><bndbox><xmin>1</xmin><ymin>1</ymin>"
-                   "<xmax>9</xmax><ymax>9</ymax></bndbox></object></annotation>")
-    r = CliRunner().invoke(main, ["train", "segment", "--images", str(img), "--labels", str(voc),
-                                  "--classes", "hut", "--resolution", "0.1", "--tile-size", "64", "-o", str(tmp_path / "m")])
+    voc.write_text(
+        "<annotation><object><name>hut</name><bndbox><xmin>1</xmin><ymin>1</ymin>"
+        "<xmax>9</xmax><ymax>9</ymax></bndbox></object></annotation>"
+    )
+    r = CliRunner().invoke(
+        main,
+        [
+            "train",
+            "segment",
+            "--images",
+            str(img),
+            "--labels",
+            str(voc),
+            "--classes",
+            "hut",
+            "--resolution",
+            "0.1",
+            "--tile-size",
+            "64",
+            "-o",
+            str(tmp_path / "m"),
+        ],
+    )
     assert r.exit_code == 2 and "polygon labels" in r.stderr

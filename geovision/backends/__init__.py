@@ -6,8 +6,9 @@ imports ultralytics (AGPL-3.0), and the ONNX path needs neither it nor torch.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol, Sequence
+from typing import Protocol
 
 import numpy as np
 

@@ -8,7 +8,7 @@ and a GPU is there, the CPU otherwise.
 from __future__ import annotations
 
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -28,12 +28,16 @@ class OnnxDetector:
         available = ort.get_available_providers()
         wants_cuda = device is not None and device.startswith("cuda")
         if wants_cuda and "CUDAExecutionProvider" not in available:
-            raise DeviceError(f"device '{device}' requested but ONNX Runtime has no CUDA provider here; use --device cpu")
+            raise DeviceError(
+                f"device '{device}' requested but ONNX Runtime has no CUDA provider here; use --device cpu"
+            )
         use_cuda = "CUDAExecutionProvider" in available and device in (None, "auto") or wants_cuda
         providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if use_cuda else ["CPUExecutionProvider"]
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.intra_op_num_threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        options.intra_op_num_threads = (
+            len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        )
         try:
             self.session = ort.InferenceSession(str(cfg.weights), options, providers=providers)
         except Exception as e:  # noqa: BLE001 - onnxruntime raises its own types

@@ -8,7 +8,8 @@ package's weights are the whole model.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -27,8 +28,10 @@ def build_network(cfg: ModelConfig) -> Any:
     if arch not in ARCHITECTURES:
         raise ModelError(f"model '{cfg.name}': unknown architecture '{arch}'; known: {', '.join(ARCHITECTURES)}")
     kwargs: dict[str, Any] = dict(
-        encoder_name=cfg.extra.get("encoder", "resnet34"), encoder_weights=None,
-        in_channels=cfg.in_channels, classes=n_outputs(cfg) if activation(cfg) == "softmax" else len(cfg.classes),
+        encoder_name=cfg.extra.get("encoder", "resnet34"),
+        encoder_weights=None,
+        in_channels=cfg.in_channels,
+        classes=n_outputs(cfg) if activation(cfg) == "softmax" else len(cfg.classes),
     )
     if cfg.extra.get("encoder_depth"):
         kwargs["encoder_depth"] = int(cfg.extra["encoder_depth"])

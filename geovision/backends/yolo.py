@@ -10,8 +10,9 @@ our tiles already have the model's input size.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -19,6 +20,7 @@ from geovision.backends import Detections
 from geovision.backends.yolo_output import decode
 from geovision.errors import WeightsError
 from geovision.models import ModelConfig
+
 
 def import_ultralytics() -> Any:
     """Import ultralytics with every network call switched off."""
