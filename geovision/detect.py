@@ -240,9 +240,8 @@ def _keep_on_data(td: TileData, dets: Detections, grid: TileGrid) -> Boxes:
     if len(dets):
         cx = np.clip(((dets.boxes[:, 0] + dets.boxes[:, 2]) / 2).astype(int), 0, t.size - 1)
         cy = np.clip(((dets.boxes[:, 1] + dets.boxes[:, 3]) / 2).astype(int), 0, t.size - 1)
-        on = td.valid[cy, cx]
-        dets = Detections(dets.boxes[on], dets.scores[on], dets.classes[on])
-    boxes = tile_boxes(dets.boxes, dets.scores, dets.classes, t.x0, t.y0, t.size, grid)
+        dets = dets.take(np.flatnonzero(td.valid[cy, cx]))
+    boxes = tile_boxes(dets.boxes, dets.scores, dets.classes, t.x0, t.y0, t.size, grid, dets.polygons)
     # Clip to the raster: padding past the edge holds no image.
     boxes.xyxy[:, [0, 2]] = np.clip(boxes.xyxy[:, [0, 2]], 0, grid.width)
     boxes.xyxy[:, [1, 3]] = np.clip(boxes.xyxy[:, [1, 3]], 0, grid.height)
@@ -250,11 +249,18 @@ def _keep_on_data(td: TileData, dets: Detections, grid: TileGrid) -> Boxes:
 
 
 def _to_features(boxes: Boxes, plan: ReadPlan, cfg: ModelConfig, source: str) -> gpd.GeoDataFrame:
-    """Model-grid boxes to polygons in the raster's CRS (four corners through the transform)."""
+    """Model-grid boxes (or instance outlines) to polygons in the raster's CRS."""
     x1, y1, x2, y2 = boxes.xyxy.T
-    corners = np.stack([np.stack([x1, x2, x2, x1], axis=1), np.stack([y1, y1, y2, y2], axis=1)], axis=2)
-    coords = _apply(plan, corners.reshape(-1, 2)).reshape(-1, 4, 2)
-    polygons = shapely.polygons(coords) if len(boxes) else np.array([], dtype=object)
+    if boxes.polys is not None:  # outlines, clipped to the raster like the boxes
+        grid_box = shapely.box(0, 0, plan.width, plan.height)
+        outlines = shapely.intersection(boxes.polys, grid_box)
+        areas_px = shapely.area(outlines)
+        polygons = shapely.transform(outlines, lambda xy: _apply(plan, xy))
+    else:
+        areas_px = (x2 - x1) * (y2 - y1)
+        corners = np.stack([np.stack([x1, x2, x2, x1], axis=1), np.stack([y1, y1, y2, y2], axis=1)], axis=2)
+        coords = _apply(plan, corners.reshape(-1, 2)).reshape(-1, 4, 2)
+        polygons = shapely.polygons(coords) if len(boxes) else np.array([], dtype=object)
     names = np.array(cfg.classes, dtype=object)
     return gpd.GeoDataFrame(
         {
@@ -262,7 +268,7 @@ def _to_features(boxes: Boxes, plan: ReadPlan, cfg: ModelConfig, source: str) ->
             "class_id": boxes.classes.astype(np.int32),
             "score": np.round(boxes.scores.astype(np.float64), 4),
             # Without georeference there are no metres to speak of.
-            "area_m2": np.round((x2 - x1) * (y2 - y1) * plan.pixel_area_m2, 3) if plan.crs else np.nan,
+            "area_m2": np.round(areas_px * plan.pixel_area_m2, 3) if plan.crs else np.nan,
             "source": np.full(len(boxes), source, dtype=object),
         },
         geometry=gpd.GeoSeries(polygons, crs=plan.crs),

@@ -41,6 +41,7 @@ class Boxes:
     classes: np.ndarray  # (n,) int64
     tiles: np.ndarray  # (n, 4) float64: x0, y0, x1, y1 of the source tile
     cut: np.ndarray  # (n,) bool: touches an edge the tile shares with a neighbour
+    polys: np.ndarray | None = None  # (n,) outline polygons (instance segmenters), model-grid pixels
 
     @classmethod
     def empty(cls) -> Boxes:
@@ -51,26 +52,36 @@ class Boxes:
         return len(self.scores)
 
     def take(self, idx: np.ndarray) -> Boxes:
-        return Boxes(self.xyxy[idx], self.scores[idx], self.classes[idx], self.tiles[idx], self.cut[idx])
+        polys = self.polys[idx] if self.polys is not None else None
+        return Boxes(self.xyxy[idx], self.scores[idx], self.classes[idx], self.tiles[idx], self.cut[idx], polys)
 
     @staticmethod
     def concat(parts: list[Boxes]) -> Boxes:
         parts = [p for p in parts if len(p)]
         if not parts:
             return Boxes.empty()
+        polys = np.concatenate([p.polys for p in parts]) if parts[0].polys is not None else None
         return Boxes(
             np.concatenate([p.xyxy for p in parts]),
             np.concatenate([p.scores for p in parts]),
             np.concatenate([p.classes for p in parts]),
             np.concatenate([p.tiles for p in parts]),
             np.concatenate([p.cut for p in parts]),
+            polys,
         )
 
 
 def tile_boxes(
-    xyxy_tile: np.ndarray, scores: np.ndarray, classes: np.ndarray, x0: int, y0: int, size: int, grid: TileGrid
+    xyxy_tile: np.ndarray,
+    scores: np.ndarray,
+    classes: np.ndarray,
+    x0: int,
+    y0: int,
+    size: int,
+    grid: TileGrid,
+    polys: np.ndarray | None = None,
 ) -> Boxes:
-    """Boxes of one tile (tile pixels) moved to model-grid pixels, with their cut flags."""
+    """Boxes (and outlines) of one tile (tile pixels) moved to model-grid pixels, with their cut flags."""
     xyxy = np.asarray(xyxy_tile, dtype=np.float64).reshape(-1, 4) + [x0, y0, x0, y0]
     x1, y1 = x0 + size, y0 + size
     cut = (
@@ -80,7 +91,9 @@ def tile_boxes(
         | ((xyxy[:, 3] >= y1 - EDGE_PX) & (y1 < grid.height))
     )
     tiles = np.tile(np.array([x0, y0, x1, y1], dtype=np.float64), (len(xyxy), 1))
-    return Boxes(xyxy, np.asarray(scores, np.float32), np.asarray(classes, np.int64), tiles, cut)
+    if polys is not None:
+        polys = shapely.transform(np.asarray(polys, dtype=object), lambda xy: xy + [x0, y0])
+    return Boxes(xyxy, np.asarray(scores, np.float32), np.asarray(classes, np.int64), tiles, cut, polys)
 
 
 def _intersecting_pairs(xyxy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -111,7 +124,15 @@ def merge_boxes(b: Boxes, match_iou: float = 0.5, nms_iou: float = 0.5) -> Boxes
     shared = np.concatenate(
         [np.maximum(b.tiles[i, :2], b.tiles[j, :2]), np.minimum(b.tiles[i, 2:], b.tiles[j, 2:])], axis=1
     )
-    match = _iou_rows(_clip(b.xyxy[i], shared), _clip(b.xyxy[j], shared)) >= match_iou
+    if b.polys is None:
+        iou = _iou_rows(_clip(b.xyxy[i], shared), _clip(b.xyxy[j], shared))
+    else:  # instance outlines: compare the masks themselves inside the shared region
+        region = shapely.box(*shared.T)
+        pi, pj = shapely.intersection(b.polys[i], region), shapely.intersection(b.polys[j], region)
+        inter = shapely.area(shapely.intersection(pi, pj))
+        union = shapely.area(pi) + shapely.area(pj) - inter
+        iou = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+    match = iou >= match_iou
     labels = _components(len(b), i[match], j[match])
     merged = _merge_groups(b, labels)
     return merged.take(_nms(merged, nms_iou))
@@ -140,6 +161,7 @@ def _merge_groups(b: Boxes, labels: np.ndarray) -> Boxes:
     if len(starts) == len(b):
         return b
     keep, xyxy = [], b.xyxy.copy()
+    polys = b.polys.copy() if b.polys is not None else None
     for s, e in zip(starts, np.r_[starts[1:], len(order)]):
         members = order[s:e]  # best score first
         whole = members[~b.cut[members]]
@@ -148,11 +170,20 @@ def _merge_groups(b: Boxes, labels: np.ndarray) -> Boxes:
         else:
             best = members[0]
             xyxy[best] = [*b.xyxy[members, :2].min(axis=0), *b.xyxy[members, 2:].max(axis=0)]
+            if polys is not None and len(members) > 1:
+                polys[best] = _largest(shapely.union_all(b.polys[members]))
         keep.append(best)
     idx = np.array(keep, dtype=np.int64)
-    out = Boxes(xyxy, b.scores.copy(), b.classes, b.tiles, b.cut).take(idx)
+    out = Boxes(xyxy, b.scores.copy(), b.classes, b.tiles, b.cut, polys).take(idx)
     out.scores = b.scores[[order[s] for s in starts]]
     return out
+
+
+def _largest(geom: shapely.Geometry) -> shapely.Geometry:
+    """A polygon: the largest part of a union whose pieces do not quite touch."""
+    if geom.geom_type == "MultiPolygon":
+        return max(geom.geoms, key=lambda g: g.area)
+    return geom
 
 
 def _nms(b: Boxes, iou: float) -> np.ndarray:

@@ -20,7 +20,8 @@ import yaml
 from geovision.errors import ModelError, WeightsError
 from geovision.raster import Normalization
 
-Task = Literal["detect", "segment"]
+#: detect: boxes; segment: per-pixel classes (semantic); instance: one outline per object (YOLO-seg).
+Task = Literal["detect", "segment", "instance"]
 
 BUILTIN_MODELS_DIR = Path(__file__).resolve().parent.parent / "configs" / "models"
 WEIGHT_SUFFIXES = {".pt", ".pth", ".onnx"}
@@ -131,8 +132,8 @@ def config_from_dict(raw: dict[str, Any], path: Path) -> ModelConfig:
     missing = [k for k in required if k not in raw]
     if missing:
         raise ModelError(f"{path}: model YAML lacks {', '.join(missing)}")
-    if raw["task"] not in ("detect", "segment"):
-        raise ModelError(f"{path}: task must be 'detect' or 'segment', not {raw['task']!r}")
+    if raw["task"] not in ("detect", "segment", "instance"):
+        raise ModelError(f"{path}: task must be 'detect', 'segment' or 'instance', not {raw['task']!r}")
     weights = Path(raw["weights"])
     if not weights.is_absolute():
         weights = (path.parent / weights).resolve()
@@ -242,10 +243,10 @@ def config_from_weights(path: Path) -> ModelConfig:
         raise ModelError(f"{path}: bare weights must be an ultralytics .pt file; use a model YAML otherwise")
     from geovision.backends.yolo import read_checkpoint_meta
 
-    names, imgsz = read_checkpoint_meta(path)
+    names, imgsz, task = read_checkpoint_meta(path)
     return ModelConfig(
         name=path.stem,
-        task="detect",
+        task="instance" if task == "segment" else "detect",
         backend="yolo",
         weights=path,
         classes=tuple(names),

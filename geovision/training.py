@@ -354,7 +354,7 @@ def _last_metrics(results_csv: Path) -> dict[str, float]:
         return {}
     key = "metrics/mAP50-95(B)"
     best = max(rows, key=lambda r: float(r.get(key, 0) or 0))
-    out = {"epoch": int(float(best["epoch"]))}
+    out: dict[str, float] = {"epoch": int(float(best["epoch"]))}
     for k in ("metrics/precision(B)", "metrics/recall(B)", "metrics/mAP50(B)", key):
         if k in best:
             out[k.split("/")[1].replace("(B)", "")] = round(float(best[k]), 4)

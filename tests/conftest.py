@@ -138,3 +138,15 @@ def fake_seg_config(tile_size: int = 64, overlap: int = 16, resolution_m: float 
         confidence=0.5,
         extra=extra,
     )
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked gpu run only where CUDA is available."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs CUDA")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

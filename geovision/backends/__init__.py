@@ -18,18 +18,25 @@ from geovision.models import ModelConfig
 
 @dataclass
 class Detections:
-    """Boxes found in one tile, in tile pixels (x1, y1, x2, y2)."""
+    """Objects found in one tile, in tile pixels: boxes (x1, y1, x2, y2) and, for
+    instance segmenters, one outline polygon per box."""
 
     boxes: np.ndarray  # (n, 4) float32
     scores: np.ndarray  # (n,) float32
     classes: np.ndarray  # (n,) int64
+    polygons: np.ndarray | None = None  # (n,) shapely Polygons, or None for box detectors
 
     @classmethod
-    def empty(cls) -> Detections:
-        return cls(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64))
+    def empty(cls, with_polygons: bool = False) -> Detections:
+        polys = np.empty(0, dtype=object) if with_polygons else None
+        return cls(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64), polys)
 
     def __len__(self) -> int:
         return len(self.scores)
+
+    def take(self, keep: np.ndarray) -> Detections:
+        polys = self.polygons[keep] if self.polygons is not None else None
+        return Detections(self.boxes[keep], self.scores[keep], self.classes[keep], polys)
 
 
 class Detector(Protocol):
@@ -61,7 +68,7 @@ def load_segmenter(cfg: ModelConfig, device: str | None = None) -> Segmenter:
 
 def load_detector(cfg: ModelConfig, device: str | None = None) -> Detector:
     """The detector backend named by ``cfg.backend``, loaded on ``device``."""
-    if cfg.task != "detect":
+    if cfg.task not in ("detect", "instance"):
         raise ModelError(f"model '{cfg.name}' is a {cfg.task} model, not a detector")
     if cfg.backend == "yolo":
         from geovision.backends.yolo import YoloDetector

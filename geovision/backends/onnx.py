@@ -1,4 +1,4 @@
-"""ONNX Runtime backend: YOLO detectors without torch or ultralytics.
+"""ONNX Runtime backend: YOLO detectors and instance segmenters without torch or ultralytics.
 
 The session runs with every graph optimisation on and as many intra-op
 threads as there are cores; CUDA is used when ONNX Runtime has its provider
@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from geovision.backends import Detections
-from geovision.backends.yolo_output import decode
+from geovision.backends.yolo_output import decode, decode_instances
 from geovision.device import DeviceError
 from geovision.errors import WeightsError
 from geovision.models import ModelConfig
@@ -52,7 +52,9 @@ class OnnxDetector:
     def detect(self, images: Sequence[np.ndarray]) -> list[Detections]:
         if not images:
             return []
-        x = np.stack(images).transpose(0, 3, 1, 2).astype(self.dtype)
-        x *= self.dtype(1 / 255)
-        out = self.session.run(None, {self.input_name: x})[0]
-        return [decode(o, self.cfg.confidence, self.cfg.iou, self.cfg.tile_size, self.end2end) for o in out]
+        x = np.multiply(np.stack(images).transpose(0, 3, 1, 2), 1 / 255, dtype=self.dtype)
+        outputs = self.session.run(None, {self.input_name: x})
+        c = self.cfg
+        if c.task == "instance":  # (predictions, prototypes)
+            return [decode_instances(o, p, c.confidence, c.iou, c.tile_size) for o, p in zip(*outputs[:2])]
+        return [decode(o, c.confidence, c.iou, c.tile_size, self.end2end) for o in outputs[0]]

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from geovision.backends import Detections
-from geovision.backends.yolo_output import decode
+from geovision.backends.yolo_output import decode, decode_instances
 from geovision.errors import WeightsError
 from geovision.models import ModelConfig
 
@@ -46,14 +46,14 @@ def load_yolo(path: Path) -> Any:
         raise WeightsError(f"{path.name}: not a loadable YOLO weights file ({msg})") from e
 
 
-def read_checkpoint_meta(path: Path) -> tuple[list[str], int]:
-    """Class names and training image size stored in an ultralytics checkpoint."""
+def read_checkpoint_meta(path: Path) -> tuple[list[str], int, str]:
+    """Class names, training image size and task stored in an ultralytics checkpoint."""
     model = load_yolo(path)
     names = [model.names[i] for i in sorted(model.names)]
     imgsz = model.overrides.get("imgsz", 640)
     if isinstance(imgsz, (list, tuple)):
         imgsz = max(imgsz)
-    return names, int(imgsz)
+    return names, int(imgsz), str(model.task)
 
 
 class YoloDetector:
@@ -67,8 +67,10 @@ class YoloDetector:
         self.cfg = cfg
         self.device = pick_device(device)
         yolo = load_yolo(cfg.weights)
-        if yolo.task != "detect":
-            raise WeightsError(f"{cfg.weights.name}: a YOLO '{yolo.task}' model, not a detector")
+        expected = "segment" if cfg.task == "instance" else "detect"
+        if yolo.task != expected:
+            raise WeightsError(f"{cfg.weights.name}: a YOLO '{yolo.task}' model; the model YAML says {cfg.task}")
+        self.instances = cfg.task == "instance"
         n_classes = len(yolo.names)
         if n_classes != len(cfg.classes):
             raise WeightsError(
@@ -96,6 +98,10 @@ class YoloDetector:
             x = x / 255.0
             out = self.net(x)
             out = out[0] if isinstance(out, (list, tuple)) else out
+            if self.instances:  # ((predictions, prototypes), raw)
+                preds, proto = (t.float().cpu().numpy() for t in out)
+                c = self.cfg
+                return [decode_instances(o, p, c.confidence, c.iou, c.tile_size) for o, p in zip(preds, proto)]
             if isinstance(out, dict):  # end-to-end heads may return a dict of branches
                 out = out.get("one2one", next(iter(out.values())))
                 out = out[0] if isinstance(out, (list, tuple)) else out

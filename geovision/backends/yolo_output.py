@@ -1,8 +1,12 @@
-"""Decoding YOLO detection heads' raw output, shared by the torch and ONNX backends."""
+"""Decoding YOLO heads' raw output, shared by the torch and ONNX backends."""
 
 from __future__ import annotations
 
 import numpy as np
+import shapely
+import shapely.geometry
+from rasterio import features
+from scipy import ndimage
 
 from geovision.backends import Detections
 from geovision.nms import batched_nms
@@ -21,14 +25,55 @@ def decode(out: np.ndarray, confidence: float, iou: float, size: int, end2end: b
     if end2end:
         out = out[out[:, 4] >= confidence]
         return Detections(np.clip(out[:, :4], 0, size), out[:, 4].copy(), out[:, 5].astype(np.int64))
-    class_scores = out[4:]
+    anchors, boxes, scores, classes = _kept(out, out.shape[0] - 4, confidence, iou, size)
+    return Detections(boxes, scores, classes)
+
+
+def _kept(
+    out: np.ndarray, n_classes: int, confidence: float, iou: float, size: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Anchors kept by the threshold and NMS, with their boxes, scores and classes."""
+    class_scores = out[4 : 4 + n_classes]
     classes = class_scores.argmax(axis=0)
     scores = class_scores[classes, np.arange(class_scores.shape[1])]
-    keep = np.flatnonzero(scores >= confidence)
-    if keep.size == 0:
-        return Detections.empty()
-    cx, cy, w, h = out[:4, keep]
-    boxes = np.clip(np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=1), 0, size)
-    scores, classes = scores[keep], classes[keep]
-    kept = batched_nms(boxes, scores, classes, iou)[:MAX_DETECTIONS_PER_TILE]
-    return Detections(boxes[kept], scores[kept].astype(np.float32), classes[kept].astype(np.int64))
+    anchors = np.flatnonzero(scores >= confidence)
+    cx, cy, w, h = out[:4, anchors]
+    boxes = np.clip(np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=1), 0, size).reshape(-1, 4)
+    kept = batched_nms(boxes, scores[anchors], classes[anchors], iou)[:MAX_DETECTIONS_PER_TILE]
+    anchors = anchors[kept]
+    return anchors, boxes[kept], scores[anchors].astype(np.float32), classes[anchors].astype(np.int64)
+
+
+def decode_instances(
+    out: np.ndarray, proto: np.ndarray, confidence: float, iou: float, size: int
+) -> Detections:
+    """One image's YOLO-seg output to boxes with one outline polygon each.
+
+    ``out`` is (4 + classes + masks, anchors), the last rows mask
+    coefficients; ``proto`` is (masks, h, w) prototypes at a fraction of the
+    tile size. Each kept object's mask is its coefficients times the
+    prototypes, upsampled to the tile, cut to its box and thresholded at 0.5;
+    its outline is the mask's largest 4-connected region.
+    """
+    out = np.asarray(out, dtype=np.float32)
+    nm, h, w = proto.shape
+    anchors, boxes, scores, classes = _kept(out, out.shape[0] - 4 - nm, confidence, iou, size)
+    polygons = np.empty(len(anchors), dtype=object)
+    if len(anchors):
+        logits = (out[-nm:, anchors].T @ proto.reshape(nm, -1)).reshape(-1, h, w)
+        for i, (m, box) in enumerate(zip(logits, boxes)):
+            # pixel-centre aligned, as the network was trained (not corner aligned)
+            up = ndimage.zoom(m, (size / h, size / w), order=1, grid_mode=True, mode="nearest")
+            polygons[i] = _outline(up, box)
+    det = Detections(boxes, scores, classes, polygons)
+    return det.take(np.flatnonzero([p is not None for p in polygons]).astype(np.int64))
+
+
+def _outline(logit: np.ndarray, box: np.ndarray) -> shapely.Polygon | None:
+    """The largest region with probability >= 0.5 (logit >= 0) inside ``box``, in tile pixels."""
+    x1, y1 = np.floor(box[:2]).astype(int)
+    x2, y2 = np.ceil(box[2:]).astype(int)
+    mask = np.zeros(logit.shape, dtype=np.uint8)
+    mask[y1:y2, x1:x2] = logit[y1:y2, x1:x2] >= 0
+    polys = [shapely.geometry.shape(g) for g, _ in features.shapes(mask, mask=mask > 0, connectivity=4)]
+    return max(polys, key=lambda p: p.area) if polys else None

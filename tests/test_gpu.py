@@ -1,0 +1,39 @@
+"""The CUDA path: same objects as on the CPU. Skipped where there is no GPU."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import geovision
+from tests.conftest import SAMPLE_TREES
+
+pytestmark = pytest.mark.gpu
+
+
+def test_auto_device_picks_cuda():
+    from geovision.device import pick_device
+
+    assert pick_device(None) == "cuda"
+
+
+def test_yolo_on_cuda_matches_cpu():
+    cpu = geovision.detect(SAMPLE_TREES, "trees", device="cpu", confidence=0.1)
+    gpu = geovision.detect(SAMPLE_TREES, "trees", device="cuda", confidence=0.1)
+    # fp16 on the GPU: the same objects, boxes within a pixel (0.1 m)
+    assert abs(len(gpu.features) - len(cpu.features)) <= max(1, len(cpu.features) // 20)
+    a = np.array(sorted(g.centroid.coords[0] for g in cpu.features.geometry))
+    b = np.array(sorted(g.centroid.coords[0] for g in gpu.features.geometry))
+    if len(a) == len(b):
+        assert np.abs(a - b).max() < 0.1
+
+
+def test_buildings_on_cuda_matches_cpu():
+    from tests.conftest import ROOT
+
+    tile = ROOT / "sample_tiles" / "spacenet_atlanta.tif"
+    cpu = geovision.detect(tile, "buildings", device="cpu")
+    gpu = geovision.detect(tile, "buildings", device="cuda")
+    assert cpu.features.union_all().symmetric_difference(gpu.features.union_all()).area < 0.02 * max(
+        cpu.features.area.sum(), 1
+    )
