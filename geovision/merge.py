@@ -170,7 +170,7 @@ def _merge_groups(b: Boxes, labels: np.ndarray) -> Boxes:
         else:
             best = members[0]
             xyxy[best] = [*b.xyxy[members, :2].min(axis=0), *b.xyxy[members, 2:].max(axis=0)]
-            if polys is not None and len(members) > 1:
+            if polys is not None and b.polys is not None and len(members) > 1:
                 polys[best] = _largest(shapely.union_all(b.polys[members]))
         keep.append(best)
     idx = np.array(keep, dtype=np.int64)

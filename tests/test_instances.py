@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pytest
@@ -55,7 +55,10 @@ def test_disc_across_a_four_tile_corner_is_one_outline(tmp_path):
     for cx, cy, rad in discs:
         truth_px = (xx - cx) ** 2 + (yy - cy) ** 2 <= rad * rad
         truth = shapely.union_all(
-            [shapely.geometry.shape(g) for g, _ in features.shapes(truth_px.astype(np.uint8), mask=truth_px, transform=T)]
+            [
+                shapely.geometry.shape(g)
+                for g, _ in features.shapes(truth_px.astype(np.uint8), mask=truth_px, transform=T)
+            ]
         )
         hits = r.features[r.features.intersects(truth.centroid)]
         assert len(hits) == 1
@@ -67,9 +70,9 @@ def test_disc_across_a_four_tile_corner_is_one_outline(tmp_path):
 
 def test_real_yolo_seg_network_runs_through_detect(tmp_path):
     """An untrained YOLO11n-seg: the backend decodes outlines and the pipeline writes them."""
-    from geovision.backends.yolo import import_ultralytics
-
     import torch
+
+    from geovision.backends.yolo import import_ultralytics
 
     torch.manual_seed(0)
     weights = tmp_path / "seg.pt"

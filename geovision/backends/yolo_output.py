@@ -44,9 +44,7 @@ def _kept(
     return anchors, boxes[kept], scores[anchors].astype(np.float32), classes[anchors].astype(np.int64)
 
 
-def decode_instances(
-    out: np.ndarray, proto: np.ndarray, confidence: float, iou: float, size: int
-) -> Detections:
+def decode_instances(out: np.ndarray, proto: np.ndarray, confidence: float, iou: float, size: int) -> Detections:
     """One image's YOLO-seg output to boxes with one outline polygon each.
 
     ``out`` is (4 + classes + masks, anchors), the last rows mask
