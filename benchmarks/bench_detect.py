@@ -3,9 +3,11 @@
 Run on demand (not part of the tests):
 
     python benchmarks/bench_detect.py --model trees --sizes 4000 10000 20000
+    python benchmarks/bench_detect.py --model buildings --sample sample_tiles/spacenet_atlanta.tif
 
-For each size it builds a tiled, compressed RGB GeoTIFF from a real sample
-tile (mirrored to fill the extent), then measures
+For each size it builds a tiled, compressed GeoTIFF from a real sample tile
+(same bands, dtype, CRS and pixel size; mirrored to fill the extent), then
+measures
 
 * the whole ``geovision detect`` command as a user runs it (wall time from the
   shell, peak RSS of the process),
@@ -21,7 +23,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import resource
 import subprocess
 import sys
 import tempfile
@@ -38,22 +39,25 @@ SAMPLE = ROOT / "sample_tiles" / "OSBS_029.tif"
 
 
 def make_raster(path: Path, size: int, sample: Path = SAMPLE) -> Path:
-    """A size x size RGB GeoTIFF (EPSG:32617, 0.1 m) tiled with mirrored copies of ``sample``."""
+    """A size x size GeoTIFF like ``sample`` (bands, dtype, CRS, pixel size), tiled with mirrored copies of it."""
     with rasterio.open(sample) as src:
-        tile = src.read([1, 2, 3])
+        tile = src.read()
+        like = src.profile
     # mirror so neighbouring copies meet without a hard edge
     block = np.concatenate(
         [np.concatenate([tile, tile[:, :, ::-1]], 2), np.concatenate([tile[:, ::-1], tile[:, ::-1, ::-1]], 2)], 1
     )
     bh, bw = block.shape[1:]
+    t = like["transform"]
     profile = dict(
         driver="GTiff",
         width=size,
         height=size,
-        count=3,
-        dtype="uint8",
-        crs="EPSG:32617",
-        transform=Affine(0.1, 0, 400000, 0, -0.1, 3300000),
+        count=like["count"],
+        dtype=like["dtype"],
+        crs=like["crs"],
+        transform=Affine(t.a, 0, t.c, 0, t.e, t.f),
+        nodata=like.get("nodata"),
         tiled=True,
         blockxsize=512,
         blockysize=512,
@@ -70,46 +74,62 @@ def make_raster(path: Path, size: int, sample: Path = SAMPLE) -> Path:
 
 
 def time_command(cmd: list[str]) -> tuple[float, float]:
-    """Wall seconds and peak RSS (MB) of a command run as a child process."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    """Wall seconds and peak RSS (MB) of a command.
+
+    It runs under a fresh Python wrapper so that the peak RSS of its children
+    is this command's alone.
+    """
+    wrapper = (
+        "import resource, subprocess, sys;"
+        "subprocess.run(sys.argv[1:], check=True, stdout=subprocess.DEVNULL);"
+        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
+    )
     t0 = time.perf_counter()
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    out = subprocess.run([sys.executable, "-c", wrapper, *cmd], check=True, capture_output=True, text=True)
     seconds = time.perf_counter() - t0
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    if peak <= before:  # ru_maxrss is a maximum over all children so far
-        print("warning: peak RSS not above an earlier child's; run sizes in increasing order", file=sys.stderr)
-    return seconds, peak / 1024
+    return seconds, int(out.stdout.strip().splitlines()[-1]) / 1024
 
 
 def bare_forward_seconds(model: str, raster: Path) -> tuple[float, int]:
-    """Seconds of the network's forward alone over the run's tiles, and the tile count."""
+    """Seconds of the network's forward alone over the run's tiles, and the tile count.
+
+    The tiles are read and batched beforehand; what is timed is the network on
+    input already scaled as it expects, as a user of the bare model runs it.
+    """
     import torch
 
-    from geovision.backends.yolo import YoloDetector
+    from geovision.backends import load_detector, load_segmenter
     from geovision.models import resolve_model
     from geovision.raster import iter_tiles, open_raster, plan_read
     from geovision.tiling import TileGrid
 
     cfg = resolve_model(model)
-    det = YoloDetector(cfg)
+    backend = load_segmenter(cfg) if cfg.task == "segment" else load_detector(cfg)
     with open_raster(raster) as ds:
-        plan = plan_read(ds, cfg.resolution_m, cfg.in_channels, cfg.bands, cfg.normalization)
+        plan = plan_read(ds, cfg.resolution_m, cfg.in_channels, cfg.bands, cfg.normalization, cfg.accept_grayscale)
     grid = TileGrid(plan.width, plan.height, cfg.tile_size, cfg.overlap)
     images = [td.image for td in iter_tiles(plan, iter(grid)) if hasattr(td, "image")]
+    n = cfg.batch_size
     batches = [
-        torch.from_numpy(np.stack(images[i : i + cfg.batch_size])) for i in range(0, len(images), cfg.batch_size)
+        torch.from_numpy(np.stack(images[i : i + n])).permute(0, 3, 1, 2).float() for i in range(0, len(images), n)
     ]
+    if cfg.task == "segment":
+        batches = [b * backend.scale - backend.shift for b in batches]  # type: ignore[union-attr]
+    else:
+        batches = [b / 255 for b in batches]
+    net = backend.net  # type: ignore[union-attr]
     with torch.inference_mode():
-        det.net(batches[0].permute(0, 3, 1, 2).float() / 255)  # warm-up
+        net(batches[0])  # warm-up
         t0 = time.perf_counter()
         for b in batches:
-            det.net(b.permute(0, 3, 1, 2).float() / 255)
+            net(b)
         return time.perf_counter() - t0, len(images)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="trees")
+    ap.add_argument("--sample", type=Path, default=SAMPLE, help="real tile the benchmark rasters are made of")
     ap.add_argument("--sizes", type=int, nargs="+", default=[4000, 10000, 20000])
     ap.add_argument("--forward-max", type=int, default=6000, help="largest size for the bare-forward comparison")
     ap.add_argument("--workdir", type=Path, default=None)
@@ -121,7 +141,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         for size in sorted(args.sizes):
-            raster = make_raster(Path(tmp) / f"r{size}.tif", size)
+            raster = make_raster(Path(tmp) / f"r{size}.tif", size, args.sample)
             out = Path(tmp) / f"o{size}.gpkg"
             seconds, rss = time_command([exe, "detect", str(raster), "-m", args.model, "-o", str(out), "-q"])
             fwd, tiles = ("-", "-")

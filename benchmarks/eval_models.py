@@ -1,6 +1,6 @@
 """Score shipped models on the parts of their training images held out for validation.
 
-    python benchmarks/eval_models.py configs/training/trees.yaml --model configs/models/trees.yaml
+    python benchmarks/eval_models.py configs/training/trees.yaml --model trees
 
 Runs ``geovision detect`` on every training image, keeps predictions and truth
 whose centres fall in the held-out blocks (recorded in the model YAML, or
@@ -91,7 +91,7 @@ def main() -> None:
         if not mine:
             continue
         t0 = time.perf_counter()
-        result = geovision.detect(image, model, pixel_coords=True)
+        result = geovision.detect(image, model, pixel_coords=True, pixel_size=spec.image_resolution)
         seconds += time.perf_counter() - t0
         truth = truth_layer(spec, image, lab)
         p, t = within(result.features, mine), within(truth, mine)

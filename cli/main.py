@@ -11,6 +11,7 @@ import json
 import sys
 import traceback
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import click
@@ -94,6 +95,12 @@ def main() -> None:
     "--bands", callback=_bands, help="Raster bands to feed the model, e.g. 3,2,1 (default: RGB or the model's)."
 )
 @click.option("--pixel-coords", is_flag=True, help="Accept a raster without georeference and write pixel coordinates.")
+@click.option(
+    "--pixel-size",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Raster without georeference: ground size of its pixels in metres, so it is read at the model's "
+    "resolution (implies --pixel-coords).",
+)
 @click.option("--mask-out", type=click.Path(path_type=str), help="Segmenters: also write the class raster (GeoTIFF).")
 @click.option(
     "--prob-out", type=click.Path(path_type=str), help="Segmenters: also write class probabilities (GeoTIFF)."
@@ -111,6 +118,7 @@ def detect(
     device: str | None,
     bands: tuple[int, ...] | None,
     pixel_coords: bool,
+    pixel_size: float | None,
     mask_out: str | None,
     prob_out: str | None,
     overwrite: bool,
@@ -144,6 +152,7 @@ def detect(
                 iou=iou,
                 bands=bands,
                 pixel_coords=pixel_coords,
+                pixel_size=pixel_size,
                 overwrite=overwrite,
                 mask_out=mask_out,
                 prob_out=prob_out,
@@ -195,6 +204,83 @@ def models_cmd(as_json: bool, debug: bool) -> None:
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     for r in [header, *rows]:
         click.echo("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip())
+
+
+@main.command()
+@click.argument("inputs")
+@click.option("-m", "--model", required=True, help="Model name, model YAML, or weights file.")
+@click.option("-o", "--output", required=True, type=click.Path(file_okay=False, path_type=str), help="Output folder.")
+@click.option("--workers", type=click.IntRange(1), default=1, show_default=True, help="Local worker processes.")
+@click.option("--scheduler", help="Address of a dask.distributed scheduler, e.g. tcp://host:8786.")
+@click.option("--dedupe", is_flag=True, help="Keep objects found in two overlapping scenes once in the merged layer.")
+@click.option("--conf", type=click.FloatRange(0, 1), help="Confidence threshold (default: the model's).")
+@click.option("--device", help="auto (default), cpu, cuda or cuda:N.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary.")
+@click.option("--debug", is_flag=True, help="Show tracebacks of unexpected failures.")
+def batch(
+    inputs: str,
+    model: str,
+    output: str,
+    workers: int,
+    scheduler: str | None,
+    dedupe: bool,
+    conf: float | None,
+    device: str | None,
+    quiet: bool,
+    debug: bool,
+) -> None:
+    """Run every raster in INPUTS (a folder, a glob, or a .txt list) through a model into OUTPUT.
+
+    Re-running the same command skips scenes already done; a scene that fails is
+    recorded in OUTPUT/manifest.json and the others go on.
+    """
+    from tqdm import tqdm
+
+    from geovision.batch import run_batch
+
+    bar: tqdm | None = None
+    megapixels = 0.0
+
+    def progress(done: int, total: int, scene: object) -> None:
+        nonlocal bar, megapixels
+        if quiet:
+            return
+        if bar is None:
+            bar = tqdm(total=total, unit="scene", desc="batch", file=sys.stderr, dynamic_ncols=True)
+        megapixels += getattr(scene, "megapixels", 0.0)
+        name = Path(getattr(scene, "input", "")).name
+        bar.set_postfix_str(f"{megapixels:.0f} MP, last: {name} {getattr(scene, 'status', '')}")
+        bar.update(done - bar.n)
+
+    try:
+        result = _run(
+            lambda: run_batch(
+                inputs,
+                model,
+                output,
+                workers=workers,
+                scheduler=scheduler,
+                dedupe=dedupe,
+                device=device,
+                confidence=conf,
+                progress=progress,
+            ),
+            debug,
+        )
+    finally:
+        if bar is not None:
+            bar.close()
+    if not quiet:
+        done = sum(s.status == "done" for s in result.scenes)
+        click.echo(
+            f"{done}/{len(result.scenes)} scenes done ({result.skipped} already done before), "
+            f"{result.objects} objects -> {result.merged}",
+            err=True,
+        )
+    for s in result.failed:
+        click.echo(f"failed: {s.input}: {s.error}", err=True)
+    if result.failed:
+        sys.exit(EXIT_BAD_INPUT)
 
 
 @main.command()

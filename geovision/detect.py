@@ -71,6 +71,7 @@ def detect(
     iou: float | None = None,
     bands: Sequence[int] | None = None,
     pixel_coords: bool = False,
+    pixel_size: float | None = None,
     overwrite: bool = False,
     mask_out: str | os.PathLike[str] | None = None,
     prob_out: str | os.PathLike[str] | None = None,
@@ -82,7 +83,10 @@ def detect(
     Works for detectors (one box per object) and segmenters (one polygon per
     connected region of a class). ``model`` is a name, a YAML or weights
     path, or a loaded config; options left as ``None`` come from the model's
-    YAML. ``mask_out``/``prob_out`` (segmenters only) also write the class
+    YAML. ``pixel_coords`` accepts a raster without georeference and gives
+    pixel coordinates; ``pixel_size`` (metres) says how large its pixels are
+    on the ground, so it is still read at the model's resolution.
+    ``mask_out``/``prob_out`` (segmenters only) also write the class
     raster and the probabilities as GeoTIFFs in the raster's own grid.
     ``backend`` replaces the backend the config names (for tests and custom
     backends).
@@ -105,7 +109,8 @@ def detect(
             cfg.bands,
             cfg.normalization,
             cfg.accept_grayscale,
-            pixel_coords=pixel_coords,
+            pixel_coords=pixel_coords or pixel_size is not None,
+            native_resolution_m=pixel_size,
         )
         source_name = Path(ds.name).name
     if backend is None:

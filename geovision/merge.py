@@ -42,6 +42,7 @@ class Boxes:
     tiles: np.ndarray  # (n, 4) float64: x0, y0, x1, y1 of the source tile
     cut: np.ndarray  # (n,) bool: touches an edge the tile shares with a neighbour
     polys: np.ndarray | None = None  # (n,) outline polygons (instance segmenters), model-grid pixels
+    ids: np.ndarray | None = None  # (n,) caller's row numbers, carried through merging
 
     @classmethod
     def empty(cls) -> Boxes:
@@ -53,7 +54,8 @@ class Boxes:
 
     def take(self, idx: np.ndarray) -> Boxes:
         polys = self.polys[idx] if self.polys is not None else None
-        return Boxes(self.xyxy[idx], self.scores[idx], self.classes[idx], self.tiles[idx], self.cut[idx], polys)
+        ids = self.ids[idx] if self.ids is not None else None
+        return Boxes(self.xyxy[idx], self.scores[idx], self.classes[idx], self.tiles[idx], self.cut[idx], polys, ids)
 
     @staticmethod
     def concat(parts: list[Boxes]) -> Boxes:
@@ -61,6 +63,7 @@ class Boxes:
         if not parts:
             return Boxes.empty()
         polys = np.concatenate([p.polys for p in parts]) if parts[0].polys is not None else None
+        ids = np.concatenate([p.ids for p in parts]) if parts[0].ids is not None else None
         return Boxes(
             np.concatenate([p.xyxy for p in parts]),
             np.concatenate([p.scores for p in parts]),
@@ -68,6 +71,7 @@ class Boxes:
             np.concatenate([p.tiles for p in parts]),
             np.concatenate([p.cut for p in parts]),
             polys,
+            ids,
         )
 
 
@@ -174,7 +178,7 @@ def _merge_groups(b: Boxes, labels: np.ndarray) -> Boxes:
                 polys[best] = _largest(shapely.union_all(b.polys[members]))
         keep.append(best)
     idx = np.array(keep, dtype=np.int64)
-    out = Boxes(xyxy, b.scores.copy(), b.classes, b.tiles, b.cut, polys).take(idx)
+    out = Boxes(xyxy, b.scores.copy(), b.classes, b.tiles, b.cut, polys, b.ids).take(idx)
     out.scores = b.scores[[order[s] for s in starts]]
     return out
 

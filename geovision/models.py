@@ -2,9 +2,11 @@
 
 A model YAML is the single description of a model: task, backend, weights
 and their sha256, classes, tile size, overlap, ground resolution, bands,
-normalisation and thresholds. ``--model NAME`` looks for ``NAME.yaml`` in
-the model search path (``$GEOVISION_MODELS``, then the repository's
-``configs/models``); ``--model PATH`` takes a YAML file or a weights file.
+normalisation and thresholds. ``--model NAME`` looks for ``NAME.yaml`` or a
+model package ``NAME/model.yaml`` (what ``geovision train`` writes) in the
+model search path (``$GEOVISION_MODELS``, then the repository's
+``configs/models``); ``--model PATH`` takes a YAML file, a package folder or a
+weights file.
 """
 
 from __future__ import annotations
@@ -77,7 +79,7 @@ class ModelConfig:
 
 
 def model_dirs() -> list[Path]:
-    """Folders searched for ``NAME.yaml``, first match wins."""
+    """Folders searched for named models, first match wins."""
     env = os.environ.get("GEOVISION_MODELS", "")
     dirs = [Path(p) for p in env.split(os.pathsep) if p]
     return [*dirs, BUILTIN_MODELS_DIR]
@@ -87,10 +89,29 @@ def list_models() -> list[ModelConfig]:
     """Every named model in the search path (a name shadowed by an earlier folder is skipped)."""
     seen: dict[str, ModelConfig] = {}
     for d in model_dirs():
-        for p in sorted(d.glob("*.yaml")) if d.is_dir() else []:
-            if p.stem not in seen:
-                seen[p.stem] = load_config(p)
-    return list(seen.values())
+        for name in _names_in(d):
+            if name not in seen:
+                path = _named_model_file(d, name)
+                if path is not None:
+                    seen[name] = load_config(path)
+    return [seen[n] for n in sorted(seen)]
+
+
+def _names_in(folder: Path) -> set[str]:
+    """Model names in one search folder: ``NAME.yaml`` files and ``NAME/model.yaml`` packages."""
+    if not folder.is_dir():
+        return set()
+    files = {p.stem for p in folder.glob("*.yaml")}
+    packages = {p.parent.name for p in folder.glob("*/model.yaml") if not p.parent.name.startswith(".")}
+    return files | packages
+
+
+def _named_model_file(folder: Path, name: str) -> Path | None:
+    """The YAML for ``name`` in ``folder``: ``NAME.yaml`` first, then ``NAME/model.yaml``."""
+    for candidate in (folder / f"{name}.yaml", folder / name / "model.yaml"):
+        if candidate.is_file():
+            return candidate
+    return None
 
 
 def resolve_model(spec: str | os.PathLike[str]) -> ModelConfig:
@@ -107,8 +128,8 @@ def resolve_model(spec: str | os.PathLike[str]) -> ModelConfig:
     if p.is_dir() and (p / "model.yaml").is_file():
         return load_config(p / "model.yaml")
     for d in model_dirs():
-        candidate = d / f"{spec}.yaml"
-        if candidate.is_file():
+        candidate = _named_model_file(d, str(spec))
+        if candidate is not None:
             return load_config(candidate)
     known = ", ".join(m.name for m in list_models()) or "none"
     raise ModelError(f"unknown model '{spec}'; known models: {known} (or pass a model YAML or weights path)")

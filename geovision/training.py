@@ -278,7 +278,8 @@ def train_yolo(
 
     def on_epoch(trainer: Any) -> None:
         m = {k.split("/")[-1]: round(float(v), 3) for k, v in (trainer.metrics or {}).items() if "mAP" in k}
-        log(f"epoch {trainer.epoch + 1}/{trainer.epochs} {m}")
+        done = trainer.epoch + 1
+        log(f"epoch {done}/{trainer.epochs} {m}" if done <= trainer.epochs else f"best weights {m}")
 
     model.add_callback("on_fit_epoch_end", on_epoch)
     started = time.perf_counter()
@@ -425,9 +426,9 @@ def load_train_config(path: str | os.PathLike[str]) -> dict[str, Any]:
     for key in ("images", "labels", "output", "weights"):
         v = raw.get(key)
         if isinstance(v, str):
-            raw[key] = str(base / v)
+            raw[key] = os.path.normpath(base / v)
         elif isinstance(v, list):
-            raw[key] = [str(base / x) for x in v]
+            raw[key] = [os.path.normpath(base / x) for x in v]
     return raw
 
 

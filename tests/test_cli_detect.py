@@ -13,11 +13,11 @@ import pytest
 import yaml
 from affine import Affine
 from click.testing import CliRunner
-from geovision.cli.main import main
 
+from geovision.cli.main import main
 from tests.conftest import ROOT, SAMPLE_TREES, squares_image, write_raster
 
-TREES_YAML = ROOT / "configs" / "models" / "trees.yaml"
+TREES_YAML = ROOT / "configs" / "models" / "trees" / "model.yaml"
 
 
 def run(*args: str):
@@ -191,7 +191,7 @@ def test_real_yolo_on_sample_tile_end_to_end(tmp_path):
 
     gdf = gpd.read_file(out)
     assert gdf.crs.to_epsg() == 32617
-    assert len(gdf) >= 10  # OSBS_029 holds 61 labelled crowns
+    assert 25 <= len(gdf) <= 120  # OSBS_029 holds 61 labelled crowns; the model finds 46
     import rasterio
 
     with rasterio.open(SAMPLE_TREES) as ds:

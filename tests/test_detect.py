@@ -180,3 +180,21 @@ def test_nothing_found_writes_a_valid_empty_layer(tmp_path):
     gdf = gpd.read_file(out)
     assert len(gdf) == 0 and len(result.features) == 0
     assert gdf.crs.to_epsg() == 32617
+
+
+def test_raster_without_georeference_read_at_model_resolution_given_pixel_size(tmp_path):
+    """A 0.1 m scan with no georeference, a 0.2 m model: read at half size, boxes in the scan's pixels."""
+    square = (100, 60, 140, 100)
+    path = write_raster(tmp_path / "scan.tif", squares_image(200, 200, [square]), crs=None, transform=Affine.identity())
+    det = BlobDetector()
+    cfg = fake_config(tile_size=64, overlap=16, resolution_m=0.2)
+    result = geovision.detect(path, cfg, pixel_size=0.1, backend=det)
+    assert result.features.crs is None
+    assert len(result.features) == 1
+    assert result.features.total_bounds == pytest.approx(square, abs=1.0)
+    assert result.stats.tiles == 4  # a 100 x 100 grid of 64-pixel tiles at stride 48
+    assert all(img.shape == (64, 64, 3) for img in det.seen)
+    # Without a pixel size the scan is read as it is: a 200 x 200 grid, the square twice as large to the model.
+    native = geovision.detect(path, cfg, pixel_coords=True, backend=BlobDetector())
+    assert native.stats.tiles == 16
+    assert native.features.total_bounds == pytest.approx(square, abs=1.0)

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import shapely
 from click.testing import CliRunner
-from geovision.cli.main import main
 
+from geovision.cli.main import main
 from geovision.evaluate import EvaluationError, average_precision, evaluate, pairwise_iou
 
 CRS = "EPSG:32617"

@@ -46,6 +46,21 @@ def test_named_models_come_from_the_search_path(tmp_path, monkeypatch):
     assert "cars" in names and "trees" in names
 
 
+def test_model_packages_are_named_by_their_folder(tmp_path, monkeypatch):
+    """What ``geovision train`` writes (NAME/model.yaml + weights) is a named model as it stands."""
+    package = tmp_path / "mine" / "my-trees"
+    write_model(package, "model", classes=["tree"])
+    write_model(tmp_path / "mine" / ".my-trees.tmp123", "model")  # an unfinished training run
+    monkeypatch.setenv("GEOVISION_MODELS", str(tmp_path / "mine"))
+    cfg = resolve_model("my-trees")
+    assert cfg.name == "my-trees" and cfg.classes == ("tree",)
+    assert cfg.weights == (package / "w.pt").resolve()
+    assert resolve_model(package).name == "my-trees"
+    names = [m.name for m in list_models()]
+    assert "my-trees" in names and not any(n.startswith(".") for n in names)
+    assert {"trees", "trees-fast", "buildings"} <= set(names)
+
+
 def test_unknown_name_lists_known_models():
     with pytest.raises(ModelError, match=r"unknown model 'nope'.*trees"):
         resolve_model("nope")

@@ -11,10 +11,10 @@ import shapely
 import yaml
 from affine import Affine
 from click.testing import CliRunner
-from geovision.cli.main import main
 from PIL import Image
 
 import geovision
+from geovision.cli.main import main
 from geovision.labels import LabelReport, read_vector_labels
 from geovision.training import ChipOptions, chip_detection_dataset
 from tests.conftest import squares_image, write_raster

@@ -1,0 +1,319 @@
+"""``batch``: a whole survey through one model, resumable, on one machine or a Dask cluster.
+
+Every scene goes through :func:`geovision.detect` into its own layer under
+``out/scenes/``; a manifest (``out/manifest.json``, rewritten atomically after
+each scene) records status, object count, megapixels, seconds and any error.
+A re-run skips scenes whose manifest entry says done and whose output is
+still there with the recorded size, for the same input file and model; a
+scene interrupted half-way has no output (detect writes to a temporary file)
+and is redone. At the end all scenes' objects go into ``out/merged.gpkg``
+with a ``source`` field; with ``dedupe`` an object found in two overlapping
+scenes is kept once, by the same seam logic as tiles within one raster, the
+scenes' footprints playing the part of tiles.
+
+Scenes run in worker processes (``workers``) or as tasks on an existing
+dask.distributed cluster (``scheduler``); each worker loads the model once.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import multiprocessing
+import os
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import geopandas as gpd
+import numpy as np
+import pandas as pd
+import shapely
+
+from geovision.errors import GeovisionError, OutputError, RasterError
+from geovision.models import ModelConfig, resolve_model
+
+RASTER_SUFFIXES = {".tif", ".tiff", ".vrt", ".jp2", ".img"}
+MANIFEST = "manifest.json"
+MERGED = "merged.gpkg"
+
+
+@dataclass
+class SceneResult:
+    """One scene's outcome, as recorded in the manifest."""
+
+    input: str
+    output: str
+    status: str  # "done" | "failed"
+    objects: int = 0
+    megapixels: float = 0.0
+    seconds: float = 0.0
+    error: str = ""
+    input_size: int = 0
+    input_mtime: float = 0.0
+    output_size: int = 0
+    model_sha256: str = ""
+
+
+@dataclass
+class BatchResult:
+    """All scenes' results and the merged layer."""
+
+    scenes: list[SceneResult]
+    merged: Path | None
+    skipped: int = 0
+    failed: list[SceneResult] = field(default_factory=list)
+
+    @property
+    def objects(self) -> int:
+        return sum(s.objects for s in self.scenes if s.status == "done")
+
+
+BatchProgress = Callable[[int, int, SceneResult], None]
+
+
+def find_inputs(spec: str | os.PathLike[str]) -> list[Path]:
+    """Rasters named by a folder (searched recursively), a glob, or a text file of paths."""
+    p = Path(spec)
+    if p.is_dir():
+        found = sorted(q for q in p.rglob("*") if q.suffix.lower() in RASTER_SUFFIXES and q.is_file())
+    elif p.is_file() and p.suffix.lower() in {".txt", ".lst", ".list"}:
+        lines = [ln.strip() for ln in p.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
+        found = [(p.parent / ln) if not Path(ln).is_absolute() else Path(ln) for ln in lines]
+    elif p.is_file():
+        found = [p]
+    else:
+        found = sorted(Path(q) for q in glob.glob(str(spec), recursive=True) if Path(q).is_file())
+    if not found:
+        raise RasterError(f"{spec}: no rasters found; give a folder, a glob ('flights/**/*.tif') or a .txt list")
+    return found
+
+
+def scene_output(out_dir: Path, raster: Path, suffix: str = ".gpkg") -> Path:
+    """Where a scene's layer goes: its name, made unique by a short hash of its full path."""
+    digest = hashlib.sha1(str(raster.resolve()).encode()).hexdigest()[:8]
+    return out_dir / "scenes" / f"{raster.stem}-{digest}{suffix}"
+
+
+#: Models loaded in this process, so a worker loads each model once for all its scenes.
+_LOADED: dict[tuple[str, str, str, str | None], Any] = {}
+
+
+def _backend(cfg: ModelConfig, device: str | None) -> Any:
+    """The model, loaded once per worker process and reused for every scene it runs."""
+    from geovision.backends import load_detector, load_segmenter
+    from geovision.models import verify_weights
+
+    key = (str(cfg.weights), cfg.sha256 or "", cfg.task, device)
+    if key not in _LOADED:
+        verify_weights(cfg)
+        _LOADED[key] = load_segmenter(cfg, device) if cfg.task == "segment" else load_detector(cfg, device)
+    return _LOADED[key]
+
+
+def process_scene(raster: str, cfg: ModelConfig, output: str, device: str | None = None) -> SceneResult:
+    """Run one scene into ``output``; errors become a failed result, never an exception."""
+    from geovision.detect import detect
+
+    started = time.perf_counter()
+    src = Path(raster)
+    stat = src.stat() if src.exists() else None
+    result = SceneResult(
+        input=str(src),
+        output=str(output),
+        status="failed",
+        input_size=stat.st_size if stat else 0,
+        input_mtime=stat.st_mtime if stat else 0.0,
+        model_sha256=cfg.sha256 or "",
+    )
+    try:
+        r = detect(src, cfg, output, overwrite=True, backend=_backend(cfg, device))
+    except GeovisionError as e:
+        result.error = str(e)
+    except Exception as e:  # noqa: BLE001 - one bad scene must not stop a survey
+        result.error = f"unexpected failure: {type(e).__name__}: {e}"
+    else:
+        result.status = "done"
+        result.objects = len(r.features)
+        result.megapixels = round(r.stats.megapixels, 3)
+        result.output_size = Path(output).stat().st_size
+    result.seconds = round(time.perf_counter() - started, 3)
+    return result
+
+
+def load_manifest(out_dir: Path) -> dict[str, SceneResult]:
+    path = out_dir / MANIFEST
+    if not path.exists():
+        return {}
+    try:
+        rows = json.loads(path.read_text())["scenes"]
+        return {r["input"]: SceneResult(**r) for r in rows}
+    except (ValueError, KeyError, TypeError) as e:
+        raise OutputError(f"{path}: unreadable manifest ({e}); remove it to start the batch afresh") from e
+
+
+def write_manifest(out_dir: Path, entries: dict[str, SceneResult], model: ModelConfig) -> None:
+    """Rewrite the manifest atomically: a crash never leaves half a file."""
+    data = {"model": model.name, "model_sha256": model.sha256, "scenes": [asdict(e) for e in entries.values()]}
+    tmp = out_dir / f".{MANIFEST}.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps(data, indent=1))
+    os.replace(tmp, out_dir / MANIFEST)
+
+
+def is_complete(entry: SceneResult | None, raster: Path, cfg: ModelConfig) -> bool:
+    """Done before, output still there and unchanged, same input file and model."""
+    if entry is None or entry.status != "done":
+        return False
+    out, stat = Path(entry.output), raster.stat() if raster.exists() else None
+    return (
+        stat is not None
+        and out.exists()
+        and out.stat().st_size == entry.output_size
+        and stat.st_size == entry.input_size
+        and abs(stat.st_mtime - entry.input_mtime) < 1e-3
+        and entry.model_sha256 == (cfg.sha256 or "")
+    )
+
+
+def run_batch(
+    inputs: str | os.PathLike[str] | Iterable[str | os.PathLike[str]],
+    model: str | os.PathLike[str] | ModelConfig,
+    out_dir: str | os.PathLike[str],
+    *,
+    workers: int = 1,
+    scheduler: str | None = None,
+    dedupe: bool = False,
+    device: str | None = None,
+    confidence: float | None = None,
+    progress: BatchProgress | None = None,
+) -> BatchResult:
+    """Run every input scene through ``model`` into ``out_dir``; see the module docstring."""
+    rasters = find_inputs(inputs) if isinstance(inputs, (str, os.PathLike)) else [Path(p) for p in inputs]
+    cfg = model if isinstance(model, ModelConfig) else resolve_model(model)
+    cfg = cfg.with_overrides(confidence=confidence)
+    out = Path(out_dir)
+    try:
+        (out / "scenes").mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OutputError(f"{out}: cannot create the output folder ({e.strerror})") from e
+    manifest = load_manifest(out)
+    todo = [r for r in rasters if not is_complete(manifest.get(str(r)), r, cfg)]
+    skipped = len(rasters) - len(todo)
+    done = 0
+
+    def record(result: SceneResult) -> None:
+        nonlocal done
+        manifest[result.input] = result
+        write_manifest(out, manifest, cfg)
+        done += 1
+        if progress:
+            progress(done, len(todo), result)
+
+    jobs = [(str(r), cfg, str(scene_output(out, r)), device) for r in todo]
+    if scheduler:
+        _run_dask(jobs, scheduler, record)
+    elif workers > 1 and len(jobs) > 1:
+        # Spawned, not forked: a fork of a process whose torch/OpenMP threads have run deadlocks.
+        context = multiprocessing.get_context("spawn")
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        with ProcessPoolExecutor(workers, context, initializer=_init_worker, initargs=(threads,)) as pool:
+            futures: list[Future[SceneResult]] = [pool.submit(process_scene, *job) for job in jobs]
+            for f in as_completed(futures):
+                record(f.result())
+    else:
+        for job in jobs:
+            record(process_scene(*job))
+    scenes = [manifest[str(r)] for r in rasters]
+    merged = merge_scenes([s for s in scenes if s.status == "done"], out / MERGED, cfg, dedupe)
+    return BatchResult(scenes, merged, skipped, [s for s in scenes if s.status == "failed"])
+
+
+def _init_worker(threads: int) -> None:
+    """Share the cores among local workers instead of each taking them all."""
+    os.environ["OMP_NUM_THREADS"] = str(threads)  # ONNX Runtime and numpy's BLAS, read at their import
+    try:
+        import torch
+    except ImportError:  # an ONNX-only installation
+        return
+    torch.set_num_threads(threads)
+
+
+def _run_dask(jobs: list[tuple[Any, ...]], scheduler: str, record: Callable[[SceneResult], None]) -> None:
+    try:
+        from dask.distributed import Client
+        from dask.distributed import as_completed as dask_completed
+    except ImportError as e:  # pragma: no cover - a dependency of the package
+        raise GeovisionError("--scheduler needs dask.distributed: pip install 'dask[distributed]'") from e
+    try:
+        client = Client(scheduler, timeout="20s")
+    except (OSError, TimeoutError) as e:
+        raise GeovisionError(f"cannot reach the Dask scheduler at {scheduler} ({e})") from e
+    with client:
+        futures = [client.submit(process_scene, *job, pure=False) for job in jobs]
+        for f in dask_completed(futures):
+            record(f.result())
+
+
+def merge_scenes(scenes: list[SceneResult], path: Path, cfg: ModelConfig, dedupe: bool) -> Path | None:
+    """All scenes' objects in one GeoPackage with a ``source`` field, optionally de-duplicated."""
+    from geovision.writers import write_layer
+
+    layers = [gpd.read_file(s.output) for s in scenes]
+    layers = [g for g in layers if g.crs is not None]
+    if not scenes:
+        return None
+    crss = {g.crs.to_string() for g in layers}
+    crs = layers[0].crs if len(crss) == 1 else "EPSG:4326"
+    frames = [g.to_crs(crs) for g in layers if len(g)]
+    if frames:
+        merged = gpd.GeoDataFrame(pd.concat(frames, ignore_index=True), crs=crs)
+    else:
+        merged = gpd.GeoDataFrame(
+            {"class": [], "class_id": [], "score": [], "area_m2": [], "source": []}, geometry=[], crs=crs
+        )
+    if dedupe and len(merged) > 1:
+        merged = dedupe_overlaps(merged, [s.input for s in scenes], cfg)
+    return write_layer(merged, path, overwrite=True)
+
+
+def dedupe_overlaps(merged: gpd.GeoDataFrame, inputs: list[str], cfg: ModelConfig) -> gpd.GeoDataFrame:
+    """One feature per object where scenes overlap, by the seam merger with scenes as tiles."""
+    import rasterio
+
+    from geovision.merge import EDGE_PX, Boxes, merge_boxes
+
+    work = merged.to_crs(merged.crs if merged.crs.is_projected else merged.estimate_utm_crs())
+    footprints: dict[str, np.ndarray] = {}
+    for path in inputs:
+        with rasterio.open(path) as ds:
+            fp = gpd.GeoSeries([shapely.box(*ds.bounds)], crs=ds.crs).to_crs(work.crs)
+            footprints[Path(path).name] = np.asarray(fp.total_bounds)
+    tiles = np.stack([footprints[s] for s in work["source"]])
+    xyxy = np.asarray(work.geometry.bounds.to_numpy(), dtype=np.float64)
+    edge = EDGE_PX * float(cfg.resolution_m or 1.0)  # this close to its scene's edge: cut by it
+    cut = (
+        (xyxy[:, 0] <= tiles[:, 0] + edge)
+        | (xyxy[:, 1] <= tiles[:, 1] + edge)
+        | (xyxy[:, 2] >= tiles[:, 2] - edge)
+        | (xyxy[:, 3] >= tiles[:, 3] - edge)
+    )
+    outlines = work.geometry.to_numpy() if cfg.task != "detect" else None
+    boxes = Boxes(
+        xyxy,
+        work["score"].to_numpy(np.float32),
+        work["class_id"].to_numpy(np.int64),
+        tiles,
+        cut,
+        outlines,
+        np.arange(len(work)),
+    )
+    kept = merge_boxes(boxes, nms_iou=cfg.iou)
+    assert kept.ids is not None
+    out = work.iloc[kept.ids].copy()
+    geoms = list(kept.polys) if kept.polys is not None else [shapely.box(*b) for b in kept.xyxy]
+    out = out.set_geometry(geoms, crs=work.crs)
+    return out.to_crs(merged.crs).reset_index(drop=True)
