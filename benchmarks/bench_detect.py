@@ -137,8 +137,9 @@ def main() -> None:
     exe = str(Path(sys.executable).with_name("geovision"))
     machine = platform.processor() or platform.machine()
     print(f"machine: {machine}, {os.cpu_count()} cores, python {platform.python_version()}")
-    print("| raster (px) | tiles | detect command (s) | bare forward (s) | ratio | peak RSS (MB) |")
-    print("|---|---|---|---|---|---|")
+    print(f"model: {args.model}")
+    print("| raster (px) | MP | tiles | detect command (s) | MP/s | bare forward (s) | ratio | peak RSS (MB) |")
+    print("|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         for size in sorted(args.sizes):
             raster = make_raster(Path(tmp) / f"r{size}.tif", size, args.sample)
@@ -149,7 +150,12 @@ def main() -> None:
             if size <= args.forward_max:
                 f, n = bare_forward_seconds(args.model, raster)
                 fwd, tiles, ratio = f"{f:.1f}", str(n), f"{seconds / f:.2f}x"
-            print(f"| {size} x {size} | {tiles} | {seconds:.1f} | {fwd} | {ratio} | {rss:.0f} |", flush=True)
+            mp = size * size / 1e6
+            print(
+                f"| {size} x {size} | {mp:.0f} | {tiles} | {seconds:.1f} | {mp / seconds:.2f} | {fwd} | {ratio} "
+                f"| {rss:.0f} |",
+                flush=True,
+            )
             raster.unlink()
 
 

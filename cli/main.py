@@ -236,21 +236,29 @@ def batch(
     """
     from tqdm import tqdm
 
-    from geovision.batch import run_batch
+    from geovision.batch import SceneResult, run_batch
 
     bar: tqdm | None = None
+    worker_bars: dict[str, tqdm] = {}
     megapixels = 0.0
 
-    def progress(done: int, total: int, scene: object) -> None:
+    def progress(done: int, total: int, scene: SceneResult) -> None:
+        """One overall bar (scenes, megapixels), and under it one line per worker."""
         nonlocal bar, megapixels
         if quiet:
             return
         if bar is None:
             bar = tqdm(total=total, unit="scene", desc="batch", file=sys.stderr, dynamic_ncols=True)
-        megapixels += getattr(scene, "megapixels", 0.0)
-        name = Path(getattr(scene, "input", "")).name
-        bar.set_postfix_str(f"{megapixels:.0f} MP, last: {name} {getattr(scene, 'status', '')}")
+        megapixels += scene.megapixels
+        bar.set_postfix_str(f"{megapixels:.0f} MP")
         bar.update(done - bar.n)
+        if scene.worker not in worker_bars:
+            worker_bars[scene.worker] = tqdm(
+                unit="scene", desc=f"  {scene.worker}", position=len(worker_bars) + 1, file=sys.stderr, leave=False
+            )
+        w = worker_bars[scene.worker]
+        w.set_postfix_str(f"last: {Path(scene.input).name} {scene.status} in {scene.seconds:.0f} s")
+        w.update(1)
 
     try:
         result = _run(
@@ -268,8 +276,9 @@ def batch(
             debug,
         )
     finally:
-        if bar is not None:
-            bar.close()
+        for b in [*worker_bars.values(), bar]:
+            if b is not None:
+                b.close()
     if not quiet:
         done = sum(s.status == "done" for s in result.scenes)
         click.echo(

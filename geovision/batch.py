@@ -13,6 +13,8 @@ scenes' footprints playing the part of tiles.
 
 Scenes run in worker processes (``workers``) or as tasks on an existing
 dask.distributed cluster (``scheduler``); each worker loads the model once.
+Local workers share the cores; on a machine with several GPUs each takes
+its own, round robin.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import hashlib
 import json
 import multiprocessing
 import os
+import socket
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
@@ -57,6 +60,7 @@ class SceneResult:
     input_mtime: float = 0.0
     output_size: int = 0
     model_sha256: str = ""
+    worker: str = ""  # host:pid of the process that ran it
 
 
 @dataclass
@@ -99,6 +103,9 @@ def scene_output(out_dir: Path, raster: Path, suffix: str = ".gpkg") -> Path:
     return out_dir / "scenes" / f"{raster.stem}-{digest}{suffix}"
 
 
+#: The GPU this local worker process was given (several GPUs, no --device), else None.
+_WORKER_DEVICE: str | None = None
+
 #: Models loaded in this process, so a worker loads each model once for all its scenes.
 _LOADED: dict[tuple[str, str, str, str | None], Any] = {}
 
@@ -120,6 +127,7 @@ def process_scene(raster: str, cfg: ModelConfig, output: str, device: str | None
     from geovision.detect import detect
 
     started = time.perf_counter()
+    device = _WORKER_DEVICE if device in (None, "", "auto") and _WORKER_DEVICE else device
     src = Path(raster)
     stat = src.stat() if src.exists() else None
     result = SceneResult(
@@ -129,6 +137,7 @@ def process_scene(raster: str, cfg: ModelConfig, output: str, device: str | None
         input_size=stat.st_size if stat else 0,
         input_mtime=stat.st_mtime if stat else 0.0,
         model_sha256=cfg.sha256 or "",
+        worker=f"{socket.gethostname()}:{os.getpid()}",
     )
     try:
         r = detect(src, cfg, output, overwrite=True, backend=_backend(cfg, device))
@@ -220,7 +229,8 @@ def run_batch(
         # Spawned, not forked: a fork of a process whose torch/OpenMP threads have run deadlocks.
         context = multiprocessing.get_context("spawn")
         threads = max(1, (os.cpu_count() or 1) // workers)
-        with ProcessPoolExecutor(workers, context, initializer=_init_worker, initargs=(threads,)) as pool:
+        counter = context.Value("i", 0)
+        with ProcessPoolExecutor(workers, context, initializer=_init_worker, initargs=(threads, counter)) as pool:
             futures: list[Future[SceneResult]] = [pool.submit(process_scene, *job) for job in jobs]
             for f in as_completed(futures):
                 record(f.result())
@@ -232,14 +242,24 @@ def run_batch(
     return BatchResult(scenes, merged, skipped, [s for s in scenes if s.status == "failed"])
 
 
-def _init_worker(threads: int) -> None:
-    """Share the cores among local workers instead of each taking them all."""
+def _init_worker(threads: int, counter: Any) -> None:
+    """Set up a local worker: its share of the cores, and its own GPU when there are several."""
+    global _WORKER_DEVICE
+    with counter.get_lock():
+        index = counter.value
+        counter.value += 1
     os.environ["OMP_NUM_THREADS"] = str(threads)  # ONNX Runtime and numpy's BLAS, read at their import
     try:
         import torch
     except ImportError:  # an ONNX-only installation
         return
     torch.set_num_threads(threads)
+    _WORKER_DEVICE = worker_device(index, torch.cuda.device_count())
+
+
+def worker_device(index: int, gpus: int) -> str | None:
+    """The device for local worker ``index`` when none was asked for: one GPU each, round robin."""
+    return f"cuda:{index % gpus}" if gpus > 1 else None
 
 
 def _run_dask(jobs: list[tuple[Any, ...]], scheduler: str, record: Callable[[SceneResult], None]) -> None:

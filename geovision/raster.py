@@ -10,6 +10,7 @@ once, so neighbouring tiles never differ in contrast.
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import queue
@@ -368,13 +369,34 @@ def iter_tiles(plan: ReadPlan, tiles: Iterable[Tile], skip_empty: bool = True) -
     Yielding skipped tiles (as plain :class:`Tile`) lets callers count
     progress without sending them through the model.
     """
-    with open_raster(plan.path) as ds:
-        for tile in tiles:
+    tiles = iter(tiles)
+    first = next(tiles, None)
+    if first is None:
+        return
+    with open_raster(plan.path) as ds, rasterio.Env(**_cache_option(ds, plan, first.size)):
+        for tile in itertools.chain([first], tiles):
             td = read_tile(ds, plan, tile)
             if skip_empty and not td.valid.any():
                 yield tile
             else:
                 yield td
+
+
+def _cache_option(ds: rasterio.io.DatasetReader, plan: ReadPlan, tile_size: int) -> dict[str, int]:
+    """GDAL's block cache sized for one row of tiles across the raster, 64 MB to 1 GB.
+
+    Tiles go row by row, so each decoded block is wanted again only by the
+    next row of tiles. GDAL's default (5% of RAM) keeps far more than that
+    alive, which makes memory grow with the raster; a GDAL_CACHEMAX the user
+    set is left alone.
+    """
+    if "GDAL_CACHEMAX" in os.environ:
+        return {}
+    block_h = ds.block_shapes[0][0] if ds.block_shapes else 256
+    rows = math.ceil(tile_size * plan.scale_y) + 2 * block_h
+    itemsize = max(np.dtype(d).itemsize for d in ds.dtypes)
+    need = ds.width * rows * ds.count * itemsize
+    return {"GDAL_CACHEMAX": int(min(max(need * 1.25, 64 * 2**20), 2**30))}
 
 
 def tile_rows(grid: TileGrid) -> Iterator[list[Tile]]:

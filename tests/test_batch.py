@@ -19,7 +19,7 @@ from affine import Affine
 from click.testing import CliRunner
 from rasterio.windows import Window
 
-from geovision.batch import dedupe_overlaps, run_batch
+from geovision.batch import dedupe_overlaps, run_batch, worker_device
 from geovision.cli.main import main
 from geovision.models import resolve_model
 from tests.conftest import SAMPLE_TREES
@@ -49,11 +49,11 @@ def test_batch_with_a_corrupt_scene(tmp_path):
     scenes = survey(tmp_path / "survey")
     (tmp_path / "survey" / "broken.tif").write_bytes(b"II*\0 not really a tiff")
     out = tmp_path / "out"
-    r = CliRunner().invoke(
-        main, ["batch", str(tmp_path / "survey"), "-m", "trees", "-o", str(out), "-q", "--conf", "0.05"]
-    )
+    r = CliRunner().invoke(main, ["batch", str(tmp_path / "survey"), "-m", "trees", "-o", str(out), "--conf", "0.05"])
     assert r.exit_code == 2
     assert "broken.tif" in r.stderr and "Traceback" not in r.stderr
+    assert "3/4 scenes done" in r.stderr and "failed: " in r.stderr
+    assert f":{os.getpid()}" in r.stderr  # the per-worker status line (this process ran them)
     manifest = json.loads((out / "manifest.json").read_text())["scenes"]
     status = {Path(s["input"]).name: s for s in manifest}
     assert status["broken.tif"]["status"] == "failed" and "not a raster" in status["broken.tif"]["error"]
@@ -110,6 +110,9 @@ def test_worker_processes_and_dask_local_cluster_give_the_same_results(tmp_path)
     local = run_batch(scenes, "trees", tmp_path / "local", confidence=0.05)
     pool = run_batch(scenes, "trees", tmp_path / "pool", confidence=0.05, workers=2)
     assert len(gpd.read_file(pool.merged)) == len(gpd.read_file(local.merged))
+    # the manifest says who ran each scene: this process, or worker processes
+    assert {s.worker.rsplit(":", 1)[1] for s in local.scenes} == {str(os.getpid())}
+    assert str(os.getpid()) not in {s.worker.rsplit(":", 1)[1] for s in pool.scenes}
     with LocalCluster(
         n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None
     ) as cluster:
@@ -122,6 +125,11 @@ def test_worker_processes_and_dask_local_cluster_give_the_same_results(tmp_path)
     bb = np.array(sorted(map(tuple, b.geometry.bounds.to_numpy().round(2))))
     np.testing.assert_allclose(ba, bb, atol=0.011)
     assert sorted(a["source"]) == sorted(b["source"])
+
+
+def test_local_workers_take_one_gpu_each_when_there_are_several():
+    assert [worker_device(i, 4) for i in range(5)] == ["cuda:0", "cuda:1", "cuda:2", "cuda:3", "cuda:0"]
+    assert worker_device(0, 1) is None and worker_device(3, 0) is None  # one GPU or none: --device decides
 
 
 def test_dedupe_keeps_an_object_in_the_overlap_once(tmp_path):

@@ -11,8 +11,8 @@ from affine import Affine
 from rasterio.enums import ColorInterp
 
 from geovision.errors import BandError
-from geovision.raster import Normalization, ground_pixel_size_m, plan_read, read_tile
-from geovision.tiling import Tile
+from geovision.raster import Normalization, TileData, ground_pixel_size_m, iter_tiles, plan_read, read_tile
+from geovision.tiling import Tile, TileGrid
 from tests.conftest import write_raster
 
 
@@ -117,3 +117,30 @@ def test_band_errors(tmp_path):
         with pytest.raises(BandError, match="do not exist"):
             plan_read(ds, 0.1, 3, bands=(1, 2, 5))
         assert plan_read(ds, 0.1, 3, bands=(2, 1, 2)).bands == (2, 1, 2)
+
+
+def test_block_cache_is_sized_for_a_row_of_tiles_not_the_raster(tmp_path, monkeypatch):
+    """GDAL's default block cache (5% of RAM) made memory grow with the raster; reading caps it."""
+    monkeypatch.delenv("GDAL_CACHEMAX", raising=False)
+    path = write_raster(tmp_path / "r.tif", np.full((3, 500, 700), 9, np.uint8))
+    with rasterio.open(path) as ds:
+        plan = plan_read(ds, None, 3)
+    grid = TileGrid(plan.width, plan.height, 128, 16)
+    seen: list[str | None] = []
+
+    def tiles():
+        for tile in grid:
+            try:
+                seen.append(rasterio.env.getenv().get("GDAL_CACHEMAX"))
+            except rasterio.errors.EnvError:  # no rasterio.Env open
+                seen.append(None)
+            yield tile
+
+    read = list(iter_tiles(plan, tiles()))
+    assert len(read) == len(grid) and all(isinstance(td, TileData) for td in read)
+    assert {int(v) for v in seen[1:]} == {64 * 2**20}  # the floor, for a raster this small
+
+    monkeypatch.setenv("GDAL_CACHEMAX", "300")  # the user's choice wins
+    seen.clear()
+    list(iter_tiles(plan, tiles()))
+    assert all(v is None for v in seen)
