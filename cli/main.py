@@ -73,6 +73,13 @@ class _Cli(click.Group):
         return super().parse_args(ctx, expand_list_options(args))
 
 
+#: Options several commands share, spelled once.
+conf_option = click.option("--conf", type=click.FloatRange(0, 1), help="Confidence threshold (default: the model's).")
+device_option = click.option("--device", help="auto (default), cpu, cuda or cuda:N.")
+quiet_option = click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary.")
+debug_option = click.option("--debug", is_flag=True, help="Show tracebacks of unexpected failures.")
+
+
 @click.group(cls=_Cli, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="geovision")
 def main() -> None:
@@ -85,12 +92,12 @@ def main() -> None:
 @click.option(
     "-o", "--output", required=True, type=click.Path(path_type=str), help="Output layer: .gpkg, .geojson or .shp."
 )
-@click.option("--conf", type=click.FloatRange(0, 1), help="Confidence threshold (default: the model's).")
+@conf_option
 @click.option(
     "--iou", type=click.FloatRange(0, 1), help="IoU threshold for removing duplicates (default: the model's)."
 )
 @click.option("--batch-size", type=click.IntRange(1), help="Tiles per model call (default: the model's).")
-@click.option("--device", help="auto (default), cpu, cuda or cuda:N.")
+@device_option
 @click.option(
     "--bands", callback=_bands, help="Raster bands to feed the model, e.g. 3,2,1 (default: RGB or the model's)."
 )
@@ -106,8 +113,8 @@ def main() -> None:
     "--prob-out", type=click.Path(path_type=str), help="Segmenters: also write class probabilities (GeoTIFF)."
 )
 @click.option("--overwrite", is_flag=True, help="Replace the output if it exists.")
-@click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary.")
-@click.option("--debug", is_flag=True, help="Show tracebacks of unexpected failures.")
+@quiet_option
+@debug_option
 def detect(
     raster: str,
     model: str,
@@ -175,7 +182,7 @@ def detect(
 
 @main.command("models")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON list.")
-@click.option("--debug", is_flag=True, help="Show tracebacks of unexpected failures.")
+@debug_option
 def models_cmd(as_json: bool, debug: bool) -> None:
     """List the named models."""
     import geovision
@@ -213,10 +220,10 @@ def models_cmd(as_json: bool, debug: bool) -> None:
 @click.option("--workers", type=click.IntRange(1), default=1, show_default=True, help="Local worker processes.")
 @click.option("--scheduler", help="Address of a dask.distributed scheduler, e.g. tcp://host:8786.")
 @click.option("--dedupe", is_flag=True, help="Keep objects found in two overlapping scenes once in the merged layer.")
-@click.option("--conf", type=click.FloatRange(0, 1), help="Confidence threshold (default: the model's).")
-@click.option("--device", help="auto (default), cpu, cuda or cuda:N.")
-@click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary.")
-@click.option("--debug", is_flag=True, help="Show tracebacks of unexpected failures.")
+@conf_option
+@device_option
+@quiet_option
+@debug_option
 def batch(
     inputs: str,
     model: str,
@@ -326,12 +333,12 @@ def batch(
     "--grayscale", is_flag=True, default=None, help="Accept single-band rasters, repeated into every channel."
 )
 @click.option("--val-fraction", type=float, help="Share of spatial blocks held out for validation.")
-@click.option("--device", help="auto (default), cpu, cuda or cuda:N.")
+@device_option
 @click.option("--seed", type=int)
 @click.option("-o", "--output", help="Folder for the model package (model.yaml + weights).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing package folder.")
-@click.option("-q", "--quiet", is_flag=True)
-@click.option("--debug", is_flag=True, help="Show tracebacks of unexpected failures.")
+@quiet_option
+@debug_option
 @click.pass_context
 def train(
     ctx: click.Context, task: str | None, config_file: str | None, quiet: bool, debug: bool, **flags: Any
@@ -367,7 +374,7 @@ def train(
 @click.option("--format", "fmt", type=click.Choice(["onnx"]), default="onnx", show_default=True)
 @click.option("-o", "--output", help="Output file (default: beside the weights).")
 @click.option("--overwrite", is_flag=True)
-@click.option("--debug", is_flag=True, help="Show tracebacks of unexpected failures.")
+@debug_option
 def export(model: str, fmt: str, output: str | None, overwrite: bool, debug: bool) -> None:
     """Export MODEL to ONNX with its model YAML embedded; `detect --model FILE.onnx` runs it."""
     from geovision.export import export_onnx
@@ -383,7 +390,7 @@ def export(model: str, fmt: str, output: str | None, overwrite: bool, debug: boo
 @click.option("--class-field", default="class", show_default=True, help="Field with class names ('' for one class).")
 @click.option("--boxes", is_flag=True, help="Compare envelopes (box precision/recall, as DeepForest reports).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON.")
-@click.option("--debug", is_flag=True, help="Show tracebacks of unexpected failures.")
+@debug_option
 def evaluate(pred: str, truth: str, iou: float, class_field: str, boxes: bool, as_json: bool, debug: bool) -> None:
     """Score the objects in PRED against TRUTH (any format and CRS)."""
     from geovision.evaluate import evaluate as run_evaluation

@@ -282,9 +282,8 @@ def merge_scenes(scenes: list[SceneResult], path: Path, cfg: ModelConfig, dedupe
     """All scenes' objects in one GeoPackage with a ``source`` field, optionally de-duplicated."""
     from geovision.writers import write_layer
 
-    layers = [gpd.read_file(s.output) for s in scenes]
-    layers = [g for g in layers if g.crs is not None]
-    if not scenes:
+    layers = [g for g in (gpd.read_file(s.output) for s in scenes) if g.crs is not None]
+    if not layers:
         return None
     crss = {g.crs.to_string() for g in layers}
     crs = layers[0].crs if len(crss) == 1 else "EPSG:4326"

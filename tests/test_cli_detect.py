@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -214,3 +215,26 @@ def test_geojson_and_shapefile_outputs(tmp_path):
     assert g["type"] == "FeatureCollection"
     shp = gpd.read_file(tmp_path / "b.shp")
     assert shp.crs.to_epsg() == 32617 and (tmp_path / "b.prj").exists()
+
+
+def test_loading_the_yolo_backend_leaves_threads_alone():
+    """ultralytics sets OMP_NUM_THREADS=1 on import; inference (and processes started later) must keep every core."""
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    probe = (
+        "import os, subprocess, sys\n"
+        "from geovision.backends.yolo import import_ultralytics\n"
+        "import_ultralytics()\n"
+        "import torch\n"
+        "child = subprocess.run([sys.executable, '-c', 'import torch; print(torch.get_num_threads())'],"
+        " capture_output=True, text=True).stdout.strip()\n"
+        "print(os.environ.get('OMP_NUM_THREADS'), torch.get_num_threads(), child)\n"
+    )
+    bare = subprocess.run(
+        [sys.executable, "-c", "import torch; print(torch.get_num_threads())"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["None", bare, bare]

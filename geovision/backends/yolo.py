@@ -23,14 +23,25 @@ from geovision.models import ModelConfig
 
 
 def import_ultralytics() -> Any:
-    """Import ultralytics with every network call switched off."""
+    """Import ultralytics with every network call switched off, and the thread settings left alone.
+
+    ultralytics sets OMP_NUM_THREADS=1 for the whole process when it is unset;
+    OpenMP reads it when torch is first loaded, and every process started from
+    this one inherits it, so inference would run on one core. torch is loaded
+    first and the variable put back as it was.
+    """
     os.environ.setdefault("YOLO_OFFLINE", "1")
     os.environ.setdefault("YOLO_VERBOSE", "False")
+    omp = os.environ.get("OMP_NUM_THREADS")
     try:
+        import torch  # noqa: F401 - before ultralytics changes OMP_NUM_THREADS
         import ultralytics
         from ultralytics import settings
     except ImportError as e:  # pragma: no cover - a dependency of the package
         raise WeightsError("the YOLO backend needs ultralytics: pip install ultralytics") from e
+    finally:
+        if omp is None:
+            os.environ.pop("OMP_NUM_THREADS", None)
     if settings.get("sync", False):
         settings.update({"sync": False})
     return ultralytics
