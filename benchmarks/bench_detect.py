@@ -101,13 +101,13 @@ def in_process_seconds(model: str, raster: Path, out: Path) -> tuple[float, floa
     import torch
 
     import geovision
-    from geovision.backends import load_detector, load_segmenter
+    from geovision.backends import load_backend
     from geovision.models import resolve_model
     from geovision.raster import iter_tiles, open_raster, plan_read
     from geovision.tiling import TileGrid
 
     cfg = resolve_model(model)
-    backend = load_segmenter(cfg) if cfg.task == "segment" else load_detector(cfg)
+    backend = load_backend(cfg)
     with open_raster(raster) as ds:
         plan = plan_read(ds, cfg.resolution_m, cfg.in_channels, cfg.bands, cfg.normalization, cfg.accept_grayscale)
     grid = TileGrid(plan.width, plan.height, cfg.tile_size, cfg.overlap)

@@ -74,6 +74,9 @@ class _Cli(click.Group):
 
 
 #: Options several commands share, spelled once.
+model_option = click.option(
+    "-m", "--model", required=True, help="Model name (see `geovision models`), model YAML, or weights file."
+)
 conf_option = click.option("--conf", type=click.FloatRange(0, 1), help="Confidence threshold (default: the model's).")
 device_option = click.option("--device", help="auto (default), cpu, cuda or cuda:N.")
 quiet_option = click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary.")
@@ -88,7 +91,7 @@ def main() -> None:
 
 @main.command()
 @click.argument("raster", type=click.Path(dir_okay=True, path_type=str))
-@click.option("-m", "--model", required=True, help="Model name (see `geovision models`), model YAML, or weights file.")
+@model_option
 @click.option(
     "-o", "--output", required=True, type=click.Path(path_type=str), help="Output layer: .gpkg, .geojson or .shp."
 )
@@ -215,7 +218,7 @@ def models_cmd(as_json: bool, debug: bool) -> None:
 
 @main.command()
 @click.argument("inputs")
-@click.option("-m", "--model", required=True, help="Model name, model YAML, or weights file.")
+@model_option
 @click.option("-o", "--output", required=True, type=click.Path(file_okay=False, path_type=str), help="Output folder.")
 @click.option("--workers", type=click.IntRange(1), default=1, show_default=True, help="Local worker processes.")
 @click.option("--scheduler", help="Address of a dask.distributed scheduler, e.g. tcp://host:8786.")
@@ -252,8 +255,6 @@ def batch(
     def progress(done: int, total: int, scene: SceneResult) -> None:
         """One overall bar (scenes, megapixels), and under it one line per worker."""
         nonlocal bar, megapixels
-        if quiet:
-            return
         if bar is None:
             bar = tqdm(total=total, unit="scene", desc="batch", file=sys.stderr, dynamic_ncols=True)
         megapixels += scene.megapixels
@@ -278,7 +279,7 @@ def batch(
                 dedupe=dedupe,
                 device=device,
                 confidence=conf,
-                progress=progress,
+                progress=None if quiet else progress,
             ),
             debug,
         )

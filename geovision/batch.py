@@ -112,13 +112,11 @@ _LOADED: dict[tuple[str, str, str, str | None], Any] = {}
 
 def _backend(cfg: ModelConfig, device: str | None) -> Any:
     """The model, loaded once per worker process and reused for every scene it runs."""
-    from geovision.backends import load_detector, load_segmenter
-    from geovision.models import verify_weights
+    from geovision.backends import load_backend
 
     key = (str(cfg.weights), cfg.sha256 or "", cfg.task, device)
     if key not in _LOADED:
-        verify_weights(cfg)
-        _LOADED[key] = load_segmenter(cfg, device) if cfg.task == "segment" else load_detector(cfg, device)
+        _LOADED[key] = load_backend(cfg, device)
     return _LOADED[key]
 
 
@@ -303,7 +301,7 @@ def dedupe_overlaps(merged: gpd.GeoDataFrame, inputs: list[str], cfg: ModelConfi
     """One feature per object where scenes overlap, by the seam merger with scenes as tiles."""
     import rasterio
 
-    from geovision.merge import EDGE_PX, Boxes, merge_boxes
+    from geovision.merge import EDGE_PX, Boxes, cut_flags, merge_boxes
 
     work = merged.to_crs(merged.crs if merged.crs.is_projected else merged.estimate_utm_crs())
     footprints: dict[str, np.ndarray] = {}
@@ -313,13 +311,7 @@ def dedupe_overlaps(merged: gpd.GeoDataFrame, inputs: list[str], cfg: ModelConfi
             footprints[Path(path).name] = np.asarray(fp.total_bounds)
     tiles = np.stack([footprints[s] for s in work["source"]])
     xyxy = np.asarray(work.geometry.bounds.to_numpy(), dtype=np.float64)
-    edge = EDGE_PX * float(cfg.resolution_m or 1.0)  # this close to its scene's edge: cut by it
-    cut = (
-        (xyxy[:, 0] <= tiles[:, 0] + edge)
-        | (xyxy[:, 1] <= tiles[:, 1] + edge)
-        | (xyxy[:, 2] >= tiles[:, 2] - edge)
-        | (xyxy[:, 3] >= tiles[:, 3] - edge)
-    )
+    cut = cut_flags(xyxy, tiles, EDGE_PX * float(cfg.resolution_m or 1.0))  # the seam rule, in metres
     outlines = work.geometry.to_numpy() if cfg.task != "detect" else None
     boxes = Boxes(
         xyxy,

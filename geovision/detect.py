@@ -21,11 +21,11 @@ import geopandas as gpd
 import numpy as np
 import shapely
 
-from geovision.backends import Detections, Detector, Segmenter, load_detector, load_segmenter
+from geovision.backends import Detections, Detector, Segmenter, load_backend
 from geovision.blend import BandBlender
 from geovision.errors import ModelError, RasterError
 from geovision.merge import Boxes, SeamMerger, tile_boxes
-from geovision.models import ModelConfig, resolve_model, verify_weights
+from geovision.models import ModelConfig, resolve_model
 from geovision.raster import ReadPlan, TileData, iter_tiles, open_raster, plan_read, prefetch
 from geovision.tiling import Tile, TileGrid
 from geovision.vectorize import Shape, StripVectorizer, clean, vectorize_options
@@ -114,8 +114,7 @@ def detect(
         )
         source_name = Path(ds.name).name
     if backend is None:
-        verify_weights(cfg)
-        backend = load_segmenter(cfg, device) if cfg.task == "segment" else load_detector(cfg, device)
+        backend = load_backend(cfg, device)
     grid = TileGrid(plan.width, plan.height, cfg.tile_size, cfg.overlap)
     stats = RunStats(megapixels=plan.source_width * plan.source_height / 1e6)
     rows = _tile_rows(backend, plan, grid, cfg.batch_size, stats, progress)

@@ -75,6 +75,30 @@ class Boxes:
         )
 
 
+def cut_flags(
+    xyxy: np.ndarray, tiles: np.ndarray, edge: float, outer: tuple[float, float, float, float] | None = None
+) -> np.ndarray:
+    """Which boxes reach within ``edge`` of a side of their tile that a neighbour shares.
+
+    ``tiles`` holds each box's tile (x0, y0, x1, y1). A side on or beyond
+    ``outer`` (the raster's bounds) has no neighbour and cuts nothing; without
+    ``outer`` every side may have one (scenes whose neighbours are unknown).
+    """
+    near = np.stack(
+        [
+            xyxy[:, 0] <= tiles[:, 0] + edge,
+            xyxy[:, 1] <= tiles[:, 1] + edge,
+            xyxy[:, 2] >= tiles[:, 2] - edge,
+            xyxy[:, 3] >= tiles[:, 3] - edge,
+        ],
+        axis=1,
+    )
+    if outer is not None:
+        o = np.asarray(outer, dtype=np.float64)
+        near &= np.concatenate([tiles[:, :2] > o[:2], tiles[:, 2:] < o[2:]], axis=1)
+    return np.asarray(near.any(axis=1))
+
+
 def tile_boxes(
     xyxy_tile: np.ndarray,
     scores: np.ndarray,
@@ -87,14 +111,8 @@ def tile_boxes(
 ) -> Boxes:
     """Boxes (and outlines) of one tile (tile pixels) moved to model-grid pixels, with their cut flags."""
     xyxy = np.asarray(xyxy_tile, dtype=np.float64).reshape(-1, 4) + [x0, y0, x0, y0]
-    x1, y1 = x0 + size, y0 + size
-    cut = (
-        ((xyxy[:, 0] <= x0 + EDGE_PX) & (x0 > 0))
-        | ((xyxy[:, 1] <= y0 + EDGE_PX) & (y0 > 0))
-        | ((xyxy[:, 2] >= x1 - EDGE_PX) & (x1 < grid.width))
-        | ((xyxy[:, 3] >= y1 - EDGE_PX) & (y1 < grid.height))
-    )
-    tiles = np.tile(np.array([x0, y0, x1, y1], dtype=np.float64), (len(xyxy), 1))
+    tiles = np.tile(np.array([x0, y0, x0 + size, y0 + size], dtype=np.float64), (len(xyxy), 1))
+    cut = cut_flags(xyxy, tiles, EDGE_PX, outer=(0, 0, grid.width, grid.height))
     if polys is not None:
         polys = shapely.transform(np.asarray(polys, dtype=object), lambda xy: xy + [x0, y0])
     return Boxes(xyxy, np.asarray(scores, np.float32), np.asarray(classes, np.int64), tiles, cut, polys)

@@ -13,7 +13,7 @@ from typing import Protocol
 import numpy as np
 
 from geovision.errors import ModelError
-from geovision.models import ModelConfig
+from geovision.models import ModelConfig, verify_weights
 
 
 @dataclass
@@ -79,3 +79,9 @@ def load_detector(cfg: ModelConfig, device: str | None = None) -> Detector:
 
         return OnnxDetector(cfg, device=device)
     raise ModelError(f"model '{cfg.name}': unknown detection backend '{cfg.backend}' (known: yolo, onnx)")
+
+
+def load_backend(cfg: ModelConfig, device: str | None = None) -> Detector | Segmenter:
+    """The backend ``cfg`` runs on, loaded on ``device`` once its weights' hash is checked."""
+    verify_weights(cfg)
+    return load_segmenter(cfg, device) if cfg.task == "segment" else load_detector(cfg, device)
