@@ -79,6 +79,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("config", type=Path, help="the training YAML the model was made with")
     ap.add_argument("--model", required=True, help="model name or YAML to score")
+    ap.add_argument("--backend", default="auto", choices=["auto", "onnx", "torch"])
+    ap.add_argument("--quantize", choices=["int8"])
     args = ap.parse_args()
     spec = spec_from_mapping(load_train_config(args.config))
     model = geovision.resolve_model(args.model)
@@ -91,7 +93,14 @@ def main() -> None:
         if not mine:
             continue
         t0 = time.perf_counter()
-        result = geovision.detect(image, model, pixel_coords=True, pixel_size=spec.image_resolution)
+        result = geovision.detect(
+            image,
+            model,
+            pixel_coords=True,
+            pixel_size=spec.image_resolution,
+            runtime=args.backend,
+            quantize=args.quantize,
+        )
         seconds += time.perf_counter() - t0
         truth = truth_layer(spec, image, lab)
         p, t = within(result.features, mine), within(truth, mine)
@@ -103,7 +112,7 @@ def main() -> None:
     truth = gpd.GeoDataFrame(gpd.pd.concat(truths, ignore_index=True), crs="EPSG:4326")
     print(
         f"model {model.name}: {len(regions)} held-out blocks, {len(truth)} truth objects, "
-        f"{len(pred)} predictions, detect took {seconds:.1f} s"
+        f"{len(pred)} predictions, detect took {seconds:.1f} s ({args.backend} backend, {args.quantize or 'float'})"
     )
     print("| metric | precision | recall | F1 | AP50 | AP50:95 |")
     print("|---|---|---|---|---|---|")

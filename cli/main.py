@@ -47,6 +47,21 @@ def _bands(_ctx: click.Context, _param: click.Parameter, value: str | None) -> t
         raise click.BadParameter("give 1-based band numbers separated by commas, e.g. 3,2,1") from None
 
 
+def _log_to_stderr(quiet: bool) -> None:
+    """geovision's notices (a model exported on first use, ...) as plain lines on stderr."""
+    import logging
+
+    logger = logging.getLogger("geovision")
+    handler = next((h for h in logger.handlers if h.get_name() == "geovision-cli"), None)
+    if not isinstance(handler, logging.StreamHandler):
+        handler = logging.StreamHandler()
+        handler.set_name("geovision-cli")
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+    handler.setStream(sys.stderr)  # the stderr of this call (tests swap it)
+    logger.setLevel(logging.WARNING if quiet else logging.INFO)
+
+
 #: Options that take several values after one flag (``--images a.tif b.tif``).
 LIST_OPTIONS = ("--images", "--labels", "--classes")
 
@@ -79,6 +94,16 @@ model_option = click.option(
 )
 conf_option = click.option("--conf", type=click.FloatRange(0, 1), help="Confidence threshold (default: the model's).")
 device_option = click.option("--device", help="auto (default), cpu, cuda or cuda:N.")
+backend_option = click.option(
+    "--backend",
+    type=click.Choice(["auto", "onnx", "torch"]),
+    default="auto",
+    show_default=True,
+    help="Runtime: auto is ONNX Runtime on the CPU (exported once, cached) and torch on a GPU.",
+)
+quantize_option = click.option(
+    "--quantize", type=click.Choice(["int8"]), help="Run an int8 ONNX model (see docs/models.md for its accuracy)."
+)
 quiet_option = click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary.")
 debug_option = click.option("--debug", is_flag=True, help="Show tracebacks of unexpected failures.")
 
@@ -101,6 +126,8 @@ def main() -> None:
 )
 @click.option("--batch-size", type=click.IntRange(1), help="Tiles per model call (default: the model's).")
 @device_option
+@backend_option
+@quantize_option
 @click.option(
     "--bands", callback=_bands, help="Raster bands to feed the model, e.g. 3,2,1 (default: RGB or the model's)."
 )
@@ -126,6 +153,8 @@ def detect(
     iou: float | None,
     batch_size: int | None,
     device: str | None,
+    backend: str,
+    quantize: str | None,
     bands: tuple[int, ...] | None,
     pixel_coords: bool,
     pixel_size: float | None,
@@ -140,6 +169,7 @@ def detect(
 
     import geovision
 
+    _log_to_stderr(quiet)
     bar: tqdm | None = None
 
     def progress(done: int, total: int) -> None:
@@ -167,6 +197,8 @@ def detect(
                 mask_out=mask_out,
                 prob_out=prob_out,
                 progress=progress,
+                runtime=backend,
+                quantize=quantize,
             ),
             debug,
         )
@@ -178,7 +210,7 @@ def detect(
         per_class = ", ".join(f"{n} {c}" for c, n in sorted(s.counts.items())) or "no objects"
         click.echo(
             f"{per_class} -> {result.output} | {s.megapixels:.1f} MP in {s.seconds:.1f} s "
-            f"({s.mp_per_s:.2f} MP/s, {s.tiles} tiles, {s.tiles_skipped} skipped as nodata)",
+            f"({s.mp_per_s:.2f} MP/s, {s.tiles} tiles, {s.tiles_skipped} skipped as nodata; {s.backend})",
             err=True,
         )
 
@@ -225,6 +257,8 @@ def models_cmd(as_json: bool, debug: bool) -> None:
 @click.option("--dedupe", is_flag=True, help="Keep objects found in two overlapping scenes once in the merged layer.")
 @conf_option
 @device_option
+@backend_option
+@quantize_option
 @quiet_option
 @debug_option
 def batch(
@@ -236,6 +270,8 @@ def batch(
     dedupe: bool,
     conf: float | None,
     device: str | None,
+    backend: str,
+    quantize: str | None,
     quiet: bool,
     debug: bool,
 ) -> None:
@@ -248,6 +284,7 @@ def batch(
 
     from geovision.batch import SceneResult, run_batch
 
+    _log_to_stderr(quiet)
     bar: tqdm | None = None
     worker_bars: dict[str, tqdm] = {}
     megapixels = 0.0
@@ -279,6 +316,8 @@ def batch(
                 dedupe=dedupe,
                 device=device,
                 confidence=conf,
+                runtime=backend,
+                quantize=quantize,
                 progress=None if quiet else progress,
             ),
             debug,

@@ -107,20 +107,27 @@ def scene_output(out_dir: Path, raster: Path, suffix: str = ".gpkg") -> Path:
 _WORKER_DEVICE: str | None = None
 
 #: Models loaded in this process, so a worker loads each model once for all its scenes.
-_LOADED: dict[tuple[str, str, str, str | None], Any] = {}
+_LOADED: dict[tuple[Any, ...], Any] = {}
 
 
-def _backend(cfg: ModelConfig, device: str | None) -> Any:
+def _backend(cfg: ModelConfig, device: str | None, runtime: str | None, quantize: str | None) -> Any:
     """The model, loaded once per worker process and reused for every scene it runs."""
     from geovision.backends import load_backend
 
-    key = (str(cfg.weights), cfg.sha256 or "", cfg.task, device)
+    key = (str(cfg.weights), cfg.sha256 or "", cfg.task, device, runtime, quantize)
     if key not in _LOADED:
-        _LOADED[key] = load_backend(cfg, device)
+        _LOADED[key] = load_backend(cfg, device, runtime, quantize)
     return _LOADED[key]
 
 
-def process_scene(raster: str, cfg: ModelConfig, output: str, device: str | None = None) -> SceneResult:
+def process_scene(
+    raster: str,
+    cfg: ModelConfig,
+    output: str,
+    device: str | None = None,
+    runtime: str | None = "auto",
+    quantize: str | None = None,
+) -> SceneResult:
     """Run one scene into ``output``; errors become a failed result, never an exception."""
     from geovision.detect import detect
 
@@ -138,7 +145,7 @@ def process_scene(raster: str, cfg: ModelConfig, output: str, device: str | None
         worker=f"{socket.gethostname()}:{os.getpid()}",
     )
     try:
-        r = detect(src, cfg, output, overwrite=True, backend=_backend(cfg, device))
+        r = detect(src, cfg, output, overwrite=True, backend=_backend(cfg, device, runtime, quantize))
     except GeovisionError as e:
         result.error = str(e)
     except Exception as e:  # noqa: BLE001 - one bad scene must not stop a survey
@@ -196,9 +203,14 @@ def run_batch(
     dedupe: bool = False,
     device: str | None = None,
     confidence: float | None = None,
+    runtime: str | None = "auto",
+    quantize: str | None = None,
     progress: BatchProgress | None = None,
 ) -> BatchResult:
-    """Run every input scene through ``model`` into ``out_dir``; see the module docstring."""
+    """Run every input scene through ``model`` into ``out_dir``; see the module docstring.
+
+    ``runtime`` and ``quantize`` are those of :func:`geovision.detect`.
+    """
     rasters = find_inputs(inputs) if isinstance(inputs, (str, os.PathLike)) else [Path(p) for p in inputs]
     cfg = model if isinstance(model, ModelConfig) else resolve_model(model)
     cfg = cfg.with_overrides(confidence=confidence)
@@ -220,7 +232,11 @@ def run_batch(
         if progress:
             progress(done, len(todo), result)
 
-    jobs = [(str(r), cfg, str(scene_output(out, r)), device) for r in todo]
+    if todo:  # export the ONNX model here once, not in every worker at the same time
+        from geovision.backends import runtime_config
+
+        runtime_config(cfg, device, runtime, quantize)
+    jobs = [(str(r), cfg, str(scene_output(out, r)), device, runtime, quantize) for r in todo]
     if scheduler:
         _run_dask(jobs, scheduler, record)
     elif workers > 1 and len(jobs) > 1:
@@ -246,13 +262,15 @@ def _init_worker(threads: int, counter: Any) -> None:
     with counter.get_lock():
         index = counter.value
         counter.value += 1
-    os.environ["OMP_NUM_THREADS"] = str(threads)  # ONNX Runtime and numpy's BLAS, read at their import
-    try:
+    # ONNX Runtime sessions (geovision.device.usable_cores), torch and numpy's BLAS read these.
+    os.environ["OMP_NUM_THREADS"] = os.environ["GEOVISION_THREADS"] = str(threads)
+    from geovision.device import cuda_present
+
+    if cuda_present():
         import torch
-    except ImportError:  # an ONNX-only installation
-        return
-    torch.set_num_threads(threads)
-    _WORKER_DEVICE = worker_device(index, torch.cuda.device_count())
+
+        torch.set_num_threads(threads)
+        _WORKER_DEVICE = worker_device(index, torch.cuda.device_count())
 
 
 def worker_device(index: int, gpus: int) -> str | None:

@@ -44,6 +44,7 @@ class RunStats:
     megapixels: float = 0.0
     seconds: float = 0.0
     counts: Counter[str] = field(default_factory=Counter)
+    backend: str = ""  # what ran the model, e.g. "OnnxDetector on cpu"
 
     @property
     def mp_per_s(self) -> float:
@@ -76,6 +77,8 @@ def detect(
     mask_out: str | os.PathLike[str] | None = None,
     prob_out: str | os.PathLike[str] | None = None,
     progress: ProgressCallback | None = None,
+    runtime: str | None = "auto",
+    quantize: str | None = None,
     backend: Detector | Segmenter | None = None,
 ) -> DetectResult:
     """Find objects in ``raster`` with ``model`` and optionally write them to ``output``.
@@ -88,6 +91,8 @@ def detect(
     on the ground, so it is still read at the model's resolution.
     ``mask_out``/``prob_out`` (segmenters only) also write the class
     raster and the probabilities as GeoTIFFs in the raster's own grid.
+    ``runtime`` is ``auto`` (ONNX Runtime on the CPU, torch on a GPU),
+    ``torch`` or ``onnx``; ``quantize="int8"`` runs an int8 ONNX model.
     ``backend`` replaces the backend the config names (for tests and custom
     backends).
     """
@@ -114,9 +119,11 @@ def detect(
         )
         source_name = Path(ds.name).name
     if backend is None:
-        backend = load_backend(cfg, device)
+        backend = load_backend(cfg, device, runtime, quantize)
     grid = TileGrid(plan.width, plan.height, cfg.tile_size, cfg.overlap)
-    stats = RunStats(megapixels=plan.source_width * plan.source_height / 1e6)
+    stats = RunStats(
+        megapixels=plan.source_width * plan.source_height / 1e6, backend=f"{type(backend).__name__} on {backend.device}"
+    )
     rows = _tile_rows(backend, plan, grid, cfg.batch_size, stats, progress)
     if cfg.task == "segment":
         gdf = _segment(rows, plan, grid, cfg, source_name, mask_out, prob_out, overwrite)

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import ctypes
+import functools
+import os
+import sys
+
 from geovision.errors import GeovisionError
 
 
@@ -28,3 +33,30 @@ def pick_device(requested: str | None = None) -> str:
     if requested == "cpu":
         return "cpu"
     raise DeviceError(f"unknown device '{requested}'; use auto, cpu, cuda or cuda:N")
+
+
+@functools.cache
+def cuda_present() -> bool:
+    """Whether a CUDA GPU is usable, asked of the driver itself so that torch is not imported
+    (importing it costs seconds, and the CPU path never needs it)."""
+    if "torch" in sys.modules:
+        import torch
+
+        return bool(torch.cuda.is_available())
+    names = ("nvcuda.dll",) if os.name == "nt" else ("libcuda.so.1", "libcuda.so")
+    for name in names:
+        try:
+            lib = ctypes.CDLL(name)
+        except OSError:
+            continue
+        count = ctypes.c_int(0)
+        return lib.cuInit(0) == 0 and lib.cuDeviceGetCount(ctypes.byref(count)) == 0 and count.value > 0
+    return False
+
+
+def usable_cores() -> int:
+    """CPU threads for inference: ``$GEOVISION_THREADS`` (a batch worker's share), else the
+    cores this process may run on (its affinity mask, where the OS has one)."""
+    if os.environ.get("GEOVISION_THREADS", "").isdigit():
+        return max(1, int(os.environ["GEOVISION_THREADS"]))
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)

@@ -4,13 +4,21 @@ The exported file describes itself: ``geovision detect --model model.onnx``
 reads classes, tile size, resolution, bands and thresholds from the
 ``geovision`` metadata entry and runs it through ONNX Runtime, with neither
 torch nor ultralytics needed.
+
+:func:`cached_onnx` is what ``detect`` uses on the CPU: the package's weights
+exported once into a user cache folder under the name of their sha256 (and
+quantised to int8 on request), so later runs import neither torch nor
+ultralytics.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import tempfile
+import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
@@ -20,6 +28,10 @@ from geovision.errors import ModelError, OutputError
 from geovision.models import ModelConfig, config_to_dict, resolve_model, verify_weights
 
 METADATA_KEY = "geovision"
+#: Precisions an exported model can be quantised to.
+Quantization = Literal["int8"]
+
+log = logging.getLogger("geovision")
 
 
 def export_onnx(
@@ -30,38 +42,149 @@ def export_onnx(
 ) -> Path:
     """Write ``model`` as ONNX (dynamic batch) and return its path.
 
-    The default output is the weights' path with an ``.onnx`` suffix.
+    The default output is the weights' path with an ``.onnx`` suffix. YOLO
+    models take float NCHW tiles scaled to 0-1; segmenters take the uint8
+    NHWC tiles themselves and hand back probabilities (background first),
+    their normalisation and activation being part of the graph.
     """
     cfg = model if isinstance(model, ModelConfig) else resolve_model(model)
-    if cfg.backend != "yolo":
-        raise ModelError(f"model '{cfg.name}': export supports the yolo backend, not '{cfg.backend}'")
+    exporter = _EXPORTERS.get(cfg.backend)
+    if exporter is None:
+        raise ModelError(f"model '{cfg.name}': cannot export the '{cfg.backend}' backend (known: yolo, smp)")
     verify_weights(cfg)
     out = Path(output) if output else cfg.weights.with_suffix(".onnx")
     if out.exists() and not overwrite:
         raise OutputError(f"{out} already exists; pass --overwrite to replace it")
     if not out.parent.is_dir():
         raise OutputError(f"{out}: folder {out.parent} does not exist")
+    with tempfile.TemporaryDirectory(prefix="geovision-export-") as tmp:
+        exported = exporter(cfg, Path(tmp), opset)
+        embed_config(exported, cfg)
+        _publish(exported, out)
+    return out
+
+
+def _export_yolo(cfg: ModelConfig, tmp: Path, opset: int) -> Path:
     from geovision.backends.yolo import load_yolo
 
-    with tempfile.TemporaryDirectory(prefix="geovision-export-") as tmp:
-        work = Path(tmp) / "model.pt"
-        shutil.copyfile(cfg.weights, work)
-        exported = Path(
-            load_yolo(work).export(
-                format="onnx",
-                imgsz=cfg.tile_size,
-                dynamic=True,
-                simplify=False,
-                opset=opset,
-                device="cpu",
-                verbose=False,
-            )
+    work = tmp / "model.pt"
+    shutil.copyfile(cfg.weights, work)
+    return Path(
+        load_yolo(work).export(
+            format="onnx", imgsz=cfg.tile_size, dynamic=True, simplify=False, opset=opset, device="cpu", verbose=False
         )
-        embed_config(exported, cfg)
-        tmp_out = out.with_name(f".{out.name}.tmp")
-        shutil.copyfile(exported, tmp_out)
+    )
+
+
+def _export_smp(cfg: ModelConfig, tmp: Path, opset: int) -> Path:
+    import torch
+
+    from geovision.backends.smp import SmpSegmenter
+
+    seg = SmpSegmenter(cfg, device="cpu")
+    wrapped = seg.as_module().eval()
+    example = torch.zeros(1, cfg.tile_size, cfg.tile_size, cfg.in_channels, dtype=torch.uint8)
+    path = tmp / "model.onnx"
+    with torch.inference_mode(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter is deprecated; the new one needs onnxscript
+        torch.onnx.export(
+            wrapped,
+            (example,),
+            str(path),
+            input_names=["images"],
+            output_names=["probs"],
+            dynamic_axes={"images": {0: "batch"}, "probs": {0: "batch"}},
+            opset_version=opset,
+            dynamo=False,
+        )
+    return path
+
+
+_EXPORTERS: dict[str, Callable[[ModelConfig, Path, int], Path]] = {"yolo": _export_yolo, "smp": _export_smp}
+
+
+def _publish(src: Path, out: Path) -> None:
+    """Copy ``src`` to ``out`` through a temporary name, so ``out`` is never half written."""
+    tmp_out = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    try:
+        shutil.copyfile(src, tmp_out)
         os.replace(tmp_out, out)
+    finally:
+        tmp_out.unlink(missing_ok=True)
+
+
+def cache_dir() -> Path:
+    """Where exported models are kept: ``$GEOVISION_CACHE``, else the user's cache folder."""
+    env = os.environ.get("GEOVISION_CACHE")
+    if env:
+        return Path(env)
+    base = (
+        os.environ.get("XDG_CACHE_HOME")
+        or (os.environ.get("LOCALAPPDATA") if os.name == "nt" else None)
+        or Path.home() / ".cache"
+    )
+    return Path(base) / "geovision" / "onnx"
+
+
+def cached_onnx(cfg: ModelConfig, quantize: Quantization | None = None) -> ModelConfig:
+    """``cfg`` as an ONNX model: exported on first use, found by the weights' sha256 afterwards.
+
+    An ONNX model is returned as it is (quantised on request).
+    """
+    digest = verify_weights(cfg)
+    if cfg.backend == "onnx":
+        source = cfg.weights
+    else:
+        source = cache_dir() / f"{digest}.onnx"
+        if not source.is_file():
+            _make_cache_dir()
+            log.info("exporting model '%s' to ONNX once, into %s", cfg.name, source)
+            export_onnx(cfg, source, overwrite=True)
+    if quantize is None:
+        return read_onnx_config(source, cfg)
+    if quantize != "int8":
+        raise ModelError(f"unknown quantisation '{quantize}' (known: int8)")
+    target = cache_dir() / f"{digest}.int8.onnx"
+    if not target.is_file():
+        _make_cache_dir()
+        log.info("quantising model '%s' to int8 once, into %s", cfg.name, target)
+        quantize_int8(source, target)
+    return read_onnx_config(target, cfg)
+
+
+def _make_cache_dir() -> None:
+    try:
+        cache_dir().mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OutputError(f"cannot create the model cache {cache_dir()} ({e.strerror}); set GEOVISION_CACHE") from e
+
+
+def quantize_int8(source: Path, out: Path) -> Path:
+    """Dynamic int8 quantisation of the weights (activations stay float), metadata kept."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    with tempfile.TemporaryDirectory(prefix="geovision-int8-") as tmp:
+        work = Path(tmp) / "int8.onnx"
+        logging.disable(logging.WARNING)  # the quantiser warns on the root logger about the uint8 input
+        try:
+            quantize_dynamic(str(source), str(work), weight_type=QuantType.QUInt8)
+        finally:
+            logging.disable(logging.NOTSET)
+        _copy_metadata(source, work)
+        _publish(work, out)
     return out
+
+
+def _copy_metadata(source: Path, target: Path) -> None:
+    import onnx
+
+    src, dst = onnx.load(str(source)), onnx.load(str(target))
+    kept = {p.key for p in dst.metadata_props}
+    for prop in src.metadata_props:
+        if prop.key not in kept:
+            entry = dst.metadata_props.add()
+            entry.key, entry.value = prop.key, prop.value
+    onnx.save(dst, str(target))
 
 
 def embed_config(onnx_path: Path, cfg: ModelConfig) -> None:
@@ -79,10 +202,18 @@ def embed_config(onnx_path: Path, cfg: ModelConfig) -> None:
     onnx.save(proto, str(onnx_path))
 
 
-def read_onnx_config(path: Path) -> ModelConfig:
-    """The model config embedded in an ONNX file exported by geovision."""
+def read_onnx_config(path: Path, base: ModelConfig | None = None) -> ModelConfig:
+    """The model config embedded in an ONNX file exported by geovision.
+
+    With ``base``, the result is ``base`` (thresholds, bands and batch size
+    as the user set them) running on the ONNX file.
+    """
     from geovision.models import config_from_dict
 
+    if base is not None:
+        from dataclasses import replace
+
+        return replace(base, backend="onnx", weights=path.resolve(), sha256=None)
     try:
         import onnxruntime as ort
 

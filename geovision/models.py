@@ -288,14 +288,15 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def verify_weights(cfg: ModelConfig) -> None:
-    """Refuse missing weights or weights whose sha256 differs from the YAML's."""
+def verify_weights(cfg: ModelConfig) -> str:
+    """The weights' sha256; refuses missing weights or weights whose sha256 differs from the YAML's."""
     if not cfg.weights.is_file():
         raise WeightsError(f"model '{cfg.name}': weights file {cfg.weights} does not exist")
+    actual = sha256_file(cfg.weights)
     if cfg.sha256:
-        actual = sha256_file(cfg.weights)
         if actual != cfg.sha256.lower():
             raise WeightsError(
                 f"model '{cfg.name}': weights {cfg.weights.name} have sha256 {actual[:12]}…, "
                 f"the model YAML expects {cfg.sha256[:12]}…; the file is corrupt or was replaced"
             )
+    return actual

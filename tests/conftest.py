@@ -8,6 +8,8 @@ while being exact, which lets the tests check geometry to the pixel.
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,6 +25,9 @@ from geovision.backends import Detections
 from geovision.models import ModelConfig
 
 os.environ.setdefault("YOLO_OFFLINE", "1")
+# Models exported to ONNX on first use go to a cache of this run's own, not the user's.
+TEST_CACHE = Path(tempfile.mkdtemp(prefix="geovision-test-cache-"))
+os.environ["GEOVISION_CACHE"] = str(TEST_CACHE)
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE_TREES = ROOT / "sample_tiles" / "OSBS_029.tif"
@@ -150,3 +155,7 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    shutil.rmtree(TEST_CACHE, ignore_errors=True)

@@ -1,60 +1,95 @@
-"""ONNX Runtime backend: YOLO detectors and instance segmenters without torch or ultralytics.
+"""ONNX Runtime backend: detectors and segmenters without torch or ultralytics.
 
-The session runs with every graph optimisation on and as many intra-op
-threads as there are cores; CUDA is used when ONNX Runtime has its provider
-and a GPU is there, the CPU otherwise.
+Sessions run with every graph optimisation on and as many intra-op threads
+as this process may use; CUDA is used when ONNX Runtime has its provider and
+a GPU is there, the CPU otherwise. Input buffers are allocated once per batch
+size and reused.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
 from geovision.backends import Detections
 from geovision.backends.yolo_output import decode, decode_instances
-from geovision.device import DeviceError
+from geovision.device import DeviceError, usable_cores
 from geovision.errors import WeightsError
 from geovision.models import ModelConfig
 
 
-class OnnxDetector:
-    """Batched ONNX Runtime inference on uint8 RGB tiles of the model's input size."""
+def open_session(cfg: ModelConfig, device: str | None) -> tuple[Any, str]:
+    """An ONNX Runtime session for ``cfg.weights`` and the device it runs on ('cpu' or 'cuda')."""
+    import onnxruntime as ort
 
-    def __init__(self, cfg: ModelConfig, device: str | None = None) -> None:
-        import onnxruntime as ort
+    available = ort.get_available_providers()
+    wants_cuda = device is not None and device.startswith("cuda")
+    if wants_cuda and "CUDAExecutionProvider" not in available:
+        raise DeviceError(f"device '{device}' requested but ONNX Runtime has no CUDA provider here; use --device cpu")
+    use_cuda = wants_cuda or (device in (None, "", "auto") and "CUDAExecutionProvider" in available)
+    providers: list[Any] = ["CPUExecutionProvider"]
+    if use_cuda:
+        index = int(device.split(":")[1]) if device and ":" in device else 0
+        providers.insert(0, ("CUDAExecutionProvider", {"device_id": index}))
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = usable_cores()
+    options.log_severity_level = 3  # errors only: ORT warns about unused initialisers on stderr
+    try:
+        session = ort.InferenceSession(os.fspath(cfg.weights), options, providers=providers)
+    except Exception as e:  # noqa: BLE001 - onnxruntime raises its own types
+        raise WeightsError(f"{cfg.weights.name}: not a loadable ONNX model ({str(e).splitlines()[0]})") from e
+    return session, "cuda" if "CUDAExecutionProvider" in session.get_providers() else "cpu"
 
-        available = ort.get_available_providers()
-        wants_cuda = device is not None and device.startswith("cuda")
-        if wants_cuda and "CUDAExecutionProvider" not in available:
-            raise DeviceError(
-                f"device '{device}' requested but ONNX Runtime has no CUDA provider here; use --device cpu"
-            )
-        use_cuda = "CUDAExecutionProvider" in available and device in (None, "auto") or wants_cuda
-        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if use_cuda else ["CPUExecutionProvider"]
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.intra_op_num_threads = (
-            len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        )
-        try:
-            self.session = ort.InferenceSession(str(cfg.weights), options, providers=providers)
-        except Exception as e:  # noqa: BLE001 - onnxruntime raises its own types
-            raise WeightsError(f"{cfg.weights.name}: not a loadable ONNX model ({str(e).splitlines()[0]})") from e
-        self.device = "cuda" if "CUDAExecutionProvider" in self.session.get_providers() else "cpu"
+
+class _OnnxModel:
+    """A session and the conversion of uint8 NHWC tiles to what its input wants."""
+
+    def __init__(self, cfg: ModelConfig, device: str | None) -> None:
+        self.cfg = cfg
+        self.session, self.device = open_session(cfg, device)
         inp = self.session.get_inputs()[0]
         self.input_name = inp.name
+        # geovision's segmenters take the uint8 tiles; YOLO graphs take float NCHW in 0-1.
+        self.raw_input = "uint8" in inp.type
         self.dtype = np.float16 if "float16" in inp.type else np.float32
-        self.cfg = cfg
+        self._buffer: np.ndarray | None = None
+
+    def run(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
+        if self.raw_input:
+            x = np.stack(images)
+        else:
+            n, (h, w, c) = len(images), images[0].shape
+            if self._buffer is None or self._buffer.shape[0] < n or self._buffer.shape[2:] != (h, w):
+                self._buffer = np.empty((max(n, self.cfg.batch_size), c, h, w), self.dtype)
+            x = self._buffer[:n]
+            for slot, image in zip(x, images):
+                np.multiply(image.transpose(2, 0, 1), 1 / 255, out=slot, dtype=self.dtype)
+        return list(self.session.run(None, {self.input_name: x}))
+
+
+class OnnxDetector(_OnnxModel):
+    """Batched YOLO detection (boxes, or boxes with outlines) through ONNX Runtime."""
+
+    def __init__(self, cfg: ModelConfig, device: str | None = None) -> None:
+        super().__init__(cfg, device)
         self.end2end = bool(cfg.extra.get("end2end", False))
 
     def detect(self, images: Sequence[np.ndarray]) -> list[Detections]:
         if not images:
             return []
-        x = np.multiply(np.stack(images).transpose(0, 3, 1, 2), 1 / 255, dtype=self.dtype)
-        outputs = self.session.run(None, {self.input_name: x})
+        outputs = self.run(images)
         c = self.cfg
         if c.task == "instance":  # (predictions, prototypes)
             return [decode_instances(o, p, c.confidence, c.iou, c.tile_size) for o, p in zip(*outputs[:2])]
         return [decode(o, c.confidence, c.iou, c.tile_size, self.end2end) for o in outputs[0]]
+
+
+class OnnxSegmenter(_OnnxModel):
+    """Batched semantic segmentation through ONNX Runtime: probabilities, background first."""
+
+    def segment(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        return self.run(images)[0]

@@ -8,6 +8,7 @@ package's weights are the whole model.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -97,22 +98,48 @@ class SmpSegmenter:
             raise WeightsError(f"{cfg.weights.name}: not loadable weights for this model ({msg})") from e
         self.half = self.device.startswith("cuda")
         self.net = (net.half() if self.half else net).eval().to(self.device)
-        mean, std = input_stats(cfg)
-        self.scale = torch.from_numpy(1 / (255 * std)).view(1, -1, 1, 1).to(self.device)
-        self.shift = torch.from_numpy(mean / std).view(1, -1, 1, 1).to(self.device)
-        self.softmax = activation(cfg) == "softmax"
+        self.module = self.as_module()
+
+    def as_module(self) -> Any:
+        """The whole step as one torch module: uint8 NHWC tiles in, probabilities out
+        (what ``geovision export`` writes to ONNX)."""
+        return _probabilities_module()(
+            self.net, *input_stats(self.cfg), activation(self.cfg) == "softmax", self.half
+        ).to(self.device)
 
     def segment(self, images: Sequence[np.ndarray]) -> np.ndarray:
         torch = self.torch
-        batch = torch.from_numpy(np.stack(images)).to(self.device, non_blocking=True)
+        batch = torch.from_numpy(np.stack(images))
+        if self.device.startswith("cuda"):
+            batch = batch.pin_memory()
         with torch.inference_mode():
-            x = batch.permute(0, 3, 1, 2).float() * self.scale - self.shift
-            logits = self.net(x.half() if self.half else x).float()
-            if self.softmax:
-                probs = logits.softmax(dim=1)
-            else:
-                fg = logits.sigmoid()
-                # one-class sigmoid: background is 1 - p; several: background is 1 - max
-                bg = 1 - fg.max(dim=1, keepdim=True).values
-                probs = torch.cat([bg, fg], dim=1)
-            return probs.cpu().numpy()
+            return self.module(batch.to(self.device, non_blocking=True)).cpu().numpy()
+
+
+@functools.cache
+def _probabilities_module() -> Any:
+    """The module class, defined on first use so that importing this file does not import torch."""
+    import torch
+
+    class Probabilities(torch.nn.Module):
+        """Normalise uint8 NHWC tiles, run the network, turn logits into probabilities (background first)."""
+
+        def __init__(self, net: Any, mean: np.ndarray, std: np.ndarray, softmax: bool, half: bool) -> None:
+            super().__init__()
+            self.net, self.use_softmax, self.use_half = net, softmax, half
+            self.scale: torch.Tensor
+            self.shift: torch.Tensor
+            self.register_buffer("scale", torch.from_numpy(1 / (255 * std)).view(1, -1, 1, 1))
+            self.register_buffer("shift", torch.from_numpy(mean / std).view(1, -1, 1, 1))
+
+        def forward(self, images: torch.Tensor) -> torch.Tensor:
+            x = images.permute(0, 3, 1, 2).float() * self.scale - self.shift
+            logits = self.net(x.half() if self.use_half else x).float()
+            if self.use_softmax:
+                return logits.softmax(dim=1)
+            fg = logits.sigmoid()
+            # one-class sigmoid: background is 1 - p; several: background is 1 - max
+            bg = 1 - fg.max(dim=1, keepdim=True).values
+            return torch.cat([bg, fg], dim=1)
+
+    return Probabilities

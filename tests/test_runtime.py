@@ -1,0 +1,121 @@
+"""Which runtime runs a model, and that ONNX Runtime and torch find the same objects.
+
+On the CPU the default is ONNX Runtime: the package's weights are exported
+once into the cache (named by their sha256) and later runs import neither
+torch nor ultralytics.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import geopandas as gpd
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import geovision
+from geovision.backends import choose_runtime, load_backend
+from geovision.cli.main import main
+from geovision.errors import ModelError
+from geovision.models import resolve_model, sha256_file
+
+SAMPLES = Path(__file__).resolve().parents[1] / "sample_tiles"
+
+
+def run_cli(*args: str):
+    return CliRunner().invoke(main, list(args))
+
+
+def sorted_bounds(path: Path) -> np.ndarray:
+    b = gpd.read_file(path).geometry.bounds.to_numpy()
+    return b[np.lexsort((b[:, 1], b[:, 0]))]
+
+
+def test_auto_picks_onnx_on_the_cpu_and_torch_on_a_gpu(monkeypatch):
+    cfg = resolve_model("trees")
+    assert choose_runtime(cfg, "cpu") == "onnx"
+    assert choose_runtime(cfg, "cuda:1") == "torch"
+    assert choose_runtime(cfg, "cpu", "torch") == "torch"
+    monkeypatch.setattr("geovision.device.cuda_present", lambda: True)
+    assert choose_runtime(cfg, None) == "torch"
+    monkeypatch.setattr("geovision.device.cuda_present", lambda: False)
+    assert choose_runtime(cfg, "auto") == "onnx"
+    with pytest.raises(ModelError, match="unknown backend"):
+        choose_runtime(cfg, None, "tensorrt")
+
+
+@pytest.mark.parametrize(
+    ("model", "tile", "n_min"), [("trees", "OSBS_029.tif", 30), ("buildings", "spacenet_atlanta.tif", 10)]
+)
+def test_onnx_and_torch_find_the_same_objects(tmp_path, model, tile, n_min):
+    outs = {}
+    for backend in ("torch", "onnx"):
+        outs[backend] = tmp_path / f"{backend}.gpkg"
+        r = run_cli("detect", str(SAMPLES / tile), "-m", model, "-o", str(outs[backend]), "--backend", backend, "-q")
+        assert r.exit_code == 0, r.stderr
+    torch_boxes, onnx_boxes = sorted_bounds(outs["torch"]), sorted_bounds(outs["onnx"])
+    assert len(torch_boxes) == len(onnx_boxes) >= n_min
+    with __import__("rasterio").open(SAMPLES / tile) as ds:
+        pixel = abs(ds.transform.a)
+    assert np.abs(torch_boxes - onnx_boxes).max() <= pixel  # within one source pixel
+
+
+def test_export_happens_once_and_is_reported(tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("GEOVISION_CACHE", str(cache))
+    args = ["detect", str(SAMPLES / "OSBS_029.tif"), "-m", "trees-fast", "--overwrite", "-o"]
+    first = run_cli(*args, str(tmp_path / "a.gpkg"))
+    assert first.exit_code == 0, first.stderr
+    digest = sha256_file(resolve_model("trees-fast").weights)
+    assert (cache / f"{digest}.onnx").is_file()
+    assert "exporting model 'trees-fast' to ONNX once" in first.stderr
+    second = run_cli(*args, str(tmp_path / "b.gpkg"))
+    assert second.exit_code == 0 and "exporting" not in second.stderr
+    assert len(gpd.read_file(tmp_path / "a.gpkg")) == len(gpd.read_file(tmp_path / "b.gpkg")) > 0
+
+
+def test_cpu_path_imports_neither_torch_nor_ultralytics(tmp_path):
+    load_backend(resolve_model("trees"), "cpu")  # makes sure the export is in the cache
+    script = (
+        "import sys, geovision\n"
+        f"r = geovision.detect({str(SAMPLES / 'OSBS_029.tif')!r}, 'trees', device='cpu')\n"
+        "assert len(r.features) > 30, len(r.features)\n"
+        "print(sorted(m for m in ('torch', 'ultralytics', 'torchvision') if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=os.environ, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_int8_runs_and_keeps_most_objects(tmp_path):
+    r = geovision.detect(SAMPLES / "OSBS_029.tif", "trees", device="cpu", quantize="int8")
+    full = geovision.detect(SAMPLES / "OSBS_029.tif", "trees", device="cpu")
+    digest = sha256_file(resolve_model("trees").weights)
+    assert (Path(os.environ["GEOVISION_CACHE"]) / f"{digest}.int8.onnx").is_file()
+    assert r.stats.backend == full.stats.backend == "OnnxDetector on cpu"
+    assert abs(len(r.features) - len(full.features)) <= 0.2 * len(full.features)
+
+
+def test_backend_errors_are_one_line(tmp_path):
+    scene = SAMPLES / "OSBS_029.tif"
+    r = run_cli(
+        "detect", str(scene), "-m", "trees", "-o", str(tmp_path / "x.gpkg"), "--backend", "torch", "--quantize", "int8"
+    )
+    assert r.exit_code == 2 and "--quantize needs the onnx backend" in r.stderr
+    onnx_file = tmp_path / "trees.onnx"
+    assert run_cli("export", "trees", "-o", str(onnx_file)).exit_code == 0
+    r = run_cli("detect", str(scene), "-m", str(onnx_file), "-o", str(tmp_path / "y.gpkg"), "--backend", "torch")
+    assert r.exit_code == 2 and "runs on the onnx backend only" in r.stderr
+    assert not (tmp_path / "x.gpkg").exists() and not (tmp_path / "y.gpkg").exists()
+
+
+def test_unwritable_cache_is_a_clear_error(tmp_path, monkeypatch):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("GEOVISION_CACHE", str(blocker / "cache"))
+    r = run_cli("detect", str(SAMPLES / "OSBS_029.tif"), "-m", "trees", "-o", str(tmp_path / "z.gpkg"))
+    assert r.exit_code == 2 and "cannot create the model cache" in r.stderr and "GEOVISION_CACHE" in r.stderr
+    assert not (tmp_path / "z.gpkg").exists()
