@@ -423,32 +423,94 @@ def export(model: str, fmt: str, output: str | None, overwrite: bool, debug: boo
     click.echo(str(path))
 
 
+#: Files `evaluate` reads as class rasters (pixel metrics) rather than vector layers.
+RASTER_SUFFIXES = (".tif", ".tiff", ".vrt", ".img", ".jp2")
+
+
 @main.command()
 @click.argument("pred", type=click.Path(path_type=str))
 @click.argument("truth", type=click.Path(path_type=str))
 @click.option("--iou", type=click.FloatRange(0, 1), default=0.5, show_default=True, help="IoU for a match.")
 @click.option("--class-field", default="class", show_default=True, help="Field with class names ('' for one class).")
 @click.option("--boxes", is_flag=True, help="Compare envelopes (box precision/recall, as DeepForest reports).")
+@click.option("--classes", multiple=True, help="Class raster: names of values 1, 2, ... (default: from its tags).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON.")
+@click.option("--report", type=click.Path(path_type=str), help="Also write a Markdown report (and its PR curve PNG).")
 @debug_option
-def evaluate(pred: str, truth: str, iou: float, class_field: str, boxes: bool, as_json: bool, debug: bool) -> None:
-    """Score the objects in PRED against TRUTH (any format and CRS)."""
-    from geovision.evaluate import evaluate as run_evaluation
+def evaluate(
+    pred: str,
+    truth: str,
+    iou: float,
+    class_field: str,
+    boxes: bool,
+    classes: tuple[str, ...],
+    as_json: bool,
+    report: str | None,
+    debug: bool,
+) -> None:
+    """Score PRED against TRUTH (any format and CRS).
 
-    ev = _run(lambda: run_evaluation(pred, truth, iou=iou, class_field=class_field or None, boxes=boxes), debug)
+    PRED is a vector layer of objects (object metrics), or a class raster from
+    `detect --mask-out` (pixel metrics; TRUTH a vector layer or a class raster
+    on the same grid).
+    """
+    from geovision.report import summary_line, table_rows, text_table, write_report
+
+    def run() -> Any:
+        if Path(pred).suffix.lower() in RASTER_SUFFIXES:
+            from geovision.pixel_eval import evaluate_pixels
+
+            ev: Any = evaluate_pixels(pred, truth, class_field or None, list(classes) or None)
+        else:
+            from geovision.evaluate import evaluate as evaluate_objects
+
+            ev = evaluate_objects(pred, truth, iou=iou, class_field=class_field or None, boxes=boxes)
+        if report:
+            write_report(ev, report, pred, truth)
+        return ev
+
+    ev = _run(run, debug)
     if as_json:
         click.echo(json.dumps(ev.to_dict(), indent=2))
         return
-    header = ("CLASS", "TP", "FP", "FN", "PRECISION", "RECALL", "F1", "AP50", "AP50:95")
-    fmt = lambda v: "-" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)  # noqa: E731
-    rows = [
-        (name, *(fmt(getattr(s, k)) for k in ("tp", "fp", "fn", "precision", "recall", "f1", "ap50", "ap")))
-        for name, s in [*ev.per_class.items(), ("overall", ev.overall)]
-    ]
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    click.echo(f"{ev.n_pred} predictions, {ev.n_truth} truth objects, IoU >= {ev.iou}, in {ev.crs}")
-    for r in [header, *rows]:
-        click.echo("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip())
+    click.echo(summary_line(ev))
+    click.echo(text_table(*table_rows(ev)))
+    if report:
+        click.echo(f"report: {report}", err=True)
+
+
+@main.command()
+@click.argument("raster", type=click.Path(path_type=str))
+@click.argument("pred", required=False, type=click.Path(path_type=str))
+@click.option("-o", "--output", required=True, type=click.Path(path_type=str), help="PNG to write.")
+@click.option("--truth", type=click.Path(path_type=str), help="Truth layer: draw TP green, FP red, missed blue.")
+@click.option("--size", type=click.IntRange(16), default=2048, show_default=True, help="Long side of the PNG, px.")
+@click.option("--iou", type=click.FloatRange(0, 1), default=0.5, show_default=True, help="IoU for a match.")
+@click.option("--class-field", default="class", show_default=True, help="Field with class names ('' for one class).")
+@click.option("--bands", callback=_bands, help="Bands to show as RGB, e.g. 4,3,2 (default: 1,2,3 or 1).")
+@debug_option
+def quicklook(
+    raster: str,
+    pred: str | None,
+    output: str,
+    truth: str | None,
+    size: int,
+    iou: float,
+    class_field: str,
+    bands: tuple[int, ...] | None,
+    debug: bool,
+) -> None:
+    """Draw PRED (and --truth) over a downsampled RASTER into a PNG."""
+    from geovision.quicklook import quicklook as make_quicklook
+
+    look = _run(
+        lambda: make_quicklook(
+            raster, output, pred, truth, size=size, iou=iou, class_field=class_field or None, bands=bands
+        ),
+        debug,
+    )
+    drawn = ", ".join(f"{n} {k}" for k, n in look.counts.items()) or "nothing drawn"
+    click.echo(f"{look.path} ({look.width} x {look.height} px): {drawn}", err=True)
 
 
 if __name__ == "__main__":  # pragma: no cover

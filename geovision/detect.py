@@ -211,7 +211,7 @@ def _segment(
     opts = vectorize_options(cfg)
     pixel_m = (plan.pixel_size_m[0] * plan.pixel_size_m[1]) ** 0.5
     shapes: list[Shape] = []
-    with RasterSink(plan, mask_out, prob_out, len(cfg.classes), overwrite) as sink:
+    with RasterSink(plan, mask_out, prob_out, cfg.classes, overwrite) as sink:
         for _, items in rows:
             for td, probs in items:
                 blender.add(td.tile.x0, probs, td.valid)

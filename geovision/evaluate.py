@@ -61,9 +61,16 @@ class Evaluation:
     n_pred: int
     n_truth: int
     matches: dict[str, Any] = field(default_factory=dict, repr=False)
+    #: Per class, (recall, precision) after each prediction in score order, at ``iou``.
+    curves: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict, repr=False)
+    #: With several classes: objects matched regardless of class, counted by
+    #: (truth class, predicted class); the extra row is unmatched predictions,
+    #: the extra column unmatched truth. Labels are the classes, then "none".
+    confusion: np.ndarray | None = field(default=None, repr=False)
+    labels: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "iou": self.iou,
             "crs": self.crs,
             "n_pred": self.n_pred,
@@ -71,6 +78,9 @@ class Evaluation:
             "overall": asdict(self.overall),
             "per_class": {k: asdict(v) for k, v in self.per_class.items()},
         }
+        if self.confusion is not None:
+            out["confusion"] = {"labels": self.labels, "rows_truth_cols_pred": self.confusion.tolist()}
+        return out
 
 
 def read_layer(path: str | os.PathLike[str], role: str) -> gpd.GeoDataFrame:
@@ -123,7 +133,9 @@ def evaluate(
     totals = np.zeros(3, int)
     has_scores = bool(score_field and score_field in p.columns)
     matches: dict[str, Any] = {}
-    for name in sorted(set(t_cls) | set(p_cls)):
+    curves: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    names = sorted(set(t_cls) | set(p_cls))
+    for name in names:
         pi, ti = np.flatnonzero(p_cls == name), np.flatnonzero(t_cls == name)
         ious = pairwise_iou(pg[pi], tg[ti])
         order = np.argsort(-scores[pi], kind="stable")
@@ -133,6 +145,7 @@ def evaluate(
         if has_scores:
             s.ap50 = round(average_precision(ious, scores[pi], len(ti), 0.5), 4)
             s.ap = round(float(np.mean([average_precision(ious, scores[pi], len(ti), th) for th in COCO_IOUS])), 4)
+            curves[name] = pr_curve(ious, scores[pi], len(ti), iou)
         per_class[name] = s
         totals += (s.tp, s.fp, s.fn)
         matches[name] = (pi, ti, matched)
@@ -140,7 +153,33 @@ def evaluate(
     if has_scores:
         overall.ap50 = round(float(np.mean([s.ap50 for s in per_class.values() if s.ap50 is not None])), 4)
         overall.ap = round(float(np.mean([s.ap for s in per_class.values() if s.ap is not None])), 4)
-    return Evaluation(iou, crs.to_string(), per_class, overall, len(p), len(t), matches)
+    confusion = None
+    if len(names) > 1:
+        confusion = confusion_matrix(pg, tg, p_cls, t_cls, scores, names, iou)
+    return Evaluation(
+        iou, crs.to_string(), per_class, overall, len(p), len(t), matches, curves, confusion, [*names, "none"]
+    )
+
+
+def confusion_matrix(
+    pg: np.ndarray,
+    tg: np.ndarray,
+    p_cls: np.ndarray,
+    t_cls: np.ndarray,
+    scores: np.ndarray,
+    names: list[str],
+    iou: float,
+) -> np.ndarray:
+    """Objects matched one to one whatever their class, counted by (truth class, predicted class)."""
+    index = {n: i for i, n in enumerate(names)}
+    none = len(names)
+    out = np.zeros((none + 1, none + 1), dtype=np.int64)
+    matched = match(pairwise_iou(pg, tg), np.argsort(-scores, kind="stable"), iou)
+    for k, j in enumerate(matched):
+        out[index[t_cls[j]] if j >= 0 else none, index[p_cls[k]]] += 1
+    for j in np.setdiff1d(np.arange(len(tg)), matched[matched >= 0]):
+        out[index[t_cls[j]], none] += 1
+    return out
 
 
 def _classes(gdf: gpd.GeoDataFrame, field: str | None) -> np.ndarray:
@@ -177,16 +216,21 @@ def match(ious: np.ndarray, order: np.ndarray, threshold: float) -> np.ndarray:
     return matched
 
 
-def average_precision(ious: np.ndarray, scores: np.ndarray, n_truth: int, threshold: float) -> float:
-    """COCO-style AP: precision made monotone, sampled at 101 recall points."""
-    if n_truth == 0:
-        return 0.0
+def pr_curve(ious: np.ndarray, scores: np.ndarray, n_truth: int, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """Recall and precision after each prediction, taken in decreasing score order."""
     order = np.argsort(-scores, kind="stable")
     hits = match(ious, order, threshold)[order] >= 0
     tp = np.cumsum(hits)
     fp = np.cumsum(~hits)
-    recall = tp / n_truth
-    precision = tp / np.maximum(tp + fp, 1)
+    recall = tp / max(n_truth, 1)
+    return recall, tp / np.maximum(tp + fp, 1)
+
+
+def average_precision(ious: np.ndarray, scores: np.ndarray, n_truth: int, threshold: float) -> float:
+    """COCO-style AP: precision made monotone, sampled at 101 recall points."""
+    if n_truth == 0:
+        return 0.0
+    recall, precision = pr_curve(ious, scores, n_truth, threshold)
     precision = np.maximum.accumulate(precision[::-1])[::-1] if len(precision) else precision
     points = np.linspace(0, 1, 101)
     idx = np.searchsorted(recall, points, side="left")

@@ -8,6 +8,7 @@ beside the target and renamed into place, so a failed run leaves nothing.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -28,12 +29,20 @@ SHAPEFILE_PARTS = (".shp", ".shx", ".dbf", ".prj", ".cpg")
 RASTER_SUFFIXES = (".tif", ".tiff")
 
 
-def check_output(path: str | os.PathLike[str], overwrite: bool = False, raster: bool = False) -> Path:
-    """Refuse an output path before any work is done: format, folder, existing file."""
+def check_output(
+    path: str | os.PathLike[str], overwrite: bool = False, raster: bool = False, suffixes: tuple[str, ...] = ()
+) -> Path:
+    """Refuse an output path before any work is done: format, folder, existing file.
+
+    ``suffixes`` names the formats of an output that is neither a layer nor a raster.
+    """
     p = Path(path)
-    if raster and p.suffix.lower() not in RASTER_SUFFIXES:
+    if suffixes:
+        if p.suffix.lower() not in suffixes:
+            raise OutputError(f"{p}: use a name ending in {' or '.join(suffixes)}")
+    elif raster and p.suffix.lower() not in RASTER_SUFFIXES:
         raise OutputError(f"{p}: raster outputs are GeoTIFFs; use a .tif name")
-    if not raster and p.suffix.lower() not in DRIVERS:
+    elif not raster and p.suffix.lower() not in DRIVERS:
         raise OutputError(f"{p}: unknown output format '{p.suffix}'; use .gpkg, .geojson or .shp")
     parent = p.parent if str(p.parent) else Path(".")
     if not parent.is_dir():
@@ -85,6 +94,10 @@ def write_layer(gdf: gpd.GeoDataFrame, path: str | os.PathLike[str], overwrite: 
     return p
 
 
+#: Tag of a mask or probability GeoTIFF naming its classes (a JSON list; class k is item k - 1).
+CLASSES_TAG = "GEOVISION_CLASSES"
+
+
 class RasterSink:
     """Writes segmentation strips as GeoTIFFs in the source raster's grid, strip by strip.
 
@@ -101,12 +114,13 @@ class RasterSink:
         plan: ReadPlan,
         mask: str | os.PathLike[str] | None,
         probs: str | os.PathLike[str] | None,
-        n_classes: int,
+        classes: tuple[str, ...],
         overwrite: bool = False,
     ) -> None:
         self.plan = plan
         self.targets = {k: Path(v) for k, v in (("mask", mask), ("probs", probs)) if v is not None}
-        self.n_classes = n_classes
+        self.classes = classes
+        self.n_classes = len(classes)
         self.overwrite = overwrite
         self.files: dict[str, rasterio.io.DatasetWriter] = {}
         self.tmp: dict[str, Path] = {}
@@ -130,7 +144,11 @@ class RasterSink:
         for key, target in self.targets.items():
             check_output(target, self.overwrite, raster=True)
             self.tmp[key] = target.with_name(f".{target.name}.{os.getpid()}.tmp.tif")
-            self.files[key] = rasterio.open(self.tmp[key], "w", **base, **layouts[key])
+            self.files[key] = f = rasterio.open(self.tmp[key], "w", **base, **layouts[key])
+            # class k of the mask is classes[k - 1]; `geovision evaluate` reads the names back
+            f.update_tags(**{CLASSES_TAG: json.dumps(list(self.classes))})
+            if key == "probs":
+                f.descriptions = self.classes
         return self
 
     def write(self, strip: Strip) -> None:

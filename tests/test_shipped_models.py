@@ -56,3 +56,22 @@ def test_buildings_on_the_spacenet_tile_cover_its_footprints(tmp_path):
     # measured 0.48, 0.61 and 0.36; objects matched one to one at IoU 0.5 are few (5 of 43)
     r = cli("evaluate", str(out), str(SAMPLES / "spacenet_atlanta.geojson"), "--class-field", "", "--json")
     assert json.loads(r.stdout)["overall"]["tp"] >= 3
+
+
+def test_buildings_mask_scored_pixel_by_pixel(tmp_path):
+    """detect --mask-out, then evaluate the class raster against the footprints: names come from its tags."""
+    mask = tmp_path / "mask.tif"
+    cli(
+        "detect",
+        str(SAMPLES / "spacenet_atlanta.tif"),
+        "-m",
+        "buildings",
+        "-o",
+        str(tmp_path / "b.gpkg"),
+        "--mask-out",
+        str(mask),
+        "-q",
+    )
+    r = cli("evaluate", str(mask), str(SAMPLES / "spacenet_atlanta.geojson"), "--class-field", "", "--json")
+    scores = json.loads(r.stdout)["per_class"]["building"]
+    assert scores["iou"] >= 0.25 and scores["precision"] >= 0.35 and scores["recall"] >= 0.45
