@@ -74,62 +74,46 @@ def make_raster(path: Path, size: int, sample: Path = SAMPLE) -> Path:
     return path
 
 
-def time_command(cmd: list[str]) -> tuple[float, float]:
-    """Wall seconds and peak RSS (MB) of a command.
+def time_command(cmd: list[str]) -> tuple[float, float, str]:
+    """Wall seconds, peak RSS (MB) and last stdout line of a command.
 
     It runs under a fresh Python wrapper so that the peak RSS of its children
     is this command's alone.
     """
     wrapper = (
         "import resource, subprocess, sys;"
-        "subprocess.run(sys.argv[1:], check=True, stdout=subprocess.DEVNULL);"
+        "r = subprocess.run(sys.argv[1:], check=True, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True);"
+        "lines = r.stdout.strip().splitlines();"
+        "print(lines[-1] if lines else '');"
         "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
     )
     t0 = time.perf_counter()
     out = subprocess.run([sys.executable, "-c", wrapper, *cmd], check=True, capture_output=True, text=True)
     seconds = time.perf_counter() - t0
-    return seconds, int(out.stdout.strip().splitlines()[-1]) / 1024
+    *_, last, rss = out.stdout.splitlines()
+    return seconds, int(rss) / 1024, last
 
 
-def in_process_seconds(model: str, raster: Path, out: Path) -> tuple[float, float, int]:
+def in_process_seconds(model: str, raster: Path, out: Path, runtime: str) -> tuple[float, float, int]:
     """Seconds of ``geovision.detect`` and of the bare forward over its tiles, in one warm process.
 
     The model is loaded once and warmed up, so neither number includes start-up;
     the bare forward is the network alone on the run's tiles, read and batched
-    beforehand and scaled as it expects, as a user of the bare model runs it.
+    beforehand, as a user of the bare model runs it (bench_peers.bare_forward).
     """
-    import torch
+    from bench_peers import bare_forward, load_tiles
 
     import geovision
     from geovision.backends import load_backend
     from geovision.models import resolve_model
-    from geovision.raster import iter_tiles, open_raster, plan_read
-    from geovision.tiling import TileGrid
 
     cfg = resolve_model(model)
-    backend = load_backend(cfg)
-    with open_raster(raster) as ds:
-        plan = plan_read(ds, cfg.resolution_m, cfg.in_channels, cfg.bands, cfg.normalization, cfg.accept_grayscale)
-    grid = TileGrid(plan.width, plan.height, cfg.tile_size, cfg.overlap)
-    images = [td.image for td in iter_tiles(plan, iter(grid)) if hasattr(td, "image")]
-    n = cfg.batch_size
-    batches = [
-        torch.from_numpy(np.stack(images[i : i + n])).permute(0, 3, 1, 2).float() for i in range(0, len(images), n)
-    ]
+    images = load_tiles(cfg, raster)
+    forward = bare_forward(cfg, images, runtime)
+    n_tiles = len(images)
     del images
-    if cfg.task == "segment":
-        batches = [b * backend.scale - backend.shift for b in batches]  # type: ignore[union-attr]
-    else:
-        batches = [b / 255 for b in batches]
-    net = backend.net  # type: ignore[union-attr]
-    with torch.inference_mode():
-        net(batches[0])  # warm-up
-        t0 = time.perf_counter()
-        for b in batches:
-            net(b)
-        forward = time.perf_counter() - t0
-    n_tiles = sum(len(b) for b in batches)
-    del batches
+    backend = load_backend(cfg, "cpu", runtime)
+    geovision.detect(raster, cfg, backend=backend)  # warm-up
     t0 = time.perf_counter()
     geovision.detect(raster, cfg, out, overwrite=True, backend=backend)
     return time.perf_counter() - t0, forward, n_tiles
@@ -142,11 +126,12 @@ def main() -> None:
     ap.add_argument("--sizes", type=int, nargs="+", default=[4000, 10000, 20000])
     ap.add_argument("--forward-max", type=int, default=6000, help="largest size for the bare-forward comparison")
     ap.add_argument("--workdir", type=Path, default=None)
+    ap.add_argument("--backend", default="onnx", choices=["onnx", "torch"])
     args = ap.parse_args()
     exe = str(Path(sys.executable).with_name("geovision"))
     machine = platform.processor() or platform.machine()
     print(f"machine: {machine}, {os.cpu_count()} cores, python {platform.python_version()}")
-    print(f"model: {args.model}")
+    print(f"model: {args.model}, backend: {args.backend}")
     print(
         "| raster (px) | MP | tiles | command (s) | MP/s | peak RSS (MB) "
         "| detect in-process (s) | bare forward (s) | ratio |"
@@ -156,11 +141,12 @@ def main() -> None:
         for size in sorted(args.sizes):
             raster = make_raster(Path(tmp) / f"r{size}.tif", size, args.sample)
             out = Path(tmp) / f"o{size}.gpkg"
-            seconds, rss = time_command([exe, "detect", str(raster), "-m", args.model, "-o", str(out), "-q"])
+            cmd = [exe, "detect", str(raster), "-m", args.model, "-o", str(out), "-q", "--backend", args.backend]
+            seconds, rss, _ = time_command(cmd)
             mp = size * size / 1e6
             row = f"| {size} x {size} | {mp:.0f} | {{tiles}} | {seconds:.1f} | {mp / seconds:.2f} | {rss:.0f} "
             if size <= args.forward_max:
-                inproc, fwd, tiles = in_process_seconds(args.model, raster, out)
+                inproc, fwd, tiles = in_process_seconds(args.model, raster, out, args.backend)
                 row = row.format(tiles=tiles) + f"| {inproc:.1f} | {fwd:.1f} | {inproc / fwd:.2f}x |"
             else:
                 row = row.format(tiles="-") + "| - | - | - |"

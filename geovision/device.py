@@ -6,6 +6,7 @@ import ctypes
 import functools
 import os
 import sys
+from collections.abc import Callable
 
 from geovision.errors import GeovisionError
 
@@ -60,3 +61,27 @@ def usable_cores() -> int:
     if os.environ.get("GEOVISION_THREADS", "").isdigit():
         return max(1, int(os.environ["GEOVISION_THREADS"]))
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def fit_batch(base: int, bytes_per_tile: float, free_bytes: int, share: float = 0.5, cap: int = 64) -> int:
+    """The largest batch, a multiple of ``base`` up to ``cap``, whose working memory takes at most
+    ``share`` of the free GPU memory (never less than ``base``)."""
+    if bytes_per_tile <= 0:
+        return base
+    fits = int(share * free_bytes // bytes_per_tile)
+    return max(base, min(cap, fits) // base * base)
+
+
+def cuda_batch_size(run: Callable[[int], object], base: int, device: str) -> int:
+    """A batch size for ``device`` measured, not guessed: one batch of ``base`` blank tiles is run
+    (``run(n)``), its peak memory per tile read back, and the batch grown to fit half of what is free."""
+    import torch
+
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    before = torch.cuda.memory_allocated(device)
+    run(base)
+    torch.cuda.synchronize(device)
+    per_tile = (torch.cuda.max_memory_allocated(device) - before) / base
+    free, _ = torch.cuda.mem_get_info(device)
+    return fit_batch(base, per_tile, free)

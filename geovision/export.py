@@ -17,6 +17,7 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -24,7 +25,7 @@ from typing import Literal
 
 import yaml
 
-from geovision.errors import ModelError, OutputError
+from geovision.errors import ModelError, OutputError, WeightsError
 from geovision.models import ModelConfig, config_to_dict, resolve_model, verify_weights
 
 METADATA_KEY = "geovision"
@@ -67,10 +68,14 @@ def export_onnx(
 def _export_yolo(cfg: ModelConfig, tmp: Path, opset: int) -> Path:
     from geovision.backends.yolo import load_yolo
 
-    work = tmp / "model.pt"
+    work = tmp / cfg.weights.name  # ultralytics writes the export beside the weights: not in the package
     shutil.copyfile(cfg.weights, work)
+    try:
+        yolo = load_yolo(work)
+    except WeightsError as e:
+        raise WeightsError(str(e).replace(str(work), str(cfg.weights))) from e
     return Path(
-        load_yolo(work).export(
+        yolo.export(
             format="onnx", imgsz=cfg.tile_size, dynamic=True, simplify=False, opset=opset, device="cpu", verbose=False
         )
     )
@@ -138,8 +143,14 @@ def cached_onnx(cfg: ModelConfig, quantize: Quantization | None = None) -> Model
         source = cache_dir() / f"{digest}.onnx"
         if not source.is_file():
             _make_cache_dir()
-            log.info("exporting model '%s' to ONNX once, into %s", cfg.name, source)
+            started = time.perf_counter()
             export_onnx(cfg, source, overwrite=True)
+            log.info(
+                "exported model '%s' to ONNX once (%.1f s), cached as %s",
+                cfg.name,
+                time.perf_counter() - started,
+                source,
+            )
     if quantize is None:
         return read_onnx_config(source, cfg)
     if quantize != "int8":
@@ -147,8 +158,8 @@ def cached_onnx(cfg: ModelConfig, quantize: Quantization | None = None) -> Model
     target = cache_dir() / f"{digest}.int8.onnx"
     if not target.is_file():
         _make_cache_dir()
-        log.info("quantising model '%s' to int8 once, into %s", cfg.name, target)
         quantize_int8(source, target)
+        log.info("quantised model '%s' to int8 once, cached as %s", cfg.name, target)
     return read_onnx_config(target, cfg)
 
 

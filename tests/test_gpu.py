@@ -37,3 +37,11 @@ def test_buildings_on_cuda_matches_cpu():
     assert cpu.features.union_all().symmetric_difference(gpu.features.union_all()).area < 0.02 * max(
         cpu.features.area.sum(), 1
     )
+
+
+def test_gpu_run_uses_torch_with_a_batch_fitted_to_memory():
+    r = geovision.detect(SAMPLE_TREES, "trees")
+    assert r.stats.backend == "YoloDetector on cuda"
+    assert r.model.batch_size >= 8 and r.model.batch_size % 8 == 0
+    fixed = geovision.detect(SAMPLE_TREES, "trees", batch_size=4)
+    assert fixed.model.batch_size == 4 and len(fixed.features) == len(r.features)

@@ -72,9 +72,9 @@ def test_export_happens_once_and_is_reported(tmp_path, monkeypatch):
     assert first.exit_code == 0, first.stderr
     digest = sha256_file(resolve_model("trees-fast").weights)
     assert (cache / f"{digest}.onnx").is_file()
-    assert "exporting model 'trees-fast' to ONNX once" in first.stderr
+    assert "exported model 'trees-fast' to ONNX once" in first.stderr
     second = run_cli(*args, str(tmp_path / "b.gpkg"))
-    assert second.exit_code == 0 and "exporting" not in second.stderr
+    assert second.exit_code == 0 and "exported" not in second.stderr
     assert len(gpd.read_file(tmp_path / "a.gpkg")) == len(gpd.read_file(tmp_path / "b.gpkg")) > 0
 
 
@@ -119,3 +119,13 @@ def test_unwritable_cache_is_a_clear_error(tmp_path, monkeypatch):
     r = run_cli("detect", str(SAMPLES / "OSBS_029.tif"), "-m", "trees", "-o", str(tmp_path / "z.gpkg"))
     assert r.exit_code == 2 and "cannot create the model cache" in r.stderr and "GEOVISION_CACHE" in r.stderr
     assert not (tmp_path / "z.gpkg").exists()
+
+
+def test_gpu_batch_grows_to_fit_half_the_free_memory():
+    from geovision.device import fit_batch
+
+    mib = 1 << 20
+    assert fit_batch(8, 10 * mib, 4096 * mib) == 64  # room for 204 tiles: capped
+    assert fit_batch(8, 100 * mib, 4096 * mib) == 16  # room for 20 tiles: whole batches of 8
+    assert fit_batch(8, 1000 * mib, 4096 * mib) == 8  # never below the model's own batch
+    assert fit_batch(8, 0, 4096 * mib) == 8

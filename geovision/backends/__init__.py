@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Protocol
 
 import numpy as np
 
@@ -55,16 +55,12 @@ class Segmenter(Protocol):
     def segment(self, images: Sequence[np.ndarray]) -> np.ndarray: ...
 
 
-#: Which runtime runs a model: ONNX Runtime on the CPU, torch on CUDA, unless asked otherwise.
-Runtime = Literal["auto", "torch", "onnx"]
-
-
 def choose_runtime(cfg: ModelConfig, device: str | None = None, runtime: str | None = "auto") -> str:
     """'onnx' or 'torch' for running ``cfg`` on ``device``.
 
-    ``auto`` takes ONNX Runtime on the CPU (about twice as fast as torch
-    there, and no torch import) and torch on a GPU (fp16); a model that is
-    an ONNX file always runs on ONNX Runtime.
+    ``auto`` takes ONNX Runtime on the CPU (no torch import: faster to start
+    and a third of the memory; docs/benchmarks.md) and torch on a GPU (fp16);
+    a model that is an ONNX file always runs on ONNX Runtime.
     """
     runtime = runtime or "auto"
     if runtime not in ("auto", "torch", "onnx"):

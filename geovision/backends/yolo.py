@@ -98,11 +98,21 @@ class YoloDetector:
         self.net = net
         self.torch = torch
 
+    def fit_batch(self, base: int) -> int:
+        """On CUDA, the batch size that fits half of the free GPU memory (measured on blank tiles)."""
+        from geovision.device import cuda_batch_size
+
+        blank = np.zeros((self.cfg.tile_size, self.cfg.tile_size, self.cfg.in_channels), np.uint8)
+        return cuda_batch_size(lambda n: self.detect([blank] * n), base, self.device)
+
     def detect(self, images: Sequence[np.ndarray]) -> list[Detections]:
         if not images:
             return []
         torch = self.torch
-        batch = torch.from_numpy(np.stack(images)).to(self.device, non_blocking=True)
+        batch = torch.from_numpy(np.stack(images))
+        if self.half:  # on CUDA: copy from page-locked memory, without waiting for it
+            batch = batch.pin_memory()
+        batch = batch.to(self.device, non_blocking=True)
         with torch.inference_mode():
             x = batch.permute(0, 3, 1, 2)
             x = x.half() if self.half else x.float()
