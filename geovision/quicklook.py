@@ -2,7 +2,8 @@
 
 The raster is read once at the quicklook's size (GDAL takes an overview when
 the file has one, and otherwise reads block by block into the small output
-buffer), so a 20000 px scene costs the PNG's memory, not the scene's. Bands
+buffer, through a 64 MB block cache), so a 20000 px scene costs the PNG's
+memory, not the scene's. Bands
 are stretched between their 2nd and 98th percentiles of valid pixels. With
 truth, objects are matched as ``geovision evaluate`` matches them and drawn
 as true positives (green), false positives (red) and missed truth (blue).
@@ -56,7 +57,9 @@ def quicklook(
     from PIL import Image, ImageDraw
 
     out = check_output(output, overwrite, suffixes=(".png",))
-    with open_raster(raster) as ds:
+    # Each source block is read once: a small block cache is enough (GDAL's default is 5% of RAM).
+    cache = {} if "GDAL_CACHEMAX" in os.environ else {"GDAL_CACHEMAX": 64 * 2**20}
+    with rasterio.Env(**cache), open_raster(raster) as ds:
         scale = max(1.0, max(ds.width, ds.height) / size)
         width, height = max(1, round(ds.width / scale)), max(1, round(ds.height / scale))
         image = _read_stretched(ds, width, height, bands)
