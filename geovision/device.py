@@ -7,8 +7,14 @@ import functools
 import os
 import sys
 from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import numpy as np
 
 from geovision.errors import GeovisionError
+
+if TYPE_CHECKING:
+    from geovision.models import ModelConfig
 
 
 class DeviceError(GeovisionError, ValueError):
@@ -72,15 +78,18 @@ def fit_batch(base: int, bytes_per_tile: float, free_bytes: int, share: float = 
     return max(base, min(cap, fits) // base * base)
 
 
-def cuda_batch_size(run: Callable[[int], object], base: int, device: str) -> int:
-    """A batch size for ``device`` measured, not guessed: one batch of ``base`` blank tiles is run
-    (``run(n)``), its peak memory per tile read back, and the batch grown to fit half of what is free."""
+def cuda_batch_size(run: Callable[[list[np.ndarray]], object], cfg: ModelConfig, base: int, device: str) -> int:
+    """A batch size for ``device`` measured, not guessed: ``run`` is given one batch of ``base``
+    blank tiles of ``cfg``'s size, its peak memory per tile read back, and the batch grown to fit
+    half of what is free."""
     import torch
+
+    blank = np.zeros((cfg.tile_size, cfg.tile_size, cfg.in_channels), np.uint8)
 
     torch.cuda.synchronize(device)
     torch.cuda.reset_peak_memory_stats(device)
     before = torch.cuda.memory_allocated(device)
-    run(base)
+    run([blank] * base)
     torch.cuda.synchronize(device)
     per_tile = (torch.cuda.max_memory_allocated(device) - before) / base
     free, _ = torch.cuda.mem_get_info(device)

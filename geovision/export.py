@@ -20,6 +20,7 @@ import tempfile
 import time
 import warnings
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Literal
 
@@ -29,9 +30,6 @@ from geovision.errors import ModelError, OutputError, WeightsError
 from geovision.models import ModelConfig, config_to_dict, resolve_model, verify_weights
 
 METADATA_KEY = "geovision"
-#: Precisions an exported model can be quantised to.
-Quantization = Literal["int8"]
-
 log = logging.getLogger("geovision")
 
 
@@ -131,7 +129,7 @@ def cache_dir() -> Path:
     return Path(base) / "geovision" / "onnx"
 
 
-def cached_onnx(cfg: ModelConfig, quantize: Quantization | None = None) -> ModelConfig:
+def cached_onnx(cfg: ModelConfig, quantize: str | None = None) -> ModelConfig:
     """``cfg`` as an ONNX model: exported on first use, found by the weights' sha256 afterwards.
 
     An ONNX model is returned as it is (quantised on request).
@@ -152,7 +150,7 @@ def cached_onnx(cfg: ModelConfig, quantize: Quantization | None = None) -> Model
                 source,
             )
     if quantize is None:
-        return read_onnx_config(source, cfg)
+        return _running_on(cfg, source)
     if quantize != "int8":
         raise ModelError(f"unknown quantisation '{quantize}' (known: int8)")
     target = cache_dir() / f"{digest}.int8.onnx"
@@ -160,7 +158,12 @@ def cached_onnx(cfg: ModelConfig, quantize: Quantization | None = None) -> Model
         _make_cache_dir()
         quantize_int8(source, target)
         log.info("quantised model '%s' to int8 once, cached as %s", cfg.name, target)
-    return read_onnx_config(target, cfg)
+    return _running_on(cfg, target)
+
+
+def _running_on(cfg: ModelConfig, onnx_file: Path) -> ModelConfig:
+    """``cfg`` (thresholds, bands and batch size as the user set them) run from ``onnx_file``."""
+    return replace(cfg, backend="onnx", weights=onnx_file.resolve(), sha256=None)
 
 
 def _make_cache_dir() -> None:
@@ -213,18 +216,10 @@ def embed_config(onnx_path: Path, cfg: ModelConfig) -> None:
     onnx.save(proto, str(onnx_path))
 
 
-def read_onnx_config(path: Path, base: ModelConfig | None = None) -> ModelConfig:
-    """The model config embedded in an ONNX file exported by geovision.
-
-    With ``base``, the result is ``base`` (thresholds, bands and batch size
-    as the user set them) running on the ONNX file.
-    """
+def read_onnx_config(path: Path) -> ModelConfig:
+    """The model config embedded in an ONNX file exported by geovision."""
     from geovision.models import config_from_dict
 
-    if base is not None:
-        from dataclasses import replace
-
-        return replace(base, backend="onnx", weights=path.resolve(), sha256=None)
     try:
         import onnxruntime as ort
 

@@ -81,14 +81,16 @@ def choose_runtime(cfg: ModelConfig, device: str | None = None, runtime: str | N
 def runtime_config(
     cfg: ModelConfig, device: str | None = None, runtime: str | None = "auto", quantize: str | None = None
 ) -> ModelConfig:
-    """``cfg`` as it will run: itself for torch, its cached ONNX export for ONNX Runtime."""
+    """``cfg`` as it will run, once its weights' hash is checked: itself for torch, its cached
+    ONNX export for ONNX Runtime."""
     if choose_runtime(cfg, device, runtime) == "torch":
         if quantize:
             raise ModelError("--quantize needs the onnx backend (--backend onnx)")
+        verify_weights(cfg)
         return cfg
     from geovision.export import cached_onnx
 
-    return cached_onnx(cfg, quantize)  # type: ignore[arg-type]
+    return cached_onnx(cfg, quantize)
 
 
 def load_segmenter(cfg: ModelConfig, device: str | None = None) -> Segmenter:
@@ -127,5 +129,4 @@ def load_backend(
     """The backend ``cfg`` runs on (see :func:`choose_runtime`), loaded on ``device`` once its
     weights' hash is checked."""
     cfg = runtime_config(cfg, device, runtime, quantize)
-    verify_weights(cfg)
     return load_segmenter(cfg, device) if cfg.task == "segment" else load_detector(cfg, device)

@@ -111,8 +111,7 @@ class SmpSegmenter:
         """On CUDA, the batch size that fits half of the free GPU memory (measured on blank tiles)."""
         from geovision.device import cuda_batch_size
 
-        blank = np.zeros((self.cfg.tile_size, self.cfg.tile_size, self.cfg.in_channels), np.uint8)
-        return cuda_batch_size(lambda n: self.segment([blank] * n), base, self.device)
+        return cuda_batch_size(self.segment, self.cfg, base, self.device)
 
     def segment(self, images: Sequence[np.ndarray]) -> np.ndarray:
         torch = self.torch

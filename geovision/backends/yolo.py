@@ -102,8 +102,7 @@ class YoloDetector:
         """On CUDA, the batch size that fits half of the free GPU memory (measured on blank tiles)."""
         from geovision.device import cuda_batch_size
 
-        blank = np.zeros((self.cfg.tile_size, self.cfg.tile_size, self.cfg.in_channels), np.uint8)
-        return cuda_batch_size(lambda n: self.detect([blank] * n), base, self.device)
+        return cuda_batch_size(self.detect, self.cfg, base, self.device)
 
     def detect(self, images: Sequence[np.ndarray]) -> list[Detections]:
         if not images:
