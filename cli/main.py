@@ -423,10 +423,6 @@ def export(model: str, fmt: str, output: str | None, overwrite: bool, debug: boo
     click.echo(str(path))
 
 
-#: Files `evaluate` reads as class rasters (pixel metrics) rather than vector layers.
-RASTER_SUFFIXES = (".tif", ".tiff", ".vrt", ".img", ".jp2")
-
-
 @main.command()
 @click.argument("pred", type=click.Path(path_type=str))
 @click.argument("truth", type=click.Path(path_type=str))
@@ -454,10 +450,11 @@ def evaluate(
     `detect --mask-out` (pixel metrics; TRUTH a vector layer or a class raster
     on the same grid).
     """
+    from geovision.raster import RASTER_INPUT_SUFFIXES
     from geovision.report import summary_line, table_rows, text_table, write_report
 
     def run() -> Any:
-        if Path(pred).suffix.lower() in RASTER_SUFFIXES:
+        if Path(pred).suffix.lower() in RASTER_INPUT_SUFFIXES:  # a class raster: pixel metrics
             from geovision.pixel_eval import evaluate_pixels
 
             ev: Any = evaluate_pixels(pred, truth, class_field or None, list(classes) or None)

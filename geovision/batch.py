@@ -39,8 +39,9 @@ import shapely
 
 from geovision.errors import GeovisionError, OutputError, RasterError
 from geovision.models import ModelConfig, resolve_model
+from geovision.raster import RASTER_INPUT_SUFFIXES
+from geovision.writers import atomic_output
 
-RASTER_SUFFIXES = {".tif", ".tiff", ".vrt", ".jp2", ".img"}
 MANIFEST = "manifest.json"
 MERGED = "merged.gpkg"
 
@@ -84,7 +85,7 @@ def find_inputs(spec: str | os.PathLike[str]) -> list[Path]:
     """Rasters named by a folder (searched recursively), a glob, or a text file of paths."""
     p = Path(spec)
     if p.is_dir():
-        found = sorted(q for q in p.rglob("*") if q.suffix.lower() in RASTER_SUFFIXES and q.is_file())
+        found = sorted(q for q in p.rglob("*") if q.suffix.lower() in RASTER_INPUT_SUFFIXES and q.is_file())
     elif p.is_file() and p.suffix.lower() in {".txt", ".lst", ".list"}:
         lines = [ln.strip() for ln in p.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
         found = [(p.parent / ln) if not Path(ln).is_absolute() else Path(ln) for ln in lines]
@@ -173,9 +174,8 @@ def load_manifest(out_dir: Path) -> dict[str, SceneResult]:
 def write_manifest(out_dir: Path, entries: dict[str, SceneResult], model: ModelConfig) -> None:
     """Rewrite the manifest atomically: a crash never leaves half a file."""
     data = {"model": model.name, "model_sha256": model.sha256, "scenes": [asdict(e) for e in entries.values()]}
-    tmp = out_dir / f".{MANIFEST}.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps(data, indent=1))
-    os.replace(tmp, out_dir / MANIFEST)
+    with atomic_output(out_dir / MANIFEST) as tmp:
+        tmp.write_text(json.dumps(data, indent=1))
 
 
 def is_complete(entry: SceneResult | None, raster: Path, cfg: ModelConfig) -> bool:

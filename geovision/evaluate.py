@@ -145,7 +145,7 @@ def evaluate(
         if has_scores:
             s.ap50 = round(average_precision(ious, scores[pi], len(ti), 0.5), 4)
             s.ap = round(float(np.mean([average_precision(ious, scores[pi], len(ti), th) for th in COCO_IOUS])), 4)
-            curves[name] = pr_curve(ious, scores[pi], len(ti), iou)
+            curves[name] = precision_recall(matched[order] >= 0, len(ti))
         per_class[name] = s
         totals += (s.tp, s.fp, s.fn)
         matches[name] = (pi, ti, matched)
@@ -219,7 +219,11 @@ def match(ious: np.ndarray, order: np.ndarray, threshold: float) -> np.ndarray:
 def pr_curve(ious: np.ndarray, scores: np.ndarray, n_truth: int, threshold: float) -> tuple[np.ndarray, np.ndarray]:
     """Recall and precision after each prediction, taken in decreasing score order."""
     order = np.argsort(-scores, kind="stable")
-    hits = match(ious, order, threshold)[order] >= 0
+    return precision_recall(match(ious, order, threshold)[order] >= 0, n_truth)
+
+
+def precision_recall(hits: np.ndarray, n_truth: int) -> tuple[np.ndarray, np.ndarray]:
+    """Recall and precision after each prediction, from whether each (in score order) was a hit."""
     tp = np.cumsum(hits)
     fp = np.cumsum(~hits)
     recall = tp / max(n_truth, 1)

@@ -108,12 +108,10 @@ _EXPORTERS: dict[str, Callable[[ModelConfig, Path, int], Path]] = {"yolo": _expo
 
 def _publish(src: Path, out: Path) -> None:
     """Copy ``src`` to ``out`` through a temporary name, so ``out`` is never half written."""
-    tmp_out = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    try:
-        shutil.copyfile(src, tmp_out)
-        os.replace(tmp_out, out)
-    finally:
-        tmp_out.unlink(missing_ok=True)
+    from geovision.writers import atomic_output
+
+    with atomic_output(out) as tmp:
+        shutil.copyfile(src, tmp)
 
 
 def cache_dir() -> Path:

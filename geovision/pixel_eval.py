@@ -24,7 +24,7 @@ import rasterio.features
 import rasterio.windows
 import shapely
 
-from geovision.evaluate import EvaluationError, read_layer
+from geovision.evaluate import EvaluationError, Scores, read_layer
 from geovision.writers import CLASSES_TAG
 
 #: Rows and columns of one window read at a time.
@@ -45,12 +45,9 @@ class PixelScores:
 
     @classmethod
     def from_counts(cls, tp: int, fp: int, fn: int) -> PixelScores:
-        def ratio(a: int, b: int) -> float:
-            return round(a / b, 4) if b else 0.0
-
-        return cls(
-            tp, fp, fn, ratio(tp, tp + fp + fn), ratio(2 * tp, 2 * tp + fp + fn), ratio(tp, tp + fp), ratio(tp, tp + fn)
-        )
+        s = Scores.from_counts(tp, fp, fn)  # precision, recall and F1 as for objects
+        iou = round(tp / (tp + fp + fn), 4) if tp + fp + fn else 0.0
+        return cls(tp, fp, fn, iou, s.f1, s.precision, s.recall)
 
 
 @dataclass

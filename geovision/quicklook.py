@@ -24,8 +24,8 @@ from rasterio.enums import Resampling
 
 from geovision.errors import RasterError
 from geovision.evaluate import evaluate, read_layer
-from geovision.raster import open_raster
-from geovision.writers import check_output
+from geovision.raster import block_cache, open_raster
+from geovision.writers import atomic_output, check_output
 
 PRED = (255, 220, 0)
 TP, FP, FN = (0, 230, 64), (255, 40, 40), (40, 140, 255)
@@ -58,8 +58,7 @@ def quicklook(
 
     out = check_output(output, overwrite, suffixes=(".png",))
     # Each source block is read once: a small block cache is enough (GDAL's default is 5% of RAM).
-    cache = {} if "GDAL_CACHEMAX" in os.environ else {"GDAL_CACHEMAX": 64 * 2**20}
-    with rasterio.Env(**cache), open_raster(raster) as ds:
+    with rasterio.Env(**block_cache(64 * 2**20)), open_raster(raster) as ds:
         scale = max(1.0, max(ds.width, ds.height) / size)
         width, height = max(1, round(ds.width / scale)), max(1, round(ds.height / scale))
         image = _read_stretched(ds, width, height, bands)
@@ -78,12 +77,8 @@ def quicklook(
                 cols, rows = to_pixels * (xy[:, 0], xy[:, 1])
                 draw.line(list(zip(cols.tolist(), rows.tolist())), fill=colour, width=line)
     _legend(draw, {f"{k} ({counts[k]})": c for k, (_, c) in layers.items()})
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp.png")
-    try:
+    with atomic_output(out) as tmp:
         canvas.save(tmp, format="PNG")
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
     return Quicklook(out, width, height, counts)
 
 

@@ -32,6 +32,9 @@ from rasterio.windows import Window
 from geovision.errors import BandError, GeoreferenceError, RasterError
 from geovision.tiling import Tile, TileGrid
 
+#: File names taken for rasters when a folder is searched or a file could be either kind.
+RASTER_INPUT_SUFFIXES = (".tif", ".tiff", ".vrt", ".jp2", ".img")
+
 #: Resampling ratios this close to 1 are treated as 1, so a 0.0997 m raster
 #: is read as it is by a 0.1 m model instead of being blurred by 0.3%.
 SNAP_TOLERANCE = 0.02
@@ -390,13 +393,16 @@ def _cache_option(ds: rasterio.io.DatasetReader, plan: ReadPlan, tile_size: int)
     alive, which makes memory grow with the raster; a GDAL_CACHEMAX the user
     set is left alone.
     """
-    if "GDAL_CACHEMAX" in os.environ:
-        return {}
     block_h = ds.block_shapes[0][0] if ds.block_shapes else 256
     rows = math.ceil(tile_size * plan.scale_y) + 2 * block_h
     itemsize = max(np.dtype(d).itemsize for d in ds.dtypes)
     need = ds.width * rows * ds.count * itemsize
-    return {"GDAL_CACHEMAX": int(min(max(need * 1.25, 64 * 2**20), 2**30))}
+    return block_cache(int(min(max(need * 1.25, 64 * 2**20), 2**30)))
+
+
+def block_cache(nbytes: int) -> dict[str, int]:
+    """rasterio.Env options giving GDAL a block cache of ``nbytes``, unless the user set GDAL_CACHEMAX."""
+    return {} if "GDAL_CACHEMAX" in os.environ else {"GDAL_CACHEMAX": nbytes}
 
 
 def tile_rows(grid: TileGrid) -> Iterator[list[Tile]]:

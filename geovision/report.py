@@ -11,7 +11,7 @@ import numpy as np
 from geovision.errors import OutputError
 from geovision.evaluate import Evaluation
 from geovision.pixel_eval import PixelEvaluation
-from geovision.writers import check_output
+from geovision.writers import atomic_output, check_output
 
 OBJECT_COLUMNS = ("tp", "fp", "fn", "precision", "recall", "f1", "ap50", "ap")
 OBJECT_HEADER = ("class", "TP", "FP", "FN", "precision", "recall", "F1", "AP50", "AP50:95")
@@ -87,14 +87,11 @@ def write_report(
             f"At IoU {ev.iou}, predictions taken in decreasing score order.",
             f"![precision-recall]({image.name})",
         ]
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     try:
-        tmp.write_text("\n\n".join(parts) + "\n")
-        os.replace(tmp, out)
+        with atomic_output(out) as tmp:
+            tmp.write_text("\n\n".join(parts) + "\n")
     except OSError as e:
         raise OutputError(f"{out}: cannot write the report ({e.strerror})") from e
-    finally:
-        tmp.unlink(missing_ok=True)
     return out
 
 
@@ -114,9 +111,8 @@ def pr_curve_image(ev: Evaluation, path: Path) -> Path:
         ax.grid(alpha=0.3)
         ax.legend(loc="lower left")
         fig.tight_layout()
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.png")
-        fig.savefig(tmp)
-        os.replace(tmp, path)
+        with atomic_output(path) as tmp:
+            fig.savefig(tmp)
     finally:
         plt.close(fig)
     return path

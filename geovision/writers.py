@@ -8,11 +8,13 @@ beside the target and renamed into place, so a failed run leaves nothing.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import tempfile
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import geopandas as gpd
@@ -27,6 +29,18 @@ from geovision.raster import ReadPlan
 DRIVERS = {".geojson": "GeoJSON", ".json": "GeoJSON", ".gpkg": "GPKG", ".shp": "ESRI Shapefile"}
 SHAPEFILE_PARTS = (".shp", ".shx", ".dbf", ".prj", ".cpg")
 RASTER_SUFFIXES = (".tif", ".tiff")
+
+
+@contextlib.contextmanager
+def atomic_output(out: Path) -> Iterator[Path]:
+    """A temporary name beside ``out`` (same suffix) to write to; it becomes ``out`` only if the
+    block succeeds, so a failed run never leaves half a file."""
+    tmp = out.with_name(f".{out.stem}.{os.getpid()}.tmp{out.suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def check_output(
