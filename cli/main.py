@@ -118,7 +118,10 @@ def main() -> None:
 @click.argument("raster", type=click.Path(dir_okay=True, path_type=str))
 @model_option
 @click.option(
-    "-o", "--output", required=True, type=click.Path(path_type=str), help="Output layer: .gpkg, .geojson or .shp."
+    "-o",
+    "--output",
+    type=click.Path(path_type=str),
+    help="Output layer: .gpkg, .geojson or .shp (default: RASTER-NAME.MODEL.gpkg in the current folder).",
 )
 @conf_option
 @click.option(
@@ -142,13 +145,25 @@ def main() -> None:
 @click.option(
     "--prob-out", type=click.Path(path_type=str), help="Segmenters: also write class probabilities (GeoTIFF)."
 )
+@click.option(
+    "--review-conf",
+    type=click.FloatRange(0, 1),
+    help="Detectors: also keep objects scoring from this up to the threshold, with review=1 for checking by eye.",
+)
+@click.option(
+    "--no-regularize",
+    "regularize",
+    flag_value=False,
+    default=None,
+    help="Segmenters: keep raw traced outlines (building models square them up by default).",
+)
 @click.option("--overwrite", is_flag=True, help="Replace the output if it exists.")
 @quiet_option
 @debug_option
 def detect(
     raster: str,
     model: str,
-    output: str,
+    output: str | None,
     conf: float | None,
     iou: float | None,
     batch_size: int | None,
@@ -160,16 +175,21 @@ def detect(
     pixel_size: float | None,
     mask_out: str | None,
     prob_out: str | None,
+    review_conf: float | None,
+    regularize: bool | None,
     overwrite: bool,
     quiet: bool,
     debug: bool,
 ) -> None:
-    """Detect objects in RASTER and write them to OUTPUT."""
+    """Detect objects in RASTER and write them to a layer (-o, or RASTER-NAME.MODEL.gpkg here)."""
     from tqdm import tqdm
 
     import geovision
 
     _log_to_stderr(quiet)
+    cfg = _run(lambda: geovision.resolve_model(model), debug)
+    if output is None:
+        output = str(geovision.default_output(raster, cfg))
     bar: tqdm | None = None
 
     def progress(done: int, total: int) -> None:
@@ -184,7 +204,7 @@ def detect(
         result = _run(
             lambda: geovision.detect(
                 raster,
-                model,
+                cfg,
                 output,
                 device=device,
                 batch_size=batch_size,
@@ -196,6 +216,8 @@ def detect(
                 overwrite=overwrite,
                 mask_out=mask_out,
                 prob_out=prob_out,
+                regularize=regularize,
+                review_confidence=review_conf,
                 progress=progress,
                 runtime=backend,
                 quantize=quantize,
@@ -208,6 +230,8 @@ def detect(
     if not quiet:
         s = result.stats
         per_class = ", ".join(f"{n} {c}" for c, n in sorted(s.counts.items())) or "no objects"
+        if review_conf is not None:
+            per_class += f" ({s.to_review} to review)"
         click.echo(
             f"{per_class} -> {result.output} | {s.megapixels:.1f} MP in {s.seconds:.1f} s "
             f"({s.mp_per_s:.2f} MP/s, {s.tiles} tiles, {s.tiles_skipped} skipped as nodata; {s.backend})",
@@ -217,8 +241,9 @@ def detect(
 
 @main.command("models")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON list.")
+@quiet_option
 @debug_option
-def models_cmd(as_json: bool, debug: bool) -> None:
+def models_cmd(as_json: bool, quiet: bool, debug: bool) -> None:
     """List the named models."""
     import geovision
 
@@ -227,7 +252,8 @@ def models_cmd(as_json: bool, debug: bool) -> None:
         click.echo(json.dumps([m.to_summary() for m in found], indent=2))
         return
     if not found:
-        click.echo("no models found")
+        if not quiet:
+            click.echo("no models found", err=True)
         return
     rows = [
         (
@@ -251,7 +277,12 @@ def models_cmd(as_json: bool, debug: bool) -> None:
 @main.command()
 @click.argument("inputs")
 @model_option
-@click.option("-o", "--output", required=True, type=click.Path(file_okay=False, path_type=str), help="Output folder.")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(file_okay=False, path_type=str),
+    help="Output folder (default: INPUTS-NAME.MODEL in the current folder).",
+)
 @click.option("--workers", type=click.IntRange(1), default=1, show_default=True, help="Local worker processes.")
 @click.option("--scheduler", help="Address of a dask.distributed scheduler, e.g. tcp://host:8786.")
 @click.option("--dedupe", is_flag=True, help="Keep objects found in two overlapping scenes once in the merged layer.")
@@ -264,7 +295,7 @@ def models_cmd(as_json: bool, debug: bool) -> None:
 def batch(
     inputs: str,
     model: str,
-    output: str,
+    output: str | None,
     workers: int,
     scheduler: str | None,
     dedupe: bool,
@@ -282,9 +313,13 @@ def batch(
     """
     from tqdm import tqdm
 
+    import geovision
     from geovision.batch import SceneResult, run_batch
 
     _log_to_stderr(quiet)
+    cfg = _run(lambda: geovision.resolve_model(model), debug)
+    if output is None:
+        output = str(geovision.default_output(inputs, cfg, suffix=""))
     bar: tqdm | None = None
     worker_bars: dict[str, tqdm] = {}
     megapixels = 0.0
@@ -309,7 +344,7 @@ def batch(
         result = _run(
             lambda: run_batch(
                 inputs,
-                model,
+                cfg,
                 output,
                 workers=workers,
                 scheduler=scheduler,
@@ -372,6 +407,11 @@ def batch(
 @click.option(
     "--grayscale", is_flag=True, default=None, help="Accept single-band rasters, repeated into every channel."
 )
+@click.option(
+    "--boundary-px",
+    type=click.FloatRange(0),
+    help="Segmenters: also learn a band this many model pixels wide along outlines, to split touching objects.",
+)
 @click.option("--val-fraction", type=float, help="Share of spatial blocks held out for validation.")
 @device_option
 @click.option("--seed", type=int)
@@ -413,12 +453,14 @@ def train(
 @click.argument("model")
 @click.option("--format", "fmt", type=click.Choice(["onnx"]), default="onnx", show_default=True)
 @click.option("-o", "--output", help="Output file (default: beside the weights).")
-@click.option("--overwrite", is_flag=True)
+@click.option("--overwrite", is_flag=True, help="Replace the output if it exists.")
+@quiet_option
 @debug_option
-def export(model: str, fmt: str, output: str | None, overwrite: bool, debug: bool) -> None:
+def export(model: str, fmt: str, output: str | None, overwrite: bool, quiet: bool, debug: bool) -> None:
     """Export MODEL to ONNX with its model YAML embedded; `detect --model FILE.onnx` runs it."""
     from geovision.export import export_onnx
 
+    _log_to_stderr(quiet)
     path = _run(lambda: export_onnx(model, output, overwrite=overwrite), debug)
     click.echo(str(path))
 
@@ -432,6 +474,8 @@ def export(model: str, fmt: str, output: str | None, overwrite: bool, debug: boo
 @click.option("--classes", multiple=True, help="Class raster: names of values 1, 2, ... (default: from its tags).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON.")
 @click.option("--report", type=click.Path(path_type=str), help="Also write a Markdown report (and its PR curve PNG).")
+@click.option("--overwrite", is_flag=True, help="Replace the report if it exists.")
+@quiet_option
 @debug_option
 def evaluate(
     pred: str,
@@ -442,6 +486,8 @@ def evaluate(
     classes: tuple[str, ...],
     as_json: bool,
     report: str | None,
+    overwrite: bool,
+    quiet: bool,
     debug: bool,
 ) -> None:
     """Score PRED against TRUTH (any format and CRS).
@@ -463,7 +509,7 @@ def evaluate(
 
             ev = evaluate_objects(pred, truth, iou=iou, class_field=class_field or None, boxes=boxes)
         if report:
-            write_report(ev, report, pred, truth)
+            write_report(ev, report, pred, truth, overwrite=overwrite)
         return ev
 
     ev = _run(run, debug)
@@ -472,7 +518,7 @@ def evaluate(
         return
     click.echo(summary_line(ev))
     click.echo(text_table(*table_rows(ev)))
-    if report:
+    if report and not quiet:
         click.echo(f"report: {report}", err=True)
 
 
@@ -485,6 +531,8 @@ def evaluate(
 @click.option("--iou", type=click.FloatRange(0, 1), default=0.5, show_default=True, help="IoU for a match.")
 @click.option("--class-field", default="class", show_default=True, help="Field with class names ('' for one class).")
 @click.option("--bands", callback=_bands, help="Bands to show as RGB, e.g. 4,3,2 (default: 1,2,3 or 1).")
+@click.option("--overwrite", is_flag=True, help="Replace the PNG if it exists.")
+@quiet_option
 @debug_option
 def quicklook(
     raster: str,
@@ -495,6 +543,8 @@ def quicklook(
     iou: float,
     class_field: str,
     bands: tuple[int, ...] | None,
+    overwrite: bool,
+    quiet: bool,
     debug: bool,
 ) -> None:
     """Draw PRED (and --truth) over a downsampled RASTER into a PNG."""
@@ -502,12 +552,21 @@ def quicklook(
 
     look = _run(
         lambda: make_quicklook(
-            raster, output, pred, truth, size=size, iou=iou, class_field=class_field or None, bands=bands
+            raster,
+            output,
+            pred,
+            truth,
+            size=size,
+            iou=iou,
+            class_field=class_field or None,
+            bands=bands,
+            overwrite=overwrite,
         ),
         debug,
     )
-    drawn = ", ".join(f"{n} {k}" for k, n in look.counts.items()) or "nothing drawn"
-    click.echo(f"{look.path} ({look.width} x {look.height} px): {drawn}", err=True)
+    if not quiet:
+        drawn = ", ".join(f"{n} {k}" for k, n in look.counts.items()) or "nothing drawn"
+        click.echo(f"{look.path} ({look.width} x {look.height} px): {drawn}", err=True)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -5,7 +5,7 @@ The public API is small: :func:`detect` runs a model over a raster,
 types in :mod:`geovision.errors` say what a user got wrong.
 """
 
-from geovision.detect import DetectResult, RunStats, detect
+from geovision.detect import DetectResult, RunStats, default_output, detect
 from geovision.errors import (
     BandError,
     GeoreferenceError,
@@ -30,6 +30,7 @@ __all__ = [
     "RasterError",
     "RunStats",
     "WeightsError",
+    "default_output",
     "detect",
     "list_models",
     "resolve_model",

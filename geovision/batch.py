@@ -252,7 +252,8 @@ def run_batch(
         for job in jobs:
             record(process_scene(*job))
     scenes = [manifest[str(r)] for r in rasters]
-    merged = merge_scenes([s for s in scenes if s.status == "done"], out / MERGED, cfg, dedupe)
+    names = source_names(rasters)
+    merged = merge_scenes([s for s in scenes if s.status == "done"], out / MERGED, cfg, dedupe, names)
     return BatchResult(scenes, merged, skipped, [s for s in scenes if s.status == "failed"])
 
 
@@ -294,11 +295,30 @@ def _run_dask(jobs: list[tuple[Any, ...]], scheduler: str, record: Callable[[Sce
             record(f.result())
 
 
-def merge_scenes(scenes: list[SceneResult], path: Path, cfg: ModelConfig, dedupe: bool) -> Path | None:
-    """All scenes' objects in one GeoPackage with a ``source`` field, optionally de-duplicated."""
+def source_names(rasters: list[Path]) -> dict[str, str]:
+    """Each scene's ``source`` in the merged layer: its path below the folder all scenes share, so
+    ``2023/a.tif`` and ``2024/a.tif`` stay apart (a lone scene: its file name)."""
+    full = [os.path.abspath(r) for r in rasters]
+    root = os.path.commonpath(full) if len(full) > 1 else os.path.dirname(full[0]) if full else ""
+    if len(full) > 1 and root in full:  # one path is the others' parent: impossible for files, but be safe
+        root = os.path.dirname(root)
+    return {str(r): Path(os.path.relpath(f, root)).as_posix() for r, f in zip(rasters, full)}
+
+
+def merge_scenes(
+    scenes: list[SceneResult], path: Path, cfg: ModelConfig, dedupe: bool, names: dict[str, str] | None = None
+) -> Path | None:
+    """All scenes' objects in one GeoPackage with a ``source`` field (see :func:`source_names`),
+    optionally de-duplicated."""
     from geovision.writers import write_layer
 
-    layers = [g for g in (gpd.read_file(s.output) for s in scenes) if g.crs is not None]
+    names = names or source_names([Path(s.input) for s in scenes])
+    layers = []
+    for s in scenes:
+        g = gpd.read_file(s.output)
+        if g.crs is not None:
+            g["source"] = names[s.input]
+            layers.append(g)
     if not layers:
         return None
     crss = {g.crs.to_string() for g in layers}
@@ -311,22 +331,23 @@ def merge_scenes(scenes: list[SceneResult], path: Path, cfg: ModelConfig, dedupe
             {"class": [], "class_id": [], "score": [], "area_m2": [], "source": []}, geometry=[], crs=crs
         )
     if dedupe and len(merged) > 1:
-        merged = dedupe_overlaps(merged, [s.input for s in scenes], cfg)
+        merged = dedupe_overlaps(merged, {names[s.input]: s.input for s in scenes}, cfg)
     return write_layer(merged, path, overwrite=True)
 
 
-def dedupe_overlaps(merged: gpd.GeoDataFrame, inputs: list[str], cfg: ModelConfig) -> gpd.GeoDataFrame:
-    """One feature per object where scenes overlap, by the seam merger with scenes as tiles."""
+def dedupe_overlaps(merged: gpd.GeoDataFrame, inputs: dict[str, str], cfg: ModelConfig) -> gpd.GeoDataFrame:
+    """One feature per object where scenes overlap, by the seam merger with scenes as tiles;
+    ``inputs`` maps each ``source`` value to its raster."""
     import rasterio
 
     from geovision.merge import EDGE_PX, Boxes, cut_flags, merge_boxes
 
     work = merged.to_crs(merged.crs if merged.crs.is_projected else merged.estimate_utm_crs())
     footprints: dict[str, np.ndarray] = {}
-    for path in inputs:
+    for source, path in inputs.items():
         with rasterio.open(path) as ds:
             fp = gpd.GeoSeries([shapely.box(*ds.bounds)], crs=ds.crs).to_crs(work.crs)
-            footprints[Path(path).name] = np.asarray(fp.total_bounds)
+            footprints[source] = np.asarray(fp.total_bounds)
     tiles = np.stack([footprints[s] for s in work["source"]])
     xyxy = np.asarray(work.geometry.bounds.to_numpy(), dtype=np.float64)
     cut = cut_flags(xyxy, tiles, EDGE_PX * float(cfg.resolution_m or 1.0))  # the seam rule, in metres

@@ -9,6 +9,7 @@ proportional to the raster's size is ever held.
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from collections import Counter
@@ -28,7 +29,7 @@ from geovision.merge import Boxes, SeamMerger, tile_boxes
 from geovision.models import ModelConfig, resolve_model
 from geovision.raster import ReadPlan, TileData, iter_tiles, open_raster, plan_read, prefetch
 from geovision.tiling import Tile, TileGrid
-from geovision.vectorize import Shape, StripVectorizer, clean, vectorize_options
+from geovision.vectorize import Shape, StripVectorizer, VectorizeOptions, clean, vectorize_options
 from geovision.writers import RasterSink, check_output, write_layer
 
 #: Called with (tiles done, tiles in total) as the run goes.
@@ -45,6 +46,7 @@ class RunStats:
     seconds: float = 0.0
     counts: Counter[str] = field(default_factory=Counter)
     backend: str = ""  # what ran the model, e.g. "OnnxDetector on cpu"
+    to_review: int = 0  # objects in the review band (``review_confidence``), counted in ``counts`` too
 
     @property
     def mp_per_s(self) -> float:
@@ -59,6 +61,16 @@ class DetectResult:
     stats: RunStats
     model: ModelConfig
     output: Path | None = None
+
+
+def default_output(raster: str | os.PathLike[str], model: ModelConfig, suffix: str = ".gpkg") -> Path:
+    """Where a run writes when no output is named: ``<input stem>.<model name><suffix>`` in the current
+    folder (``scene.tif`` with ``buildings`` -> ``scene.buildings.gpkg``; a folder of scenes: ``suffix=""``)."""
+    name = str(raster).split("?")[0].rstrip("/").split("/")[-1]  # a path, a /vsi path or a URL alike
+    if any(c in name for c in "*["):
+        name = "scenes"
+    stem = Path(name).stem if Path(name).suffix else name
+    return Path.cwd() / f"{stem or 'scenes'}.{model.name}{suffix}"
 
 
 def detect(
@@ -76,6 +88,8 @@ def detect(
     overwrite: bool = False,
     mask_out: str | os.PathLike[str] | None = None,
     prob_out: str | os.PathLike[str] | None = None,
+    regularize: bool | None = None,
+    review_confidence: float | None = None,
     progress: ProgressCallback | None = None,
     runtime: str | None = "auto",
     quantize: str | None = None,
@@ -90,7 +104,12 @@ def detect(
     pixel coordinates; ``pixel_size`` (metres) says how large its pixels are
     on the ground, so it is still read at the model's resolution.
     ``mask_out``/``prob_out`` (segmenters only) also write the class
-    raster and the probabilities as GeoTIFFs in the raster's own grid.
+    raster and the probabilities as GeoTIFFs in the raster's own grid;
+    ``regularize`` squares outlines up (``True``) or keeps them as traced
+    (``False``) instead of what the model YAML says. ``review_confidence``
+    (detectors, below the confidence threshold) also keeps the objects
+    scoring between it and the threshold, marked ``review`` = 1 (0 for the
+    confident ones), for checking by eye.
     ``runtime`` is ``auto`` (ONNX Runtime on the CPU, torch on a GPU),
     ``torch`` or ``onnx``; ``quantize="int8"`` runs an int8 ONNX model.
     ``backend`` replaces the backend the config names (for tests and custom
@@ -101,6 +120,13 @@ def detect(
     cfg = cfg.with_overrides(
         batch_size=batch_size, confidence=confidence, iou=iou, bands=tuple(bands) if bands else None
     )
+    threshold = cfg.confidence
+    if review_confidence is not None:
+        if cfg.task == "segment":
+            raise ModelError(f"model '{cfg.name}' is a segmenter; a review band needs a detector")
+        if not 0 <= review_confidence < threshold:
+            raise ModelError(f"--review-conf must be below the confidence threshold ({threshold:g})")
+        cfg = cfg.with_overrides(confidence=review_confidence)
     if cfg.task != "segment" and (mask_out or prob_out):
         raise ModelError(f"model '{cfg.name}' is a detector; --mask-out and --prob-out need a segmentation model")
     for path in (output, mask_out, prob_out):
@@ -117,7 +143,7 @@ def detect(
             pixel_coords=pixel_coords or pixel_size is not None,
             native_resolution_m=pixel_size,
         )
-        source_name = Path(ds.name).name
+        source_name = str(ds.name).split("?")[0].rstrip("/").split("/")[-1]  # a file name, also of a URL
     if backend is None:
         backend = load_backend(cfg, device, runtime, quantize)
         if batch_size is None and backend.device.startswith("cuda") and hasattr(backend, "fit_batch"):
@@ -126,14 +152,23 @@ def detect(
     stats = RunStats(
         megapixels=plan.source_width * plan.source_height / 1e6, backend=f"{type(backend).__name__} on {backend.device}"
     )
-    rows = _tile_rows(backend, plan, grid, cfg.batch_size, stats, progress)
     if cfg.task == "segment":
-        gdf = _segment(rows, plan, grid, cfg, source_name, mask_out, prob_out, overwrite)
+        run = backend.segment  # type: ignore[union-attr]
+    else:  # thresholds of this call, not those the backend was loaded with
+        run = functools.partial(backend.detect, confidence=cfg.confidence, iou=cfg.iou)  # type: ignore[union-attr]
+    rows = _tile_rows(run, plan, grid, cfg.batch_size, stats, progress)
+    if cfg.task == "segment":
+        opts = vectorize_options(cfg, regularize)
+        gdf = _segment(rows, plan, grid, cfg, opts, source_name, mask_out, prob_out, overwrite)
     else:
         gdf = _to_features(_merge_rows(rows, grid, cfg), plan, cfg, source_name)
     if stats.tiles_skipped == stats.tiles:
         raise RasterError(f"{source_name}: raster holds no valid pixels (all nodata)")
     stats.counts.update(gdf["class"].tolist())
+    if review_confidence is not None:
+        gdf["review"] = (gdf["score"] < threshold).astype(np.int32)
+        stats.to_review = int(gdf["review"].sum())
+        cfg = cfg.with_overrides(confidence=threshold)
     path = write_layer(gdf, output, overwrite) if output is not None else None
     stats.seconds = time.perf_counter() - started
     return DetectResult(gdf, stats, cfg, path)
@@ -143,19 +178,19 @@ TileRow = tuple[int, list[tuple[TileData, Any]]]
 
 
 def _tile_rows(
-    backend: Detector | Segmenter,
+    run: Callable[[list[np.ndarray]], Any],
     plan: ReadPlan,
     grid: TileGrid,
     batch_size: int,
     stats: RunStats,
     progress: ProgressCallback | None,
 ) -> Iterator[TileRow]:
-    """Run the model over the grid; yield each row's (tile, output) pairs once the row is complete.
+    """Run the model (``run``: a batch of tiles to one output each) over the grid; yield each
+    row's (tile, output) pairs once the row is complete.
 
     Tiles are read ahead in a background thread and sent in batches that may
     span rows; rows come out in order, tiles with no valid pixel left out.
     """
-    run = backend.segment if hasattr(backend, "segment") else backend.detect  # type: ignore[union-attr]
     total = len(grid)
     per_row: dict[int, list[tuple[TileData, Any]]] = {}
     remaining = {r: grid.n_cols for r in range(grid.n_rows)}
@@ -202,6 +237,7 @@ def _segment(
     plan: ReadPlan,
     grid: TileGrid,
     cfg: ModelConfig,
+    opts: VectorizeOptions,
     source: str,
     mask_out: str | os.PathLike[str] | None,
     prob_out: str | os.PathLike[str] | None,
@@ -210,7 +246,6 @@ def _segment(
     """Blend tile probabilities band by band, vectorise each final strip, write rasters on request."""
     blender = BandBlender(grid, len(cfg.classes) + 1, threshold=cfg.confidence)
     vectorizer = StripVectorizer(grid.width, grid.height)
-    opts = vectorize_options(cfg)
     pixel_m = (plan.pixel_size_m[0] * plan.pixel_size_m[1]) ** 0.5
     shapes: list[Shape] = []
     with RasterSink(plan, mask_out, prob_out, cfg.classes, overwrite) as sink:
@@ -222,6 +257,9 @@ def _segment(
             shapes.extend(vectorizer.add(strip))
         shapes.extend(vectorizer.finish())
     kept = [(s, g) for s in shapes if (g := clean(s, opts, pixel_m, plan.pixel_area_m2)) is not None]
+    if opts.grow_m > 0 or opts.regularize:  # grown or squared outlines stay on the raster
+        grid_box = shapely.box(0, 0, grid.width, grid.height)
+        kept = [(s, g if grid_box.contains(g) else g.intersection(grid_box)) for s, g in kept]
     geoms = [shapely.transform(g, lambda xy: _apply(plan, xy)) for _, g in kept]
     names = np.array(cfg.classes, dtype=object)
     class_ids = np.array([s.cls - 1 for s, _ in kept], dtype=np.int32)

@@ -83,6 +83,20 @@ class Evaluation:
         return out
 
 
+def _valid(gdf: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
+    """``gdf`` with invalid geometries repaired (OpenStreetMap footprints can self-intersect)."""
+    bad = ~gdf.geometry.is_valid
+    if bad.any():
+        gdf = gdf.copy()
+        gdf.loc[bad, gdf.geometry.name] = shapely.make_valid(gdf.geometry[bad].to_numpy())
+    return gdf
+
+
+def _names(values: Any) -> str:
+    """Class names as a user reads them: ``all, tree``, not ``[np.str_('all'), ...]``."""
+    return ", ".join(sorted({str(v) for v in values})) or "none"
+
+
 def read_layer(path: str | os.PathLike[str], role: str) -> gpd.GeoDataFrame:
     p = Path(path)
     if not p.exists():
@@ -115,14 +129,14 @@ def evaluate(
     if len(t) == 0:
         raise EvaluationError("truth layer holds no features")
     crs = t.crs if t.crs.is_projected else t.estimate_utm_crs()
-    p, t = p.to_crs(crs), t.to_crs(crs)
+    p, t = _valid(p.to_crs(crs)), _valid(t.to_crs(crs))
     if len(p) and not shapely.box(*p.total_bounds).intersects(shapely.box(*t.total_bounds)):
         raise EvaluationError("predictions and truth do not overlap; are they of the same place (and CRS)?")
     p_cls = _classes(p, class_field)
     t_cls = _classes(t, class_field)
     if len(p) and not set(p_cls) & set(t_cls):
         raise EvaluationError(
-            f"no class in common: predictions have {sorted(set(p_cls))}, truth has {sorted(set(t_cls))}; "
+            f"no class in common: predictions have {_names(p_cls)}, truth has {_names(t_cls)}; "
             "use --class-field to name the field, or '' to compare all as one class"
         )
     scores = p[score_field].to_numpy(float) if score_field and score_field in p.columns else np.ones(len(p))

@@ -82,7 +82,35 @@ def read_pixel_labels(path: Path, image: Path, classes: Sequence[str], report: L
                 )
     else:
         raise LabelError(f"{path}: pixel labels must be Pascal VOC .xml or DeepForest .csv")
-    return _to_image_labels(image, rows, classes, report, any_name=True)
+    names = {r[0] for r in rows if r[0]}
+    # one name ("Tree") for a one-class model is that class; several names must be the classes
+    any_name = len(names) <= 1 and len(classes) == 1
+    if not any_name and implied_class_field(["label"], {"label": [r[0] for r in rows]}, classes, path) is None:
+        any_name = True
+    return _to_image_labels(image, rows, classes, report, any_name=any_name)
+
+
+#: Columns read as class names when no --class-field is given.
+CLASS_COLUMNS = ("class", "label")
+
+
+def implied_class_field(columns: Any, table: Any, classes: Sequence[str], path: Path) -> str | None:
+    """The ``class``/``label`` column to use when none was named, or None to label everything
+    as the one class. A column holding several values is used when they are the classes asked
+    for, and refused otherwise: relabelling cars and trees as 'tree' without a word is worse."""
+    column = next((c for c in CLASS_COLUMNS if c in columns), None)
+    if column is None:
+        return None
+    values = sorted({str(v) for v in table[column] if v is not None and str(v) != "nan"})
+    if len(values) <= 1:
+        return None if len(classes) == 1 else column
+    known = {c.lower() for c in classes}
+    if all(v.lower() in known for v in values):
+        return column
+    raise LabelError(
+        f"{path}: column '{column}' holds {', '.join(values[:10])}{' ...' if len(values) > 10 else ''}, not the "
+        f"classes asked for ({', '.join(classes)}); pass --classes with those names, or --class-field"
+    )
 
 
 @dataclass
@@ -119,6 +147,7 @@ def read_vector_shapes(
     empty = gdf.geometry.isna() | gdf.geometry.is_empty
     report.drop("empty geometry", int(empty.sum()))
     gdf = gdf[~empty]
+    class_field = class_field or implied_class_field(gdf.columns, gdf, classes, path)
     if class_field:
         names = gdf[class_field].astype(str).tolist()
     else:

@@ -103,20 +103,39 @@ class ReadPlan:
         return x * self.scale_x, y * self.scale_y
 
 
+#: URL schemes GDAL reads over the network (through /vsicurl/ and friends).
+REMOTE_SCHEMES = ("http://", "https://", "ftp://", "s3://", "gs://", "az://", "oss://")
+
+
+def is_remote(path: str | os.PathLike[str]) -> bool:
+    """A URL or a GDAL virtual file system path (``/vsicurl/...``, ``/vsis3/...``): not a local file."""
+    s = str(path)
+    return s.startswith(REMOTE_SCHEMES) or s.startswith("/vsi")
+
+
 def open_raster(path: str | os.PathLike[str]) -> rasterio.io.DatasetReader:
-    """Open ``path`` with rasterio, turning every failure into a RasterError."""
-    p = Path(path)
-    if not p.exists():
-        raise RasterError(f"{p}: no such file")
-    if p.is_dir():
-        raise RasterError(f"{p}: is a directory, not a raster")
+    """Open ``path`` with rasterio, turning every failure into a RasterError.
+
+    Local paths are checked first for a clear message; URLs (a COG on an object
+    store) and ``/vsi*`` paths go to GDAL as they are, never through ``Path``,
+    which would fold ``https://`` into ``https:/``.
+    """
+    remote = is_remote(path)
+    p: str | Path = str(path) if remote else Path(path)
+    if not remote:
+        assert isinstance(p, Path)
+        if not p.exists():
+            raise RasterError(f"{p}: no such file")
+        if p.is_dir():
+            raise RasterError(f"{p}: is a directory, not a raster")
     try:
         with warnings.catch_warnings():
             # a raster without georeference is refused or accepted later, with a clear message
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
             ds = rasterio.open(p)
     except RasterioIOError as e:
-        raise RasterError(f"{p}: not a raster GDAL can read ({_first_line(e)})") from e
+        what = "cannot be read over the network, or is not a raster" if remote else "not a raster GDAL can read"
+        raise RasterError(f"{p}: {what} ({_first_line(e)})") from e
     if ds.width < 1 or ds.height < 1 or ds.count < 1:
         ds.close()
         raise RasterError(f"{p}: raster is empty ({ds.width}x{ds.height}, {ds.count} bands)")

@@ -24,7 +24,7 @@ from shapely import affinity
 from geovision.labels import ImageShapes
 from geovision.models import ModelConfig, sha256_file
 from geovision.raster import open_raster
-from geovision.training import ChipOptions, SplitLog, chip_plan, cut_chips, write_model_yaml
+from geovision.training import ChipOptions, SplitLog, aerial_augmentations, chip_plan, cut_chips, write_model_yaml
 
 
 @dataclass
@@ -38,8 +38,19 @@ class SegChips:
     split: SplitLog = field(default_factory=SplitLog)
 
 
-def chip_segmentation_dataset(items: Sequence[ImageShapes], opts: ChipOptions) -> SegChips:
-    """Cut image/mask chip pairs, held-out blocks chosen among blocks holding labels."""
+#: Mask value of pixels left out of the loss and the scores: no data in the raster.
+IGNORE = 255
+
+
+def chip_segmentation_dataset(
+    items: Sequence[ImageShapes], opts: ChipOptions, boundary_px: float = 0, n_classes: int = 1
+) -> SegChips:
+    """Cut image/mask chip pairs, held-out blocks chosen among blocks holding labels.
+
+    Masks hold 0 for background, 1.. for the classes, ``IGNORE`` where the
+    raster has no data, and with ``boundary_px`` a last class marking a band
+    of that half-width along every outline (see ``backends.smp.has_boundary``).
+    """
     rng = random.Random(opts.seed)
     chips = SegChips()
     t = opts.tile_size
@@ -51,6 +62,7 @@ def chip_segmentation_dataset(items: Sequence[ImageShapes], opts: ChipOptions) -
             geoms = [affinity.affine_transform(g, scale) for g in item.geoms]
             centres = [(g.centroid.x, g.centroid.y) for g in geoms if not g.is_empty]
             shapes = list(zip(geoms, (int(c) + 1 for c in item.classes)))
+            rings = [(g.boundary.buffer(boundary_px), 1) for g in geoms] if boundary_px > 0 else []
             for split, td in cut_chips(ds, plan, np.asarray(centres), opts, rng, chips.split):
                 x0, y0 = td.tile.x0, td.tile.y0
                 mask = np.zeros((t, t), np.uint8)
@@ -58,7 +70,12 @@ def chip_segmentation_dataset(items: Sequence[ImageShapes], opts: ChipOptions) -
                     mask = features.rasterize(
                         shapes, out_shape=(t, t), transform=(1, 0, x0, 0, 1, y0), fill=0, dtype="uint8"
                     )
-                mask[~td.valid] = 0
+                    if rings:
+                        band = features.rasterize(
+                            rings, out_shape=(t, t), transform=(1, 0, x0, 0, 1, y0), fill=0, dtype="uint8"
+                        )
+                        mask[band > 0] = n_classes + 1
+                mask[~td.valid] = IGNORE
                 if split == "train":
                     chips.train_images.append(td.image)
                     chips.train_masks.append(mask)
@@ -78,18 +95,32 @@ class SegTrainOptions:
     device: str | None = None
     seed: int = 0
     class_weights: tuple[float, ...] | None = None
+    augment: str = "aerial"
 
 
-def augmentation() -> Any:
-    """Augmentations for nadir imagery: no 'up', so all eight square symmetries are fair."""
+def augmentation(aerial: bool = True) -> Any:
+    """Augmentations for nadir imagery: no 'up', so all eight square symmetries are fair.
+
+    With ``aerial``, also a random ground resolution (scale 0.7-1.4) and the
+    colour, haze, blur and sensor changes of :func:`training.aerial_augmentations`.
+    Pixels moved in from outside the chip are left out of the loss.
+    """
     import albumentations as A
 
+    if not aerial:
+        return A.Compose(
+            [
+                A.SquareSymmetry(p=1.0),
+                A.RandomBrightnessContrast(brightness_limit=0.2, contrast_limit=0.2, p=0.7),
+                A.Affine(scale=(0.85, 1.15), rotate=(-10, 10), fill_mask=IGNORE, p=0.5),
+                A.GaussNoise(std_range=(0.0, 0.03), p=0.2),
+            ]
+        )
     return A.Compose(
         [
             A.SquareSymmetry(p=1.0),
-            A.RandomBrightnessContrast(brightness_limit=0.2, contrast_limit=0.2, p=0.7),
-            A.Affine(scale=(0.85, 1.15), rotate=(-10, 10), p=0.5),
-            A.GaussNoise(std_range=(0.0, 0.03), p=0.2),
+            A.Affine(scale=(0.7, 1.4), rotate=(-15, 15), fill_mask=IGNORE, p=0.6),
+            *aerial_augmentations(),
         ]
     )
 
@@ -102,7 +133,12 @@ def _tensor(images: Sequence[np.ndarray], mean: np.ndarray, std: np.ndarray) -> 
 
 
 def pixel_scores(pred: np.ndarray, truth: np.ndarray, n_classes: int) -> dict[str, float]:
-    """Foreground IoU and F1 averaged over classes (pixels of class c against the rest)."""
+    """Foreground IoU and F1 averaged over classes (pixels of class c against the rest).
+
+    Pixels without data are left out; a boundary band in the truth counts as background.
+    """
+    seen = truth != IGNORE
+    pred, truth = pred[seen], np.where(truth[seen] > n_classes, 0, truth[seen])
     ious, f1s = [], []
     for c in range(1, n_classes + 1):
         p, t = pred == c, truth == c
@@ -125,7 +161,7 @@ def train_smp(
     import segmentation_models_pytorch as smp
     import torch
 
-    from geovision.backends.smp import activation, build_network
+    from geovision.backends.smp import activation, build_network, network_outputs
     from geovision.device import pick_device
 
     random.seed(opts.seed)
@@ -142,14 +178,20 @@ def train_smp(
     )
     net = build_network(cfg).to(device)
     sigmoid = activation(cfg) == "sigmoid"
-    mode = "binary" if sigmoid and n_classes == 1 else ("multilabel" if sigmoid else "multiclass")
-    dice = smp.losses.DiceLoss(mode, from_logits=True)
-    weights = torch.tensor(opts.class_weights, device=device) if opts.class_weights else None
-    ce = torch.nn.BCEWithLogitsLoss(pos_weight=weights) if sigmoid else torch.nn.CrossEntropyLoss(weight=weights)
+    n_net = network_outputs(cfg)
+    weights = torch.tensor(opts.class_weights, device=device, dtype=torch.float32) if opts.class_weights else None
+    if sigmoid:
+        dice = smp.losses.DiceLoss("multilabel", from_logits=True)
+        bce = torch.nn.BCEWithLogitsLoss(pos_weight=weights, reduction="none")
+    else:
+        if weights is not None and len(weights) != n_net:
+            raise ValueError(f"class_weights needs {n_net} values (background, classes, boundary), not {len(weights)}")
+        dice = smp.losses.DiceLoss("multiclass", from_logits=True, ignore_index=IGNORE)
+        ce = torch.nn.CrossEntropyLoss(weight=weights, ignore_index=IGNORE)
     optimizer = torch.optim.AdamW(net.parameters(), lr=opts.lr, weight_decay=1e-4)
     steps = max(1, len(chips.train_images) // opts.batch) * opts.epochs
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=opts.lr, total_steps=steps)
-    aug = augmentation()
+    aug = augmentation(opts.augment == "aerial")
     order = list(range(len(chips.train_images)))
     best: tuple[float, dict[str, Any], dict[str, float], int] | None = None
     started = time.perf_counter()
@@ -162,9 +204,12 @@ def train_smp(
             x = _tensor([p["image"] for p in pairs], mean, std).to(device)
             y = torch.from_numpy(np.stack([p["mask"] for p in pairs]).astype(np.int64)).to(device)
             logits = net(x)
-            if sigmoid:
-                target = torch.nn.functional.one_hot(y, n_classes + 1)[..., 1:].permute(0, 3, 1, 2).float()
-                loss = dice(logits, target) + ce(logits, target)
+            if sigmoid:  # no data counts for nothing: masked out of both losses
+                keep = (y != IGNORE).unsqueeze(1).float()
+                target = torch.nn.functional.one_hot(y.clamp(max=n_classes), n_classes + 1)[..., 1:]
+                target = target.permute(0, 3, 1, 2).float()
+                per_pixel = bce(logits, target) * keep
+                loss = dice(logits * keep - 20 * (1 - keep), target * keep) + per_pixel.sum() / keep.sum().clamp(min=1)
             else:
                 loss = dice(logits, y) + ce(logits, y)
             optimizer.zero_grad()
@@ -219,7 +264,8 @@ def _validate(
         for i in range(0, len(chips.val_images), 8):
             logits = net(_tensor(chips.val_images[i : i + 8], mean, std).to(device)).float()
             if activation(cfg) == "softmax":
-                preds.append(logits.argmax(1).cpu().numpy())
+                best = logits.argmax(1).cpu().numpy()
+                preds.append(np.where(best > len(cfg.classes), 0, best))  # the boundary band is background
             else:
                 p = logits.sigmoid()
                 best = p.max(1)

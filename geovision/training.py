@@ -10,6 +10,7 @@ held-out block and a training block is dropped, so no pixel is in both.
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import shutil
@@ -104,9 +105,9 @@ def cut_chips(
     held = val_blocks(list(labelled), opts.val_fraction, rng)
     log.val_regions += [(Path(plan.path).name, b) for b in held_regions(plan, blocks, held)]
     stride = opts.stride or t // 2
-    for y0 in range(0, max(1, plan.height - t // 4), stride):
-        for x0 in range(0, max(1, plan.width - t // 4), stride):
-            tile = Tile(y0 // stride, x0 // stride, x0, y0, t)
+    for r, y0 in enumerate(chip_starts(plan.height, t, stride)):
+        for c, x0 in enumerate(chip_starts(plan.width, t, stride)):
+            tile = Tile(r, c, x0, y0, t)
             split = _split_of(tile, blocks, held)
             if split is None:
                 log.dropped_straddling += 1
@@ -116,9 +117,24 @@ def cut_chips(
                 yield split, td
 
 
+def chip_starts(length: int, tile: int, stride: int) -> list[int]:
+    """Chip offsets along one axis: evenly spaced, at most ``stride`` apart, the last one
+    ending at the image's edge, so no chip holds padding unless the image is smaller than a chip."""
+    if length <= tile:
+        return [0]
+    n = -(-(length - tile) // stride) + 1
+    return [round(i * (length - tile) / (n - 1)) for i in range(n)]
+
+
 def val_blocks(cells: Sequence[tuple[int, int]], fraction: float, rng: random.Random) -> set[tuple[int, int]]:
-    """Blocks (row, col) held out for validation: at least one when there are two or more."""
+    """Blocks (row, col) held out for validation: at least one when there are two or more.
+
+    An image of one labelled block (a small plot) goes to validation whole with
+    probability ``fraction``, so that sets of many small plots are split by plot.
+    """
     cells = sorted(cells)
+    if len(cells) == 1 and fraction > 0:
+        return set(cells) if rng.random() < fraction else set()
     if len(cells) < 2 or fraction <= 0:
         return set()
     k = max(1, round(fraction * len(cells)))
@@ -253,7 +269,31 @@ class DetectTrainOptions:
     seed: int = 0
     workers: int = 0
     lr0: float = 0.01
+    augment: Literal["aerial", "none"] = "aerial"
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+def aerial_augmentations() -> list[Any]:
+    """Pixel-level augmentations for imagery from other sensors, seasons and flights.
+
+    Coarser sensors (an aerial at 0.3 m read by a 0.1 m model) are mimicked by
+    downscaling and upscaling back; haze, blur, contrast, gamma and colour
+    balance vary as they do between flights. Geometry is left to the trainer
+    (flips, 90-degree turns, random scale, which varies the ground resolution).
+    """
+    import albumentations as A
+
+    return [
+        A.Downscale(scale_range=(0.3, 0.9), p=0.3),
+        A.OneOf([A.GaussianBlur(blur_limit=(3, 5)), A.MotionBlur(blur_limit=(3, 5))], p=0.15),
+        A.RandomFog(fog_coef_range=(0.05, 0.25), alpha_coef=0.3, p=0.1),
+        A.RandomBrightnessContrast(brightness_limit=0.25, contrast_limit=0.3, p=0.5),
+        A.RandomGamma(gamma_limit=(70, 150), p=0.3),
+        A.RGBShift(r_shift_limit=15, g_shift_limit=15, b_shift_limit=15, p=0.3),
+        A.CLAHE(p=0.05),
+        A.ToGray(p=0.05),
+        A.GaussNoise(std_range=(0.0, 0.04), p=0.15),
+    ]
 
 
 def train_yolo(
@@ -309,6 +349,9 @@ def train_yolo(
             mosaic=1.0,
             hsv_v=0.3,
         )
+        if opts.augment == "aerial":
+            # random ground resolution around the model's (+-50 %) and stronger colour changes
+            args.update(scale=0.5, hsv_h=0.02, hsv_s=0.5, hsv_v=0.4, augmentations=aerial_augmentations())
         args.update(opts.extra)
         model.train(**args)
         seconds = time.perf_counter() - started
@@ -331,6 +374,7 @@ def train_yolo(
             "training": {
                 "base": opts.model,
                 "epochs": opts.epochs,
+                "augment": opts.augment,
                 "seconds": round(seconds, 1),
                 "device": device,
                 **(info or {}),
@@ -383,7 +427,8 @@ class TrainSpec:
     labels: tuple[Path, ...]
     output: Path
     classes: tuple[str, ...]
-    resolution: float | None
+    #: ground metres per model pixel; None: that of the training rasters (see :func:`training_resolution`)
+    resolution: float | None = None
     tile_size: int = 640
     overlap: int | None = None
     epochs: int = 100
@@ -406,6 +451,14 @@ class TrainSpec:
     class_weights: tuple[float, ...] | None = None
     grayscale: bool = False
     vectorize: dict[str, Any] = field(default_factory=dict)
+    #: half-width in model pixels of the outline band a segmenter learns to separate touching objects (0: none)
+    boundary_px: float = 0.0
+    #: distance between training chips in model pixels (default: half a tile)
+    chip_stride: int | None = None
+    #: one site (forest, city, survey) per image: what leave-one-site-out evaluation holds out
+    sites: tuple[str, ...] | None = None
+    #: colour, haze, blur and ground-resolution augmentation for aerial imagery ("none" to turn off)
+    augment: Literal["aerial", "none"] = "aerial"
     # passed on to ultralytics' trainer as they are
     options: dict[str, Any] = field(default_factory=dict)
 
@@ -414,7 +467,14 @@ TRAIN_SPEC_FIELDS = {f for f in TrainSpec.__dataclass_fields__}
 
 
 def load_train_config(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """A training YAML as a mapping; relative paths in it are resolved against the file."""
+    """A training YAML as a mapping; relative paths in it are resolved against the file.
+
+    Besides flat ``images``/``labels`` lists, a config may list ``datasets``,
+    each with a ``site`` name, an ``images`` glob pattern (or list) and
+    ``labels``: one layer for all its images, or a folder holding one labels
+    file per image, named like the image (``PLOT.tif`` -> ``PLOT.xml``).
+    Images with no labels file in such a folder are unlabelled and left out.
+    """
     p = Path(path)
     try:
         raw = yaml.safe_load(p.read_text())
@@ -429,7 +489,51 @@ def load_train_config(path: str | os.PathLike[str]) -> dict[str, Any]:
             raw[key] = os.path.normpath(base / v)
         elif isinstance(v, list):
             raw[key] = [os.path.normpath(base / x) for x in v]
+    if "datasets" in raw:
+        if raw.get("images") or raw.get("labels"):
+            raise TrainingError(f"{p}: give either datasets or images/labels, not both")
+        images, labels, sites = expand_datasets(raw.pop("datasets"), base)
+        raw["images"], raw["labels"], raw["sites"] = images, labels, sites
     return raw
+
+
+LABEL_SUFFIXES = (".xml", ".csv", ".geojson", ".gpkg", ".shp", ".json")
+
+
+def expand_datasets(datasets: Any, base: Path) -> tuple[list[str], list[str], list[str]]:
+    """(images, labels, sites), one entry per image, from a config's ``datasets`` list."""
+    import glob
+
+    if not isinstance(datasets, list) or not datasets:
+        raise TrainingError("datasets must be a list of {site, images, labels}")
+    images: list[str] = []
+    labels: list[str] = []
+    sites: list[str] = []
+    for n, d in enumerate(datasets):
+        if not isinstance(d, dict) or not d.get("images") or not d.get("labels"):
+            raise TrainingError(f"datasets[{n}] needs images and labels")
+        site = str(d.get("site", f"dataset{n}"))
+        patterns = d["images"] if isinstance(d["images"], list) else [d["images"]]
+        found = sorted({os.path.normpath(f) for pat in patterns for f in glob.glob(str(base / pat))})
+        if not found:
+            raise TrainingError(f"datasets[{n}] ({site}): no image matches {', '.join(map(str, patterns))}")
+        lab = Path(os.path.normpath(base / d["labels"]))
+        for image in found:
+            if lab.is_dir():
+                match = next(
+                    (lab / (Path(image).stem + s) for s in LABEL_SUFFIXES if (lab / (Path(image).stem + s)).is_file()),
+                    None,
+                )
+                if match is None:
+                    continue  # unlabelled image of this site
+                labels.append(str(match))
+            else:
+                labels.append(str(lab))
+            images.append(image)
+            sites.append(site)
+        if site not in sites:
+            raise TrainingError(f"datasets[{n}] ({site}): no image has a labels file in {lab}")
+    return images, labels, sites
 
 
 def spec_from_mapping(raw: dict[str, Any]) -> TrainSpec:
@@ -449,7 +553,28 @@ def spec_from_mapping(raw: dict[str, Any]) -> TrainSpec:
     raw["classes"] = tuple(str(c) for c in ([raw["classes"]] if isinstance(raw["classes"], str) else raw["classes"]))
     if raw.get("weights"):
         raw["weights"] = Path(raw["weights"])
+    if raw.get("sites"):
+        raw["sites"] = tuple(str(x) for x in raw["sites"])
+        if len(raw["sites"]) != len(raw["images"]):
+            raise TrainingError(f"give one site per image ({len(raw['images'])}), not {len(raw['sites'])}")
     return TrainSpec(**raw)
+
+
+def without_sites(spec: TrainSpec, sites: Sequence[str], output: Path) -> TrainSpec:
+    """``spec`` less the images of ``sites``: the model scored on them in leave-one-site-out."""
+    all_sites = spec.sites or ()
+    unknown = [s for s in sites if s not in all_sites]
+    if unknown:
+        raise TrainingError(f"no site {', '.join(map(repr, unknown))} in this training config")
+    keep = [i for i, s in enumerate(all_sites) if s not in sites]
+    labels = spec.labels if len(spec.labels) == 1 else tuple(spec.labels[i] for i in keep)
+    return replace(
+        spec,
+        images=tuple(spec.images[i] for i in keep),
+        labels=labels,
+        sites=tuple(all_sites[i] for i in keep),
+        output=output,
+    )
 
 
 class TrainingError(GeovisionError, ValueError):
@@ -472,6 +597,8 @@ def train(spec: TrainSpec, log: Callable[[str], None] = lambda s: None) -> Model
             raise TrainingError(f"{p}: no such file")
     if len(spec.labels) not in (1, len(spec.images)):
         raise TrainingError(f"give one labels file, or one per image ({len(spec.images)}), not {len(spec.labels)}")
+    if spec.resolution is None:
+        spec = replace(spec, resolution=training_resolution(spec.images, spec.image_resolution, log))
     report = LabelReport()
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
@@ -488,6 +615,33 @@ def train(spec: TrainSpec, log: Callable[[str], None] = lambda s: None) -> Model
     return resolve_model(out / "model.yaml")
 
 
+def training_resolution(
+    images: Sequence[Path], image_resolution: float | None, log: Callable[[str], None] = lambda s: None
+) -> float:
+    """The model resolution when none is given: the training rasters' ground resolution (metres on the
+    ground, also for rasters in degrees or Web Mercator); their median when they differ, said in ``log``."""
+    from geovision.raster import ground_pixel_size_m
+
+    sizes = []
+    for image in images:
+        with open_raster(image) as ds:
+            if ds.crs is None:
+                if image_resolution is None:
+                    raise TrainingError(f"{image}: no georeference; give --resolution (or image_resolution)")
+                sizes.append(image_resolution)
+            else:
+                dx, dy = ground_pixel_size_m(ds.crs, ds.transform, ds.width, ds.height)
+                sizes.append(math.sqrt(dx * dy))
+    chosen = round(float(np.median(sizes)), 3)
+    lo, hi = min(sizes), max(sizes)
+    if hi / lo > 1.05:
+        log(f"resolution: the rasters range from {lo:.3g} to {hi:.3g} m per pixel; training at their median, "
+            f"{chosen:g} m (give --resolution to choose)")  # fmt: skip
+    else:
+        log(f"resolution: {chosen:g} m per pixel, that of the rasters")
+    return chosen
+
+
 def _check_labels(report: LabelReport, log: Callable[[str], None]) -> None:
     log(f"labels: {report.summary()}")
     if report.used == 0:
@@ -499,6 +653,7 @@ def _data_info(spec: TrainSpec, report: LabelReport, **counts: int) -> dict[str,
     return {
         "images": [str(p) for p in spec.images],
         "labels": [str(p) for p in spec.labels],
+        "sites": sorted(set(spec.sites)) if spec.sites else None,
         "labels_used": report.used,
         "labels_dropped": dict(report.dropped),
         **counts,
@@ -518,6 +673,7 @@ def _chip_options(spec: TrainSpec) -> ChipOptions:
         native_resolution_m=spec.image_resolution,
         seed=spec.seed,
         accept_grayscale=spec.grayscale,
+        stride=spec.chip_stride,
     )
 
 
@@ -554,7 +710,13 @@ def _train_detector(
         raise _no_chips(chips.train, chips.boxes_val)
     base = str(spec.weights) if spec.weights else f"yolo11{spec.model_size}.yaml"
     opts = DetectTrainOptions(
-        epochs=spec.epochs, batch=spec.batch, model=base, device=spec.device, seed=spec.seed, extra=dict(spec.options)
+        epochs=spec.epochs,
+        batch=spec.batch,
+        model=base,
+        device=spec.device,
+        seed=spec.seed,
+        augment=spec.augment,
+        extra=dict(spec.options),
     )
     info = _data_info(spec, report, chips_train=chips.train, chips_val=chips.val, val_boxes=chips.boxes_val)
     info["val_regions"] = _regions_yaml(chips.split.val_regions)
@@ -570,7 +732,7 @@ def _train_segmenter(spec: TrainSpec, report: LabelReport, package: Path, log: C
     for image, labels in zip(spec.images, spec.labels if len(spec.labels) > 1 else spec.labels * len(spec.images)):
         items += read_vector_shapes(labels, [image], spec.classes, report, spec.class_field)
     _check_labels(report, log)
-    chips = chip_segmentation_dataset(items, _chip_options(spec))
+    chips = chip_segmentation_dataset(items, _chip_options(spec), spec.boundary_px, len(spec.classes))
     n_val_fg = sum(int(m.any()) for m in chips.val_masks)
     log(f"chips: {len(chips.train_images)} train, {len(chips.val_images)} validation ({n_val_fg} with labels)")
     if not chips.train_images or n_val_fg == 0:
@@ -593,8 +755,14 @@ def _train_segmenter(spec: TrainSpec, report: LabelReport, package: Path, log: C
             "encoder": spec.encoder,
             "encoder_depth": depth,
             "decoder_channels": [256, 128, 64, 32, 16][5 - depth :] if spec.arch in ("Unet", "UnetPlusPlus") else None,
-            "activation": "sigmoid" if len(spec.classes) == 1 else "softmax",
-            "vectorize": dict(spec.vectorize) or {"simplify_m": spec.resolution or 0.0, "min_area_m2": 0.0},
+            "activation": "sigmoid" if len(spec.classes) == 1 and not spec.boundary_px else "softmax",
+            "boundary": spec.boundary_px > 0,
+            "vectorize": dict(spec.vectorize)
+            or {
+                "simplify_m": spec.resolution or 0.0,
+                "min_area_m2": 0.0,
+                "grow_m": spec.boundary_px * (spec.resolution or 0.0),
+            },
         },
     )
     opts = SegTrainOptions(
@@ -604,6 +772,7 @@ def _train_segmenter(spec: TrainSpec, report: LabelReport, package: Path, log: C
         device=spec.device,
         seed=spec.seed,
         class_weights=spec.class_weights,
+        augment=spec.augment,
     )
     info = _data_info(spec, report, chips_train=len(chips.train_images), chips_val=len(chips.val_images))
     info["val_regions"] = _regions_yaml(chips.split.val_regions)

@@ -27,6 +27,7 @@ from scipy.sparse.csgraph import connected_components
 
 from geovision.blend import Strip
 from geovision.models import ModelConfig
+from geovision.regularize import regularize
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,10 @@ class VectorizeOptions:
     simplify_m: float = 0.0
     min_area_m2: float = 0.0
     fill_holes: bool = False
+    #: outward growth, for models whose objects come out shrunk by an outline band
+    grow_m: float = 0.0
+    #: square outlines up (:mod:`geovision.regularize`), for buildings
+    regularize: bool = False
 
 
 @dataclass
@@ -132,18 +137,31 @@ def clean(shape: Shape, opts: VectorizeOptions, pixel_m: float, pixel_area_m2: f
     geom = shape.geom
     if opts.fill_holes and geom.interiors:
         geom = shapely.Polygon(geom.exterior)
-    if opts.simplify_m > 0:
+    if opts.grow_m > 0:
+        geom = geom.buffer(opts.grow_m / pixel_m, join_style="mitre")
+        if geom.geom_type != "Polygon":  # growing never splits; guard against numerical slivers
+            geom = max(getattr(geom, "geoms", [geom]), key=lambda g: g.area)
+    if opts.regularize:
+        geom = regularize(geom, tolerance=max(1.0, opts.simplify_m / pixel_m))
+    elif opts.simplify_m > 0:
         geom = geom.simplify(opts.simplify_m / pixel_m, preserve_topology=True)
+    if not geom.is_valid:  # squaring or simplifying a thin shape can fold it over itself
+        geom = shapely.make_valid(geom)
+        geom = max(getattr(geom, "geoms", [geom]), key=lambda g: g.area if g.geom_type == "Polygon" else -1)
+        if geom.geom_type != "Polygon":
+            return None
     if geom.is_empty or geom.area * pixel_area_m2 < opts.min_area_m2:
         return None
     return geom
 
 
-def vectorize_options(cfg: ModelConfig) -> VectorizeOptions:
-    """Clean-up settings from the model YAML's ``vectorize`` mapping."""
+def vectorize_options(cfg: ModelConfig, regularize: bool | None = None) -> VectorizeOptions:
+    """Clean-up settings from the model YAML's ``vectorize`` mapping; ``regularize`` overrides its own."""
     raw = cfg.extra.get("vectorize") or {}
     return VectorizeOptions(
         simplify_m=float(raw.get("simplify_m", 0.0)),
         min_area_m2=float(raw.get("min_area_m2", 0.0)),
         fill_holes=bool(raw.get("fill_holes", False)),
+        grow_m=float(raw.get("grow_m", 0.0)),
+        regularize=bool(raw.get("regularize", False)) if regularize is None else regularize,
     )

@@ -75,6 +75,9 @@ def write_layer(gdf: gpd.GeoDataFrame, path: str | os.PathLike[str], overwrite: 
     p = check_output(path, overwrite)
     driver = DRIVERS[p.suffix.lower()]
     options: dict[str, str] = {}
+    # GeoPackage 1.2, not GDAL's default 1.4: QGIS 3.22 (GDAL 3.6) warns on every 1.4 layer, and
+    # nothing we write (plain features, no related tables or new extensions) needs 1.3 or 1.4
+    dataset_options = {"VERSION": "1.2"} if driver == "GPKG" else None
     if driver == "GeoJSON" and gdf.crs is not None:
         gdf = gdf.to_crs("EPSG:4326")
         options["RFC7946"] = "YES"
@@ -93,6 +96,7 @@ def write_layer(gdf: gpd.GeoDataFrame, path: str | os.PathLike[str], overwrite: 
                     layer=p.stem if driver == "GPKG" else None,
                     geometry_type=geometry_type,
                     layer_options=options or None,
+                    dataset_options=dataset_options,
                 )
         except Exception as e:  # noqa: BLE001 - GDAL write errors come in several types
             raise OutputError(f"{p}: could not write layer ({e})") from e

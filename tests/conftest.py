@@ -41,7 +41,9 @@ class BlobDetector:
     def __init__(self) -> None:
         self.seen: list[np.ndarray] = []
 
-    def detect(self, images: Sequence[np.ndarray]) -> list[Detections]:
+    def detect(
+        self, images: Sequence[np.ndarray], confidence: float | None = None, iou: float | None = None
+    ) -> list[Detections]:
         out = []
         for img in images:
             self.seen.append(img.copy())

@@ -162,7 +162,7 @@ def test_dedupe_keeps_an_object_in_the_overlap_once(tmp_path):
         crs="EPSG:32617",
     )
     cfg = resolve_model("trees")
-    out = dedupe_overlaps(merged, [str(tmp_path / "a.tif"), str(tmp_path / "b.tif")], cfg)
+    out = dedupe_overlaps(merged, {"a.tif": str(tmp_path / "a.tif"), "b.tif": str(tmp_path / "b.tif")}, cfg)
     assert len(out) == 2
     assert sorted(out["score"]) == [0.7, 0.9]
 
@@ -170,3 +170,22 @@ def test_dedupe_keeps_an_object_in_the_overlap_once(tmp_path):
 def test_unreadable_input_list(tmp_path):
     r = CliRunner().invoke(main, ["batch", str(tmp_path / "nothing-*.tif"), "-m", "trees", "-o", str(tmp_path / "o")])
     assert r.exit_code == 2 and "no rasters found" in r.stderr
+
+
+def test_same_file_names_in_two_folders_stay_two_sources(tmp_path):
+    """source is the path below the batch input, so --dedupe keys each scene apart."""
+    import shutil
+
+    from tests.conftest import SAMPLE_TREES
+
+    for year in ("2023", "2024"):
+        (tmp_path / "survey" / year).mkdir(parents=True)
+        shutil.copy(SAMPLE_TREES, tmp_path / "survey" / year / "plot.tif")
+    r = run_batch(tmp_path / "survey", "trees", tmp_path / "out")
+    merged = gpd.read_file(r.merged)
+    assert set(merged["source"]) == {"2023/plot.tif", "2024/plot.tif"}
+    per_source = merged.groupby("source").size()
+    assert per_source["2023/plot.tif"] == per_source["2024/plot.tif"] > 10
+    # the same scene twice overlaps itself completely: dedupe keeps each object once
+    d = run_batch(tmp_path / "survey", "trees", tmp_path / "out-dedupe", dedupe=True)
+    assert len(gpd.read_file(d.merged)) == per_source["2023/plot.tif"]

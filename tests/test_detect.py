@@ -132,7 +132,7 @@ def test_detections_centred_on_nodata_are_dropped(tmp_path):
     path = write_raster(tmp_path / "nd.tif", img, nodata=0)
 
     class WholeSquares(BlobDetector):
-        def detect(self, images):  # sees squares as blobs of "not background"
+        def detect(self, images, confidence=None, iou=None):  # sees squares as blobs of "not background"
             return super().detect([np.where(i == 40, 0, 255).astype(np.uint8) for i in images])
 
     result = geovision.detect(path, fake_config(), backend=WholeSquares())

@@ -23,7 +23,9 @@ class BlobOutliner:
 
     device = "cpu"
 
-    def detect(self, images: Sequence[np.ndarray]) -> list[Detections]:
+    def detect(
+        self, images: Sequence[np.ndarray], confidence: float | None = None, iou: float | None = None
+    ) -> list[Detections]:
         out = []
         for img in images:
             labels, n = ndimage.label(img[..., 0] > 128)

@@ -44,7 +44,11 @@ class Detector(Protocol):
 
     device: str
 
-    def detect(self, images: Sequence[np.ndarray]) -> list[Detections]: ...
+    def detect(
+        self, images: Sequence[np.ndarray], confidence: float | None = None, iou: float | None = None
+    ) -> list[Detections]:
+        """Boxes per tile above ``confidence`` after NMS at ``iou`` (None: the model's own)."""
+        ...
 
 
 class Segmenter(Protocol):

@@ -78,14 +78,18 @@ class OnnxDetector(_OnnxModel):
         super().__init__(cfg, device)
         self.end2end = bool(cfg.extra.get("end2end", False))
 
-    def detect(self, images: Sequence[np.ndarray]) -> list[Detections]:
+    def detect(
+        self, images: Sequence[np.ndarray], confidence: float | None = None, iou: float | None = None
+    ) -> list[Detections]:
         if not images:
             return []
         outputs = self.run(images)
         c = self.cfg
+        conf = c.confidence if confidence is None else confidence
+        iou = c.iou if iou is None else iou
         if c.task == "instance":  # (predictions, prototypes)
-            return [decode_instances(o, p, c.confidence, c.iou, c.tile_size) for o, p in zip(*outputs[:2])]
-        return [decode(o, c.confidence, c.iou, c.tile_size, self.end2end) for o in outputs[0]]
+            return [decode_instances(o, p, conf, iou, c.tile_size) for o, p in zip(*outputs[:2])]
+        return [decode(o, conf, iou, c.tile_size, self.end2end) for o in outputs[0]]
 
 
 class OnnxSegmenter(_OnnxModel):

@@ -32,7 +32,7 @@ def build_network(cfg: ModelConfig) -> Any:
         encoder_name=cfg.extra.get("encoder", "resnet34"),
         encoder_weights=None,
         in_channels=cfg.in_channels,
-        classes=n_outputs(cfg) if activation(cfg) == "softmax" else len(cfg.classes),
+        classes=network_outputs(cfg),
     )
     if cfg.extra.get("encoder_depth"):
         kwargs["encoder_depth"] = int(cfg.extra["encoder_depth"])
@@ -58,15 +58,35 @@ def _drop_unused_stages(net: Any, depth: int) -> None:
 
 def activation(cfg: ModelConfig) -> str:
     """'sigmoid' (one output per class) or 'softmax' (background plus one per class)."""
-    act = cfg.extra.get("activation", "sigmoid" if len(cfg.classes) == 1 else "softmax")
+    act = cfg.extra.get("activation", "sigmoid" if len(cfg.classes) == 1 and not has_boundary(cfg) else "softmax")
     if act not in ("sigmoid", "softmax"):
         raise ModelError(f"model '{cfg.name}': activation must be sigmoid or softmax, not {act!r}")
+    if act == "sigmoid" and has_boundary(cfg):
+        raise ModelError(f"model '{cfg.name}': a boundary class needs activation softmax")
     return str(act)
 
 
 def n_outputs(cfg: ModelConfig) -> int:
     """Probabilities per pixel handed on: background first, then each class."""
     return len(cfg.classes) + 1
+
+
+def has_boundary(cfg: ModelConfig) -> bool:
+    """Whether the network also predicts object outlines as a last class.
+
+    Touching buildings are one region in a plain mask; trained to mark a thin
+    band along every outline, the network separates them. The band counts as
+    background downstream, so each object comes out as its own, slightly
+    shrunk region, grown back when it is vectorised (``vectorize.grow_m``).
+    """
+    return bool(cfg.extra.get("boundary", False))
+
+
+def network_outputs(cfg: ModelConfig) -> int:
+    """Channels the network itself produces (the boundary class included)."""
+    if activation(cfg) == "sigmoid":
+        return len(cfg.classes)
+    return n_outputs(cfg) + int(has_boundary(cfg))
 
 
 def input_stats(cfg: ModelConfig) -> tuple[np.ndarray, np.ndarray]:
@@ -104,7 +124,7 @@ class SmpSegmenter:
         """The whole step as one torch module: uint8 NHWC tiles in, probabilities out
         (what ``geovision export`` writes to ONNX)."""
         return _probabilities_module()(
-            self.net, *input_stats(self.cfg), activation(self.cfg) == "softmax", self.half
+            self.net, *input_stats(self.cfg), activation(self.cfg) == "softmax", self.half, has_boundary(self.cfg)
         ).to(self.device)
 
     def fit_batch(self, base: int) -> int:
@@ -130,9 +150,11 @@ def _probabilities_module() -> Any:
     class Probabilities(torch.nn.Module):
         """Normalise uint8 NHWC tiles, run the network, turn logits into probabilities (background first)."""
 
-        def __init__(self, net: Any, mean: np.ndarray, std: np.ndarray, softmax: bool, half: bool) -> None:
+        def __init__(
+            self, net: Any, mean: np.ndarray, std: np.ndarray, softmax: bool, half: bool, boundary: bool = False
+        ) -> None:
             super().__init__()
-            self.net, self.use_softmax, self.use_half = net, softmax, half
+            self.net, self.use_softmax, self.use_half, self.boundary = net, softmax, half, boundary
             self.scale: torch.Tensor
             self.shift: torch.Tensor
             self.register_buffer("scale", torch.from_numpy(1 / (255 * std)).view(1, -1, 1, 1))
@@ -142,7 +164,10 @@ def _probabilities_module() -> Any:
             x = images.permute(0, 3, 1, 2).float() * self.scale - self.shift
             logits = self.net(x.half() if self.use_half else x).float()
             if self.use_softmax:
-                return logits.softmax(dim=1)
+                probs = logits.softmax(dim=1)
+                if self.boundary:  # the outline band is background to everything downstream
+                    return torch.cat([probs[:, :1] + probs[:, -1:], probs[:, 1:-1]], dim=1)
+                return probs
             fg = logits.sigmoid()
             # one-class sigmoid: background is 1 - p; several: background is 1 - max
             bg = 1 - fg.max(dim=1, keepdim=True).values

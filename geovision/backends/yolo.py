@@ -104,7 +104,11 @@ class YoloDetector:
 
         return cuda_batch_size(self.detect, self.cfg, base, self.device)
 
-    def detect(self, images: Sequence[np.ndarray]) -> list[Detections]:
+    def detect(
+        self, images: Sequence[np.ndarray], confidence: float | None = None, iou: float | None = None
+    ) -> list[Detections]:
+        conf = self.cfg.confidence if confidence is None else confidence
+        iou = self.cfg.iou if iou is None else iou
         if not images:
             return []
         torch = self.torch
@@ -120,10 +124,9 @@ class YoloDetector:
             out = out[0] if isinstance(out, (list, tuple)) else out
             if self.instances:  # ((predictions, prototypes), raw)
                 preds, proto = (t.float().cpu().numpy() for t in out)
-                c = self.cfg
-                return [decode_instances(o, p, c.confidence, c.iou, c.tile_size) for o, p in zip(preds, proto)]
+                return [decode_instances(o, p, conf, iou, self.cfg.tile_size) for o, p in zip(preds, proto)]
             if isinstance(out, dict):  # end-to-end heads may return a dict of branches
                 out = out.get("one2one", next(iter(out.values())))
                 out = out[0] if isinstance(out, (list, tuple)) else out
             raw = out.float().cpu().numpy()
-        return [decode(o, self.cfg.confidence, self.cfg.iou, self.cfg.tile_size, self.end2end) for o in raw]
+        return [decode(o, conf, iou, self.cfg.tile_size, self.end2end) for o in raw]

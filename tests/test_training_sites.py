@@ -1,0 +1,175 @@
+"""Training from real data layouts: datasets by site, folders of per-plot labels, held-out sites,
+chips without padding, and segmenters that learn outlines so touching buildings stay apart."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import geopandas as gpd
+import numpy as np
+import pytest
+import rasterio
+import shapely
+import torch
+import yaml
+from click.testing import CliRunner
+
+import geovision
+from geovision.backends.smp import SmpSegmenter, network_outputs
+from geovision.cli.main import main
+from geovision.labels import LabelReport, read_vector_shapes
+from geovision.train_segment import IGNORE, chip_segmentation_dataset, pixel_scores
+from geovision.training import (
+    ChipOptions,
+    TrainingError,
+    chip_starts,
+    load_train_config,
+    spec_from_mapping,
+    val_blocks,
+    without_sites,
+)
+from tests.conftest import UTM_10CM, squares_image, write_raster
+
+VOC = (
+    "<annotation><object><name>Tree</name><bndbox><xmin>{}</xmin><ymin>{}</ymin><xmax>{}</xmax><ymax>{}</ymax>"
+    "</bndbox></object></annotation>"
+)
+
+
+def plots(tmp_path: Path) -> Path:
+    """Two sites of plots; site b has a plot without labels. Returns a training config using them."""
+    for site, names in {"a": ["p1", "p2"], "b": ["q1", "q2", "q3"]}.items():
+        (tmp_path / site / "annotations").mkdir(parents=True)
+        for name in names:
+            write_raster(tmp_path / site / f"{name}.tif", squares_image(64, 64, [(10, 10, 30, 30)]))
+            if name != "q3":
+                (tmp_path / site / "annotations" / f"{name}.xml").write_text(VOC.format(10, 10, 30, 30))
+    cfg = tmp_path / "train.yaml"
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "task": "detect",
+                "datasets": [
+                    {"site": "a", "images": "a/*.tif", "labels": "a/annotations"},
+                    {"site": "b", "images": "b/*.tif", "labels": "b/annotations"},
+                ],
+                "classes": ["tree"],
+                "resolution": 0.1,
+                "tile_size": 64,
+                "output": "out",
+            }
+        )
+    )
+    return cfg
+
+
+def test_datasets_expand_by_site_and_match_labels_by_name(tmp_path):
+    spec = spec_from_mapping(load_train_config(plots(tmp_path)))
+    assert [p.name for p in spec.images] == ["p1.tif", "p2.tif", "q1.tif", "q2.tif"]  # q3 has no labels
+    assert [p.name for p in spec.labels] == ["p1.xml", "p2.xml", "q1.xml", "q2.xml"]
+    assert spec.sites == ("a", "a", "b", "b")
+    held = without_sites(spec, ["b"], tmp_path / "fold")
+    assert [p.name for p in held.images] == ["p1.tif", "p2.tif"] and held.sites == ("a", "a")
+    with pytest.raises(TrainingError, match="no site 'c'"):
+        without_sites(spec, ["c"], tmp_path / "fold")
+
+
+def test_a_dataset_matching_no_image_is_an_error(tmp_path):
+    cfg = plots(tmp_path)
+    raw = yaml.safe_load(cfg.read_text())
+    raw["datasets"][1]["images"] = "b/*.png"
+    cfg.write_text(yaml.safe_dump(raw))
+    r = CliRunner().invoke(main, ["train", "--config", str(cfg)])
+    assert r.exit_code == 2 and "no image matches" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("length, tile, stride", [(400, 320, 160), (400, 416, 208), (2299, 416, 208), (64, 64, 32)])
+def test_chips_cover_the_image_without_padding(length, tile, stride):
+    starts = chip_starts(length, tile, stride)
+    assert starts[0] == 0 and all(0 < b - a <= stride for a, b in zip(starts, starts[1:]))
+    assert starts[-1] + tile == max(length, tile)  # the last chip ends at the edge, none runs past it
+
+
+def test_small_plots_go_to_validation_whole_at_the_given_rate():
+    import random
+
+    rng = random.Random(0)
+    held = [bool(val_blocks([(0, 0)], 0.2, rng)) for _ in range(2000)]
+    assert 0.15 < np.mean(held) < 0.25
+    assert val_blocks([(0, 0)], 0.0, rng) == set()
+
+
+PAIRS = [(8, 8, 24, 40), (24, 8, 44, 40)]
+
+
+def touching_houses(tmp_path: Path) -> tuple[Path, Path]:
+    """Pairs of houses sharing a wall in each 64 px quadrant of a 128 px raster, and no data in a corner."""
+    houses = [(x1 + dx, y1 + dy, x2 + dx, y2 + dy) for dx in (0, 64) for dy in (0, 64) for x1, y1, x2, y2 in PAIRS]
+    img = squares_image(128, 128, houses)
+    img[:, 48:64, 48:64] = 0
+    path = write_raster(tmp_path / "houses.tif", img, nodata=0)
+    t = UTM_10CM
+    polys = [shapely.box(*(t @ (x1, y2)), *(t @ (x2, y1))) for x1, y1, x2, y2 in houses]
+    labels = tmp_path / "houses.geojson"
+    gpd.GeoDataFrame(geometry=polys, crs="EPSG:32617").to_crs("EPSG:4326").to_file(labels)
+    return path, labels
+
+
+def test_masks_mark_outlines_between_touching_houses_and_ignore_nodata(tmp_path):
+    img, labels = touching_houses(tmp_path)
+    items = read_vector_shapes(labels, [img], ["building"], LabelReport())
+    opts = ChipOptions(tile_size=64, resolution_m=0.1, val_fraction=0, stride=64)
+    chips = chip_segmentation_dataset(items, opts, 1.0, 1)
+    assert len(chips.train_masks) == 4
+    mask = chips.train_masks[0]  # the top-left quadrant
+    assert mask[24, 15] == 1 and mask[24, 34] == 1  # inside each house
+    assert (mask[12:36, 23:25] == 2).all()  # the shared wall is outline, so the houses do not touch
+    assert mask[2, 2] == 0 and (mask[50:, 50:] == IGNORE).all() and (mask[:48, 48:] != IGNORE).all()
+    # scores leave no data out and count the outline as background
+    pred = np.where(mask == 2, 1, mask)
+    assert pixel_scores(pred, mask, 1)["iou"] < 1.0
+    assert pixel_scores(np.where(mask == IGNORE, 1, np.where(mask == 2, 0, mask)), mask, 1)["iou"] == 1.0
+
+
+def test_a_boundary_model_hands_on_background_and_buildings_only(tmp_path):
+    cfg = geovision.ModelConfig(
+        name="b",
+        task="segment",
+        backend="smp",
+        weights=tmp_path / "w.pt",
+        classes=("building",),
+        tile_size=64,
+        overlap=16,
+        resolution_m=0.3,
+        extra={
+            "arch": "Unet",
+            "encoder": "resnet18",
+            "encoder_depth": 3,
+            "decoder_channels": [64, 32, 16],
+            "boundary": True,
+        },  # fmt: skip
+    )
+    assert network_outputs(cfg) == 3
+    from geovision.backends.smp import build_network
+
+    torch.save({k: v.half() for k, v in build_network(cfg).state_dict().items()}, cfg.weights)
+    probs = SmpSegmenter(cfg).segment([np.random.default_rng(0).integers(0, 255, (64, 64, 3), np.uint8)])
+    assert probs.shape == (1, 2, 64, 64)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_train_a_boundary_segmenter_and_detect_separate_houses(tmp_path):
+    img, labels = touching_houses(tmp_path)
+    pkg = tmp_path / "houses"
+    args = ["train", "segment", "--images", str(img), "--labels", str(labels), "--classes", "building"]
+    args += ["--resolution", "0.1", "--tile-size", "64", "--epochs", "1", "--batch", "2", "--encoder", "resnet18"]
+    args += ["--encoder-depth", "3", "--val-fraction", "0.25", "--boundary-px", "1", "-o", str(pkg), "-q"]
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 0, r.stderr
+    cfg = yaml.safe_load((pkg / "model.yaml").read_text())
+    assert cfg["boundary"] is True and cfg["activation"] == "softmax"
+    assert cfg["vectorize"]["grow_m"] == pytest.approx(0.1)
+    result = geovision.detect(img, pkg / "model.yaml", confidence=0.01)
+    with rasterio.open(img) as ds:
+        footprint = shapely.box(*ds.bounds)
+    assert len(result.features) >= 1 and all(footprint.contains(g) for g in result.features.geometry)
