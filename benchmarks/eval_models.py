@@ -37,9 +37,9 @@ from geovision.training import TrainSpec, load_train_config, spec_from_mapping, 
 
 #: A metric CRS for images without georeference (their boxes are in pixels times the pixel size).
 STAND_IN = "EPSG:32631"
-THRESHOLDS = np.round(np.arange(0.10, 0.71, 0.05), 2)
+THRESHOLDS = np.round(np.arange(0.05, 0.71, 0.05), 2)
 SEG_THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7)
-LOW_CONF = 0.05
+LOW_CONF = 0.03
 
 
 @dataclass

@@ -82,11 +82,12 @@ def read_pixel_labels(path: Path, image: Path, classes: Sequence[str], report: L
                 )
     else:
         raise LabelError(f"{path}: pixel labels must be Pascal VOC .xml or DeepForest .csv")
-    names = {r[0] for r in rows if r[0]}
-    # one name ("Tree") for a one-class model is that class; several names must be the classes
-    any_name = len(names) <= 1 and len(classes) == 1
-    if not any_name and implied_class_field(["label"], {"label": [r[0] for r in rows]}, classes, path) is None:
-        any_name = True
+    # Pascal VOC names of a one-class model ("Tree", "tree crown", typos) all are that class;
+    # a CSV's label column is a class column: used when it holds the classes, refused when it holds others
+    any_name = len(classes) == 1
+    if path.suffix.lower() == ".csv":
+        names = [r[0] for r in rows]
+        any_name = implied_class_field(["label"], {"label": names}, classes, path) is None and len(classes) == 1
     return _to_image_labels(image, rows, classes, report, any_name=any_name)
 
 

@@ -25,6 +25,8 @@ from shapely import affinity
 RECTANGLE_FILL = 0.85
 #: A squared outline must overlap the traced one at least this much (IoU), or the traced one is kept.
 MIN_IOU = 0.85
+#: Outlines smaller than this (in pixels) are left as traced: a few pixels tell no direction.
+MIN_AREA = 100.0
 
 
 def dominant_angle(poly: shapely.Polygon) -> float:
@@ -85,23 +87,25 @@ def _wall(
 
 def regularize(poly: shapely.Polygon, tolerance: float = 1.0) -> shapely.Polygon:
     """``poly`` squared up (see the module docstring); ``tolerance`` is the simplification distance."""
-    if poly.is_empty or poly.area <= 0:
-        return poly
+    if poly.is_empty or poly.area < MIN_AREA:
+        return poly.simplify(tolerance, preserve_topology=True)
     rect = shapely.minimum_rotated_rectangle(poly)
     if rect.geom_type == "Polygon" and rect.area > 0 and poly.area / rect.area >= RECTANGLE_FILL:
         # the rectangle around a traced outline is inflated by its stair-steps: keep the outline's area
         k = math.sqrt(poly.area / rect.area)
         return affinity.scale(rect, k, k, origin=rect.centroid)
+    traced = poly.simplify(tolerance, preserve_topology=True)  # what is kept when squaring does not fit
     angle = dominant_angle(poly)
     centre = poly.centroid
     turned = affinity.rotate(poly, -angle, origin=centre)
-    simple = turned.simplify(tolerance, preserve_topology=True)
+    # a coarser simplification first, so that wiggles of a pixel do not become walls of their own
+    simple = turned.simplify(1.5 * tolerance, preserve_topology=True)
     if simple.geom_type != "Polygon" or simple.is_empty:
-        return poly
+        return traced
     xy = np.asarray(simple.exterior.coords)[:-1]
     squared = _square_ring(xy) if len(xy) >= 4 else None
     if squared is None:
-        return poly.simplify(tolerance, preserve_topology=True)
+        return traced
     candidate = shapely.Polygon(squared)
     if not candidate.is_valid:
         candidate = candidate.buffer(0)
@@ -109,5 +113,7 @@ def regularize(poly: shapely.Polygon, tolerance: float = 1.0) -> shapely.Polygon
             candidate = max(candidate.geoms, key=lambda g: g.area)
     candidate = affinity.rotate(candidate, angle, origin=centre)
     if candidate.is_empty or _iou(candidate, poly) < MIN_IOU:
-        return poly.simplify(tolerance, preserve_topology=True)
+        return traced
+    if traced.geom_type == "Polygon" and len(candidate.exterior.coords) > len(traced.exterior.coords):
+        return traced  # squaring is to make outlines simpler, never busier
     return shapely.Polygon(candidate.exterior)

@@ -648,6 +648,14 @@ def _check_labels(report: LabelReport, log: Callable[[str], None]) -> None:
         raise TrainingError(f"no usable labels ({report.summary()}); check the labels' CRS, classes and --class-field")
 
 
+def _data_summary(spec: TrainSpec) -> str:
+    """A few words on the training data for a model's description."""
+    if spec.sites:
+        return f"{len(spec.images)} images of {', '.join(sorted(set(spec.sites)))}"
+    names = [p.name for p in spec.images]
+    return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+
+
 def _data_info(spec: TrainSpec, report: LabelReport, **counts: int) -> dict[str, Any]:
     """What the model was trained on, recorded in its model.yaml."""
     return {
@@ -702,7 +710,7 @@ def _train_detector(
         resolution_m=spec.resolution,
         confidence=spec.confidence if spec.confidence is not None else 0.25,
         accept_grayscale=spec.grayscale,
-        description=f"YOLO11{spec.model_size} trained by geovision on {', '.join(p.name for p in spec.images)}",
+        description=f"YOLO11{spec.model_size} trained by geovision on {_data_summary(spec)}",
     )
     chips = chip_detection_dataset(items, staging / "chips", _chip_options(spec), spec.classes)
     log(f"chips: {chips.train} train ({chips.boxes_train} boxes), {chips.val} validation ({chips.boxes_val} boxes)")
@@ -749,7 +757,7 @@ def _train_segmenter(spec: TrainSpec, report: LabelReport, package: Path, log: C
         resolution_m=spec.resolution,
         confidence=spec.confidence if spec.confidence is not None else 0.5,
         accept_grayscale=spec.grayscale,
-        description=f"{spec.arch} ({spec.encoder}) trained by geovision on {', '.join(p.name for p in spec.images)}",
+        description=f"{spec.arch} ({spec.encoder}) trained by geovision on {_data_summary(spec)}",
         extra={
             "arch": spec.arch,
             "encoder": spec.encoder,
