@@ -300,8 +300,6 @@ def source_names(rasters: list[Path]) -> dict[str, str]:
     ``2023/a.tif`` and ``2024/a.tif`` stay apart (a lone scene: its file name)."""
     full = [os.path.abspath(r) for r in rasters]
     root = os.path.commonpath(full) if len(full) > 1 else os.path.dirname(full[0]) if full else ""
-    if len(full) > 1 and root in full:  # one path is the others' parent: impossible for files, but be safe
-        root = os.path.dirname(root)
     return {str(r): Path(os.path.relpath(f, root)).as_posix() for r, f in zip(rasters, full)}
 
 

@@ -24,7 +24,15 @@ from shapely import affinity
 from geovision.labels import ImageShapes
 from geovision.models import ModelConfig, sha256_file
 from geovision.raster import open_raster
-from geovision.training import ChipOptions, SplitLog, aerial_augmentations, chip_plan, cut_chips, write_model_yaml
+from geovision.training import (
+    ChipOptions,
+    SplitLog,
+    TrainingError,
+    aerial_augmentations,
+    chip_plan,
+    cut_chips,
+    write_model_yaml,
+)
 
 
 @dataclass
@@ -185,7 +193,9 @@ def train_smp(
         bce = torch.nn.BCEWithLogitsLoss(pos_weight=weights, reduction="none")
     else:
         if weights is not None and len(weights) != n_net:
-            raise ValueError(f"class_weights needs {n_net} values (background, classes, boundary), not {len(weights)}")
+            raise TrainingError(
+                f"class_weights needs {n_net} values (background, classes, boundary), not {len(weights)}"
+            )
         dice = smp.losses.DiceLoss("multiclass", from_logits=True, ignore_index=IGNORE)
         ce = torch.nn.CrossEntropyLoss(weight=weights, ignore_index=IGNORE)
     optimizer = torch.optim.AdamW(net.parameters(), lr=opts.lr, weight_decay=1e-4)
