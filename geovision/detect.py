@@ -24,10 +24,10 @@ import shapely
 
 from geovision.backends import Detections, Detector, Segmenter, load_backend
 from geovision.blend import BandBlender
-from geovision.errors import ModelError, RasterError
+from geovision.errors import ModelError, OutputError, RasterError
 from geovision.merge import Boxes, SeamMerger, tile_boxes
 from geovision.models import ModelConfig, resolve_model
-from geovision.raster import ReadPlan, TileData, iter_tiles, open_raster, plan_read, prefetch
+from geovision.raster import ReadPlan, TileData, is_remote, iter_tiles, open_raster, plan_read, prefetch
 from geovision.tiling import Tile, TileGrid
 from geovision.vectorize import Shape, StripVectorizer, VectorizeOptions, clean, vectorize_options
 from geovision.writers import RasterSink, check_output, write_layer
@@ -129,6 +129,7 @@ def detect(
         cfg = cfg.with_overrides(confidence=review_confidence)
     if cfg.task != "segment" and (mask_out or prob_out):
         raise ModelError(f"model '{cfg.name}' is a detector; --mask-out and --prob-out need a segmentation model")
+    _check_distinct(raster, [p for p in (output, mask_out, prob_out) if p is not None])
     for path in (output, mask_out, prob_out):
         if path is not None:
             check_output(path, overwrite, raster=path is not output)
@@ -172,6 +173,16 @@ def detect(
     path = write_layer(gdf, output, overwrite) if output is not None else None
     stats.seconds = time.perf_counter() - started
     return DetectResult(gdf, stats, cfg, path)
+
+
+def _check_distinct(raster: str | os.PathLike[str], outputs: list[str | os.PathLike[str]]) -> None:
+    """Refuse an output that is the input raster (``--overwrite`` would destroy it) or another output."""
+    seen: dict[Path, str] = {} if is_remote(raster) else {Path(raster).resolve(): "the input raster"}
+    for out in outputs:
+        key = Path(out).resolve()
+        if key in seen:
+            raise OutputError(f"{out}: is {seen[key]}; give each output its own name")
+        seen[key] = "another output of this run"
 
 
 TileRow = tuple[int, list[tuple[TileData, Any]]]

@@ -12,7 +12,9 @@ weights file.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
+import re
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -139,11 +141,15 @@ def load_config(path: Path) -> ModelConfig:
     """Parse and validate a model YAML; relative weights paths are resolved against it."""
     path = Path(path).resolve()
     try:
-        raw = yaml.safe_load(path.read_text())
+        text = path.read_text()
+        raw = yaml.safe_load(text)
     except (OSError, yaml.YAMLError) as e:
         raise ModelError(f"{path}: cannot read model YAML ({e})") from e
     if not isinstance(raw, dict):
         raise ModelError(f"{path}: model YAML must be a mapping")
+    if isinstance(raw.get("sha256"), int):  # unquoted digits: YAML made a number of them; take them as written
+        written = re.search(r"^sha256:\s*([0-9]+)\s*(#.*)?$", text, re.MULTILINE)
+        raw["sha256"] = written.group(1) if written else str(raw["sha256"])
     return config_from_dict(raw, path)
 
 
@@ -177,7 +183,7 @@ def config_from_dict(raw: dict[str, Any], path: Path) -> ModelConfig:
             tile_size=int(raw["tile_size"]),
             overlap=int(raw.get("overlap", 0)),
             resolution_m=float(raw["resolution"]) if raw.get("resolution") is not None else None,
-            sha256=raw.get("sha256"),
+            sha256=_sha256(raw.get("sha256"), path),
             in_channels=int(raw.get("in_channels", 3)),
             bands=tuple(int(b) for b in bands) if bands else None,
             accept_grayscale=bool(raw.get("accept_grayscale", False)),
@@ -215,6 +221,20 @@ _KNOWN_KEYS = {
     "batch_size",
     "description",
 }
+
+
+def _sha256(value: Any, path: Path) -> str | None:
+    """A model YAML's sha256 as 64 lower-case hex characters, quoted or not.
+
+    (:func:`load_config` takes an unquoted all-digit hash as written, not as YAML's integer.)
+    Anything that is not 64 hex characters is refused, never skipped.
+    """
+    if value is None:
+        return None
+    text = str(value).strip().lower()
+    if len(text) != 64 or any(c not in "0123456789abcdef" for c in text):
+        raise ModelError(f"{path}: sha256 must be 64 hexadecimal characters, not {str(value)[:70]!r}")
+    return text
 
 
 def _floats(v: Any) -> tuple[float, ...] | None:
@@ -299,4 +319,9 @@ def verify_weights(cfg: ModelConfig) -> str:
                 f"model '{cfg.name}': weights {cfg.weights.name} have sha256 {actual[:12]}…, "
                 f"the model YAML expects {cfg.sha256[:12]}…; the file is corrupt or was replaced"
             )
+    elif cfg.source is not None and cfg.source.suffix.lower() in (".yaml", ".yml"):
+        logging.getLogger("geovision").warning(
+            f"model '{cfg.name}': {cfg.source.name} gives no sha256, so {cfg.weights.name} is loaded unchecked; "
+            f"add 'sha256: {actual}' once you trust the file"
+        )
     return actual

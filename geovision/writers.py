@@ -63,8 +63,11 @@ def check_output(
         raise OutputError(f"{p}: folder {parent} does not exist")
     if not os.access(parent, os.W_OK):
         raise OutputError(f"{p}: folder {parent} is not writable")
-    if p.exists() and not overwrite:
-        raise OutputError(f"{p} already exists; pass --overwrite to replace it")
+    # a Shapefile is several files: an unrelated o.dbf or a stale o.prj makes o.shp "existing" too
+    parts = [p.with_suffix(x) for x in SHAPEFILE_PARTS] if p.suffix.lower() == ".shp" else [p]
+    existing = next((q for q in parts if q.exists()), None)
+    if existing is not None and not overwrite:
+        raise OutputError(f"{existing} already exists; pass --overwrite to replace it")
     if p.is_dir():
         raise OutputError(f"{p} is a directory")
     return p
@@ -102,9 +105,11 @@ def write_layer(gdf: gpd.GeoDataFrame, path: str | os.PathLike[str], overwrite: 
             raise OutputError(f"{p}: could not write layer ({e})") from e
         if driver == "ESRI Shapefile":
             for part in SHAPEFILE_PARTS:
-                src = tmp.with_suffix(part)
+                src, dst = tmp.with_suffix(part), p.with_suffix(part)
                 if src.exists():
-                    os.replace(src, p.with_suffix(part))
+                    os.replace(src, dst)
+                elif dst.exists():  # a part this layer has not (no .prj without a CRS): no stale one left
+                    dst.unlink()
         else:
             os.replace(tmp, p)
     finally:

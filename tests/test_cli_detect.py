@@ -101,7 +101,39 @@ def test_corrupt_weights_without_hash(scene, tmp_path, model_yaml):
     cfg["sha256"] = None
     model_yaml.write_text(yaml.safe_dump(cfg))
     out = tmp_path / "o.gpkg"
-    assert_user_error(run("detect", scene, "-m", model_yaml, "-o", out), "not a loadable", out)
+    r = run("detect", scene, "-m", model_yaml, "-o", out)
+    lines = r.stderr.strip().splitlines()  # a YAML without a hash is loaded with a warning first
+    assert r.exit_code == 2 and not out.exists() and "Traceback" not in r.stderr
+    assert any("gives no sha256" in line for line in lines) and "not a loadable" in lines[-1]
+
+
+@pytest.mark.parametrize(
+    "value, ok",
+    [
+        ("0" * 64, True),  # unquoted digits: YAML reads an integer
+        ("'" + "A" * 64 + "'", True),  # quoted, upper case
+        ("12345", False),
+        ("'" + "g" * 64 + "'", False),
+        ("[1, 2]", False),
+    ],
+)
+def test_sha256_is_64_hex_characters_quoted_or_not(tmp_path, model_yaml, value, ok):
+    from geovision.models import ModelError, resolve_model
+
+    text = model_yaml.read_text()
+    start = text.index("sha256:")
+    end = text.index("\n", start)
+    model_yaml.write_text(text[:start] + f"sha256: {value}" + text[end:])
+    if ok:
+        assert resolve_model(model_yaml).sha256 == value.strip("'").lower()
+        # and it is checked, not skipped: these are not the weights' hash
+        r = run("detect", SAMPLE_TREES, "-m", model_yaml, "-o", tmp_path / "o.gpkg")
+        assert r.exit_code == 2 and "sha256" in r.stderr
+    else:
+        with pytest.raises(ModelError, match="64 hexadecimal"):
+            resolve_model(model_yaml)
+        r = run("detect", SAMPLE_TREES, "-m", model_yaml, "-o", tmp_path / "o.gpkg")
+        assert r.exit_code == 2 and "64 hexadecimal" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_wrong_bands(tmp_path):
@@ -238,3 +270,28 @@ def test_loading_the_yolo_backend_leaves_threads_alone():
     ).stdout.strip()
     out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["None", bare, bare]
+
+
+def test_an_output_is_never_the_input_or_another_output(tmp_path):
+    tile = tmp_path / "scene.tif"
+    shutil.copy(SAMPLE_TREES, tile)
+    before = tile.read_bytes()
+    r = run("detect", tile, "-m", "buildings", "-o", tmp_path / "b.gpkg", "--mask-out", tile, "--overwrite")
+    assert_user_error(r, "input raster", tmp_path / "b.gpkg")
+    assert tile.read_bytes() == before
+    m = tmp_path / "m.tif"
+    r = run("detect", tile, "-m", "buildings", "-o", tmp_path / "b.gpkg", "--mask-out", m, "--prob-out", m)
+    assert_user_error(r, "another output", tmp_path / "b.gpkg", m)
+
+
+def test_a_shapefile_exists_when_any_of_its_parts_does(tmp_path):
+    dbf = tmp_path / "o.dbf"
+    dbf.write_bytes(b"someone else's table")
+    r = run("detect", SAMPLE_TREES, "-m", "trees", "-o", tmp_path / "o.shp")
+    assert r.exit_code == 2 and "o.dbf already exists" in r.stderr and dbf.read_bytes() == b"someone else's table"
+    (tmp_path / "o.prj").write_text("PROJCS[stale]")
+    plain = write_raster(tmp_path / "plain.tif", squares_image(64, 64, [(10, 10, 30, 30)]), crs=None)
+    r = run("detect", plain, "-m", "trees", "-o", tmp_path / "o.shp", "--pixel-coords", "--overwrite", "-q")
+    assert r.exit_code == 0, r.stderr
+    assert not (tmp_path / "o.prj").exists()  # pixel coordinates: no CRS, and no stale one left behind
+    assert dbf.read_bytes() != b"someone else's table"
