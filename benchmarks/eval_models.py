@@ -30,7 +30,7 @@ import rasterio
 import shapely
 
 import geovision
-from geovision.evaluate import evaluate
+from geovision.evaluate import Scores, evaluate
 from geovision.labels import LabelReport, read_pixel_labels
 from geovision.raster import open_raster
 from geovision.training import TrainSpec, load_train_config, spec_from_mapping, train, without_sites
@@ -52,9 +52,8 @@ class Counts:
         self.tp, self.fp, self.fn = self.tp + other.tp, self.fp + other.fp, self.fn + other.fn
 
     def prf(self) -> tuple[float, float, float]:
-        p = self.tp / (self.tp + self.fp) if self.tp + self.fp else 0.0
-        r = self.tp / (self.tp + self.fn) if self.tp + self.fn else 0.0
-        return p, r, (2 * p * r / (p + r) if p + r else 0.0)
+        s = Scores.from_counts(self.tp, self.fp, self.fn)
+        return s.precision, s.recall, s.f1
 
 
 @dataclass

@@ -27,7 +27,16 @@ from geovision.blend import BandBlender
 from geovision.errors import ModelError, OutputError, RasterError
 from geovision.merge import Boxes, SeamMerger, tile_boxes
 from geovision.models import ModelConfig, resolve_model
-from geovision.raster import ReadPlan, TileData, is_remote, iter_tiles, open_raster, plan_read, prefetch
+from geovision.raster import (
+    ReadPlan,
+    TileData,
+    is_remote,
+    iter_tiles,
+    open_raster,
+    plan_read,
+    prefetch,
+    raster_name,
+)
 from geovision.tiling import Tile, TileGrid
 from geovision.vectorize import Shape, StripVectorizer, VectorizeOptions, clean, vectorize_options
 from geovision.writers import RasterSink, check_output, write_layer
@@ -66,7 +75,7 @@ class DetectResult:
 def default_output(raster: str | os.PathLike[str], model: ModelConfig, suffix: str = ".gpkg") -> Path:
     """Where a run writes when no output is named: ``<input stem>.<model name><suffix>`` in the current
     folder (``scene.tif`` with ``buildings`` -> ``scene.buildings.gpkg``; a folder of scenes: ``suffix=""``)."""
-    name = str(raster).split("?")[0].rstrip("/").split("/")[-1]  # a path, a /vsi path or a URL alike
+    name = raster_name(raster)
     if any(c in name for c in "*["):
         name = "scenes"
     stem = Path(name).stem if Path(name).suffix else name
@@ -144,7 +153,7 @@ def detect(
             pixel_coords=pixel_coords or pixel_size is not None,
             native_resolution_m=pixel_size,
         )
-        source_name = str(ds.name).split("?")[0].rstrip("/").split("/")[-1]  # a file name, also of a URL
+        source_name = raster_name(ds.name)
     if backend is None:
         backend = load_backend(cfg, device, runtime, quantize)
         if batch_size is None and backend.device.startswith("cuda") and hasattr(backend, "fit_batch"):

@@ -86,8 +86,7 @@ def read_pixel_labels(path: Path, image: Path, classes: Sequence[str], report: L
     # a CSV's label column is a class column: used when it holds the classes, refused when it holds others
     any_name = len(classes) == 1
     if path.suffix.lower() == ".csv":
-        names = [r[0] for r in rows]
-        any_name = implied_class_field(["label"], {"label": names}, classes, path) is None and len(classes) == 1
+        any_name = not uses_class_column("label", [r[0] for r in rows], classes, path)
     return _to_image_labels(image, rows, classes, report, any_name=any_name)
 
 
@@ -95,21 +94,19 @@ def read_pixel_labels(path: Path, image: Path, classes: Sequence[str], report: L
 CLASS_COLUMNS = ("class", "label")
 
 
-def implied_class_field(columns: Any, table: Any, classes: Sequence[str], path: Path) -> str | None:
-    """The ``class``/``label`` column to use when none was named, or None to label everything
-    as the one class. A column holding several values is used when they are the classes asked
-    for, and refused otherwise: relabelling cars and trees as 'tree' without a word is worse."""
-    column = next((c for c in CLASS_COLUMNS if c in columns), None)
-    if column is None:
-        return None
-    values = sorted({str(v) for v in table[column] if v is not None and str(v) != "nan"})
-    if len(values) <= 1:
-        return None if len(classes) == 1 else column
+def uses_class_column(column: str, values: Any, classes: Sequence[str], path: Path) -> bool:
+    """Whether a ``class``/``label`` column, when no class field was named, gives each label's
+    class (True) or everything is the one class asked for (False). A column holding several
+    values is used when they are the classes asked for, and refused otherwise: relabelling cars
+    and trees as 'tree' without a word is worse."""
+    names = sorted({str(v) for v in values if v is not None and str(v) != "nan"})
+    if len(names) <= 1:
+        return len(classes) > 1
     known = {c.lower() for c in classes}
-    if all(v.lower() in known for v in values):
-        return column
+    if all(v.lower() in known for v in names):
+        return True
     raise LabelError(
-        f"{path}: column '{column}' holds {', '.join(values[:10])}{' ...' if len(values) > 10 else ''}, not the "
+        f"{path}: column '{column}' holds {', '.join(names[:10])}{' ...' if len(names) > 10 else ''}, not the "
         f"classes asked for ({', '.join(classes)}); pass --classes with those names, or --class-field"
     )
 
@@ -148,7 +145,9 @@ def read_vector_shapes(
     empty = gdf.geometry.isna() | gdf.geometry.is_empty
     report.drop("empty geometry", int(empty.sum()))
     gdf = gdf[~empty]
-    class_field = class_field or implied_class_field(gdf.columns, gdf, classes, path)
+    column = next((c for c in CLASS_COLUMNS if c in gdf.columns), None)
+    if not class_field and column and uses_class_column(column, gdf[column], classes, path):
+        class_field = column
     if class_field:
         names = gdf[class_field].astype(str).tolist()
     else:

@@ -193,7 +193,7 @@ def _merge_groups(b: Boxes, labels: np.ndarray) -> Boxes:
             best = members[0]
             xyxy[best] = [*b.xyxy[members, :2].min(axis=0), *b.xyxy[members, 2:].max(axis=0)]
             if polys is not None and b.polys is not None and len(members) > 1:
-                polys[best] = _largest(shapely.union_all(b.polys[members]))
+                polys[best] = largest_polygon(shapely.union_all(b.polys[members]))
         keep.append(best)
     idx = np.array(keep, dtype=np.int64)
     out = Boxes(xyxy, b.scores.copy(), b.classes, b.tiles, b.cut, polys, b.ids).take(idx)
@@ -201,11 +201,13 @@ def _merge_groups(b: Boxes, labels: np.ndarray) -> Boxes:
     return out
 
 
-def _largest(geom: shapely.Geometry) -> shapely.Geometry:
-    """A polygon: the largest part of a union whose pieces do not quite touch."""
-    if geom.geom_type == "MultiPolygon":
-        return max(geom.geoms, key=lambda g: g.area)
-    return geom
+def largest_polygon(geom: shapely.Geometry) -> shapely.Polygon | None:
+    """The largest polygon of a geometry that came out in pieces (a union whose pieces do not
+    quite touch, a repaired self-intersection); ``geom`` itself if a polygon, None if it holds none."""
+    if geom.geom_type == "Polygon":
+        return geom
+    parts = [g for g in getattr(geom, "geoms", []) if g.geom_type == "Polygon"]
+    return max(parts, key=lambda g: g.area) if parts else None
 
 
 def _nms(b: Boxes, iou: float) -> np.ndarray:

@@ -113,6 +113,11 @@ def is_remote(path: str | os.PathLike[str]) -> bool:
     return s.startswith(REMOTE_SCHEMES) or s.startswith("/vsi")
 
 
+def raster_name(path: str | os.PathLike[str]) -> str:
+    """The file name of a raster path, a ``/vsi*`` path or a URL (less its query string)."""
+    return str(path).split("?")[0].rstrip("/").split("/")[-1]
+
+
 def open_raster(path: str | os.PathLike[str]) -> rasterio.io.DatasetReader:
     """Open ``path`` with rasterio, turning every failure into a RasterError.
 

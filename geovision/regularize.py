@@ -6,8 +6,9 @@ its dominant direction (that of its minimum rotated rectangle), simplified,
 and every edge is snapped to that direction or the one across it; runs of
 edges along one direction merge into one wall at their length-weighted mean
 offset. An outline that fills most of its rotated rectangle becomes that
-rectangle, shrunk to the outline's area. An outline that squaring would change too much (an L that is
-really a curve, a round tank) keeps its simplified shape.
+rectangle, shrunk to the outline's area. An outline that squaring would
+change too much (an L that is really a curve, a round tank), or make busier,
+keeps its simplified shape, and so do outlines too small to tell a direction.
 
 Works in any metric plane; the pipeline calls it in model-grid pixels, which
 are square on the ground.
@@ -20,6 +21,8 @@ import math
 import numpy as np
 import shapely
 from shapely import affinity
+
+from geovision.merge import largest_polygon
 
 #: Outlines filling this share of their minimum rotated rectangle become the rectangle.
 RECTANGLE_FILL = 0.85
@@ -108,11 +111,11 @@ def regularize(poly: shapely.Polygon, tolerance: float = 1.0) -> shapely.Polygon
         return traced
     candidate = shapely.Polygon(squared)
     if not candidate.is_valid:
-        candidate = candidate.buffer(0)
-        if candidate.geom_type == "MultiPolygon":
-            candidate = max(candidate.geoms, key=lambda g: g.area)
+        candidate = largest_polygon(candidate.buffer(0))
+    if candidate is None or candidate.is_empty:
+        return traced
     candidate = affinity.rotate(candidate, angle, origin=centre)
-    if candidate.is_empty or _iou(candidate, poly) < MIN_IOU:
+    if _iou(candidate, poly) < MIN_IOU:
         return traced
     if traced.geom_type == "Polygon" and len(candidate.exterior.coords) > len(traced.exterior.coords):
         return traced  # squaring is to make outlines simpler, never busier

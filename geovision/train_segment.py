@@ -115,22 +115,16 @@ def augmentation(aerial: bool = True) -> Any:
     """
     import albumentations as A
 
-    if not aerial:
-        return A.Compose(
-            [
-                A.SquareSymmetry(p=1.0),
-                A.RandomBrightnessContrast(brightness_limit=0.2, contrast_limit=0.2, p=0.7),
-                A.Affine(scale=(0.85, 1.15), rotate=(-10, 10), fill_mask=IGNORE, p=0.5),
-                A.GaussNoise(std_range=(0.0, 0.03), p=0.2),
-            ]
-        )
-    return A.Compose(
-        [
-            A.SquareSymmetry(p=1.0),
-            A.Affine(scale=(0.7, 1.4), rotate=(-15, 15), fill_mask=IGNORE, p=0.6),
-            *aerial_augmentations(),
+    if aerial:
+        geometry = A.Affine(scale=(0.7, 1.4), rotate=(-15, 15), fill_mask=IGNORE, p=0.6)
+        pixels = aerial_augmentations()
+    else:
+        geometry = A.Affine(scale=(0.85, 1.15), rotate=(-10, 10), fill_mask=IGNORE, p=0.5)
+        pixels = [
+            A.RandomBrightnessContrast(brightness_limit=0.2, contrast_limit=0.2, p=0.7),
+            A.GaussNoise(std_range=(0.0, 0.03), p=0.2),
         ]
-    )
+    return A.Compose([A.SquareSymmetry(p=1.0), geometry, *pixels])
 
 
 def _tensor(images: Sequence[np.ndarray], mean: np.ndarray, std: np.ndarray) -> Any:

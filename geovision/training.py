@@ -518,17 +518,15 @@ def expand_datasets(datasets: Any, base: Path) -> tuple[list[str], list[str], li
         if not found:
             raise TrainingError(f"datasets[{n}] ({site}): no image matches {', '.join(map(str, patterns))}")
         lab = Path(os.path.normpath(base / d["labels"]))
+        folder = lab.is_dir()
         for image in found:
-            if lab.is_dir():
-                match = next(
-                    (lab / (Path(image).stem + s) for s in LABEL_SUFFIXES if (lab / (Path(image).stem + s)).is_file()),
-                    None,
-                )
-                if match is None:
-                    continue  # unlabelled image of this site
-                labels.append(str(match))
-            else:
-                labels.append(str(lab))
+            match: Path | None = lab
+            if folder:
+                named = (lab / (Path(image).stem + suffix) for suffix in LABEL_SUFFIXES)
+                match = next((q for q in named if q.is_file()), None)
+            if match is None:
+                continue  # unlabelled image of this site
+            labels.append(str(match))
             images.append(image)
             sites.append(site)
         if site not in sites:

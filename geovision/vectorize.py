@@ -26,6 +26,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from geovision.blend import Strip
+from geovision.merge import largest_polygon
 from geovision.models import ModelConfig
 from geovision.regularize import regularize
 
@@ -139,18 +140,13 @@ def clean(shape: Shape, opts: VectorizeOptions, pixel_m: float, pixel_area_m2: f
         geom = shapely.Polygon(geom.exterior)
     if opts.grow_m > 0:
         geom = geom.buffer(opts.grow_m / pixel_m, join_style="mitre")
-        if geom.geom_type != "Polygon":  # growing never splits; guard against numerical slivers
-            geom = max(getattr(geom, "geoms", [geom]), key=lambda g: g.area)
     if opts.regularize:
         geom = regularize(geom, tolerance=max(1.0, opts.simplify_m / pixel_m))
     elif opts.simplify_m > 0:
         geom = geom.simplify(opts.simplify_m / pixel_m, preserve_topology=True)
     if not geom.is_valid:  # squaring or simplifying a thin shape can fold it over itself
-        geom = shapely.make_valid(geom)
-        geom = max(getattr(geom, "geoms", [geom]), key=lambda g: g.area if g.geom_type == "Polygon" else -1)
-        if geom.geom_type != "Polygon":
-            return None
-    if geom.is_empty or geom.area * pixel_area_m2 < opts.min_area_m2:
+        geom = largest_polygon(shapely.make_valid(geom))
+    if geom is None or geom.is_empty or geom.area * pixel_area_m2 < opts.min_area_m2:
         return None
     return geom
 
