@@ -10,6 +10,7 @@ on the validation chips every epoch, and keeps the best epoch.
 
 from __future__ import annotations
 
+import pickle
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -31,6 +32,7 @@ from geovision.training import (
     aerial_augmentations,
     chip_plan,
     cut_chips,
+    start_weights,
     write_model_yaml,
 )
 
@@ -104,6 +106,8 @@ class SegTrainOptions:
     seed: int = 0
     class_weights: tuple[float, ...] | None = None
     augment: str = "aerial"
+    #: a state dict of the same network to start from (a package's weights.pt); None: from scratch
+    weights: Path | None = None
 
 
 def augmentation(aerial: bool = True) -> Any:
@@ -178,7 +182,17 @@ def train_smp(
     cfg = replace(
         cfg, extra={**cfg.extra, "mean": [round(float(m), 5) for m in mean], "std": [round(float(s), 5) for s in std]}
     )
-    net = build_network(cfg).to(device)
+    net = build_network(cfg)
+    if opts.weights is not None:
+        try:  # weights_only: a state dict of tensors, never a pickle that runs code
+            start = torch.load(opts.weights, map_location="cpu", weights_only=True)
+            net.load_state_dict({k: v.float() for k, v in start.items()})
+        except (RuntimeError, AttributeError, pickle.UnpicklingError) as e:
+            raise TrainingError(
+                f"{opts.weights}: not weights of this network ({cfg.extra['arch']}, {cfg.extra['encoder']}, "
+                f"{cfg.extra.get('encoder_depth')} stages, {network_outputs(cfg)} outputs)"
+            ) from e
+    net = net.to(device)
     sigmoid = activation(cfg) == "sigmoid"
     n_net = network_outputs(cfg)
     weights = torch.tensor(opts.class_weights, device=device, dtype=torch.float32) if opts.class_weights else None
@@ -242,6 +256,7 @@ def train_smp(
         extra={
             **cfg.extra,
             "training": {
+                "base": start_weights(opts.weights) if opts.weights else "from scratch",
                 "epochs": opts.epochs,
                 "best_epoch": best[3],
                 "seconds": round(seconds, 1),

@@ -9,6 +9,7 @@ held-out block and a training block is dropped, so no pixel is in both.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -316,9 +317,12 @@ def train_yolo(
     device = pick_device(opts.device)
     model = ultralytics.YOLO(opts.model)
 
+    ran = {"epochs": 0}  # a time limit (options: time) changes the number of epochs on the way
+
     def on_epoch(trainer: Any) -> None:
         m = {k.split("/")[-1]: round(float(v), 3) for k, v in (trainer.metrics or {}).items() if "mAP" in k}
         done = trainer.epoch + 1
+        ran["epochs"] = min(done, trainer.epochs)
         log(f"epoch {done}/{trainer.epochs} {m}" if done <= trainer.epochs else f"best weights {m}")
 
     model.add_callback("on_fit_epoch_end", on_epoch)
@@ -338,7 +342,8 @@ def train_yolo(
             exist_ok=True,
             plots=False,
             verbose=False,
-            pretrained=False,
+            # a .pt start is used only with pretrained left on (False rebuilds the network from its YAML)
+            pretrained=opts.model.endswith(".pt"),
             amp=device != "cpu",
             patience=opts.patience,
             lr0=opts.lr0,
@@ -349,11 +354,14 @@ def train_yolo(
             mosaic=1.0,
             hsv_v=0.3,
         )
+        if device != "cpu":  # the GPU waits on chips otherwise: load them in worker processes
+            args.update(workers=max(opts.workers, min(8, os.cpu_count() or 1)))
         if opts.augment == "aerial":
             # random ground resolution around the model's (+-50 %) and stronger colour changes
             args.update(scale=0.5, hsv_h=0.02, hsv_s=0.5, hsv_v=0.4, augmentations=aerial_augmentations())
         args.update(opts.extra)
-        model.train(**args)
+        with _amp_check_offline():
+            model.train(**args)
         seconds = time.perf_counter() - started
         run = Path(tmp) / "run"
         best = run / "weights" / "best.pt"
@@ -372,8 +380,8 @@ def train_yolo(
         extra={
             **cfg.extra,
             "training": {
-                "base": opts.model,
-                "epochs": opts.epochs,
+                "base": opts.model if not opts.model.endswith(".pt") else start_weights(Path(opts.model)),
+                "epochs": ran["epochs"] or opts.epochs,
                 "augment": opts.augment,
                 "seconds": round(seconds, 1),
                 "device": device,
@@ -385,6 +393,29 @@ def train_yolo(
     write_model_yaml(packaged, out_dir / "model.yaml")
     log(f"validation: {json.dumps(metrics)}")
     return packaged
+
+
+def start_weights(path: Path) -> str:
+    """The weights a run started from, by file name and content (the path is this machine's)."""
+    return f"{path.parent.name}/{path.name} (sha256 {sha256_file(path)})"
+
+
+@contextlib.contextmanager
+def _amp_check_offline() -> Iterator[None]:
+    """Skip ultralytics' mixed-precision self-test for the length of one training run.
+
+    On CUDA it downloads a pretrained model from GitHub to compare fp16 with
+    fp32 output, which hangs or fails offline. Mixed precision is used as on
+    any recent GPU; the patched name is restored when the run ends.
+    """
+    import ultralytics.engine.trainer as trainer
+
+    saved = trainer.check_amp
+    trainer.check_amp = lambda model: True
+    try:
+        yield
+    finally:
+        trainer.check_amp = saved
 
 
 def _last_metrics(results_csv: Path) -> dict[str, float]:
@@ -779,6 +810,7 @@ def _train_segmenter(spec: TrainSpec, report: LabelReport, package: Path, log: C
         seed=spec.seed,
         class_weights=spec.class_weights,
         augment=spec.augment,
+        weights=spec.weights,
     )
     info = _data_info(spec, report, chips_train=len(chips.train_images), chips_val=len(chips.val_images))
     info["val_regions"] = _regions_yaml(chips.split.val_regions)

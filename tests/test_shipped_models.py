@@ -41,8 +41,10 @@ def test_trees_on_the_neon_tile_match_its_crowns(tmp_path):
     gpd.GeoDataFrame({"class": ["tree"] * len(crowns)}, geometry=crowns, crs=crs).to_file(tmp_path / "truth.gpkg")
     r = cli("evaluate", str(tmp_path / "trees.gpkg"), str(tmp_path / "truth.gpkg"), "--boxes", "--iou", "0.4", "--json")
     scores = json.loads(r.stdout)["overall"]
-    # at the default confidence 0.1 (the best F1 on unseen forests): measured P 0.54, R 0.84, F1 0.65
-    assert scores["precision"] >= 0.45 and scores["recall"] >= 0.7 and scores["f1"] >= 0.55
+    # at the default confidence 0.2 (the best F1 on forests left out): measured P 0.83, R 0.54, F1 0.65.
+    # The tile is one of the training plots, so this checks the package, not how well it generalises
+    # (that is benchmarks/eval_models.py, docs/models.md).
+    assert scores["precision"] >= 0.7 and scores["recall"] >= 0.45 and scores["f1"] >= 0.55
 
 
 def test_buildings_on_the_rio_tile_are_on_buildings_and_squared(tmp_path):

@@ -173,40 +173,10 @@ def test_bad_training_input(tmp_path, args, message):
 def test_train_segment_cli_to_package_that_detect_runs(tmp_path):
     img, labels = scene(tmp_path)
     pkg = tmp_path / "roofs"
-    r = CliRunner().invoke(
-        main,
-        [
-            "train",
-            "segment",
-            "--images",
-            str(img),
-            "--labels",
-            str(labels),
-            "--classes",
-            "hut",
-            "--class-field",
-            "kind",
-            "--resolution",
-            "0.1",
-            "--tile-size",
-            "64",
-            "--epochs",
-            "1",
-            "--batch",
-            "4",
-            "--arch",
-            "Unet",
-            "--encoder",
-            "resnet18",
-            "--encoder-depth",
-            "3",
-            "--val-fraction",
-            "0.25",
-            "-o",
-            str(pkg),
-            "-q",
-        ],
-    )
+    args = ["train", "segment", "--images", str(img), "--labels", str(labels), "--classes", "hut"]
+    args += ["--class-field", "kind", "--resolution", "0.1", "--tile-size", "64", "--epochs", "1", "--batch", "4"]
+    args += ["--arch", "Unet", "--encoder", "resnet18", "--encoder-depth", "3", "--val-fraction", "0.25"]
+    r = CliRunner().invoke(main, [*args, "-o", str(pkg), "-q"])
     assert r.exit_code == 0, r.stderr
     cfg = yaml.safe_load((pkg / "model.yaml").read_text())
     assert cfg["task"] == "segment" and cfg["backend"] == "smp" and cfg["encoder_depth"] == 3
@@ -220,6 +190,25 @@ def test_train_segment_cli_to_package_that_detect_runs(tmp_path):
 
     with rasterio.open(mask) as m:
         assert (m.width, m.height) == (256, 256) and m.transform == T
+    # fine-tuning starts from the package's weights: at learning rate 0 they come back unchanged
+    tuned = tmp_path / "tuned"
+    r = CliRunner().invoke(main, [*args, "--weights", str(pkg / "weights.pt"), "--lr", "0", "-o", str(tuned), "-q"])
+    assert r.exit_code == 0, r.stderr
+    import torch
+
+    a, b = (torch.load(p / "weights.pt", weights_only=True) for p in (pkg, tuned))
+    convs = [k for k in a if k.endswith("conv1.weight")]
+    assert convs and all(torch.equal(a[k], b[k]) for k in convs)
+    made = yaml.safe_load((tuned / "model.yaml").read_text())["training"]["base"]
+    assert made.startswith("roofs/weights.pt (sha256 ")
+    # and a start that does not fit the network is one clear line
+    torch.save({"stem.weight": torch.zeros(1)}, tmp_path / "other.pt")
+    r = CliRunner().invoke(main, [*args, "--weights", str(tmp_path / "other.pt"), "-o", str(tmp_path / "x"), "-q"])
+    assert r.exit_code == 2 and "not weights of this network (Unet, resnet18, 3 stages" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "x").exists()
+    yolo = Path(__file__).parent.parent / "configs" / "models" / "trees-fast" / "weights.pt"
+    r = CliRunner().invoke(main, [*args, "--weights", str(yolo), "-o", str(tmp_path / "x"), "-q"])
+    assert r.exit_code == 2 and "not weights of this network" in r.stderr and not (tmp_path / "x").exists()
 
 
 def test_segmentation_needs_polygons(tmp_path):
@@ -249,3 +238,48 @@ def test_segmentation_needs_polygons(tmp_path):
         ],
     )
     assert r.exit_code == 2 and "polygon labels" in r.stderr
+
+
+def first_conv(weights: Path) -> np.ndarray:
+    import torch
+
+    ckpt = torch.load(weights, map_location="cpu", weights_only=False)
+    net = ckpt.get("ema") or ckpt["model"]
+    return next(iter(net.state_dict().values())).float().numpy()
+
+
+def test_training_from_weights_starts_from_them(tmp_path):
+    """`weights:` fine-tunes the given model: with a learning rate of zero it comes back unchanged.
+
+    ultralytics rebuilds the network from its YAML (random weights) when told
+    ``pretrained=False``, which once made every fine-tuning run a run from scratch.
+    """
+    img, labels = scene(tmp_path)
+    start = Path(__file__).parent.parent / "configs" / "models" / "trees-fast" / "weights.pt"
+    cfg = tmp_path / "train.yaml"
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "task": "detect",
+                "images": ["scene.tif"],
+                "labels": ["labels.gpkg"],
+                "classes": ["hut"],
+                "resolution": 0.1,
+                "tile_size": 64,
+                "epochs": 1,
+                "batch": 4,
+                "val_fraction": 0.25,
+                "weights": str(start),
+                "augment": "none",
+                "output": "tuned",
+                "options": {"optimizer": "SGD", "lr0": 0.0, "warmup_bias_lr": 0.0, "warmup_epochs": 0},
+            }
+        )
+    )
+    r = CliRunner().invoke(main, ["train", "--config", str(cfg), "-q"])
+    assert r.exit_code == 0, r.stderr
+    tuned = first_conv(tmp_path / "tuned" / "weights.pt")
+    np.testing.assert_allclose(tuned, first_conv(start), atol=1e-3)
+    assert np.abs(first_conv(start)).max() > 0.01  # a real filter, not zeros that any start would match
+    made = yaml.safe_load((tmp_path / "tuned" / "model.yaml").read_text())["training"]
+    assert made["epochs"] == 1 and made["base"].startswith("trees-fast/weights.pt (sha256 ")
