@@ -104,6 +104,13 @@ backend_option = click.option(
 quantize_option = click.option(
     "--quantize", type=click.Choice(["int8"]), help="Run an int8 ONNX model (see docs/models.md for its accuracy)."
 )
+trust_option = click.option(
+    "--trust-model",
+    "trust",
+    is_flag=True,
+    help="Load a pickled .pt file even if it names more than network layers: it can run code; "
+    "only for files whose source you know.",
+)
 quiet_option = click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary.")
 debug_option = click.option("--debug", is_flag=True, help="Show tracebacks of unexpected failures.")
 
@@ -158,6 +165,7 @@ def main() -> None:
     help="Segmenters: keep raw traced outlines (building models square them up by default).",
 )
 @click.option("--overwrite", is_flag=True, help="Replace the output if it exists.")
+@trust_option
 @quiet_option
 @debug_option
 def detect(
@@ -178,6 +186,7 @@ def detect(
     review_conf: float | None,
     regularize: bool | None,
     overwrite: bool,
+    trust: bool,
     quiet: bool,
     debug: bool,
 ) -> None:
@@ -187,7 +196,7 @@ def detect(
     import geovision
 
     _log_to_stderr(quiet)
-    cfg = _run(lambda: geovision.resolve_model(model), debug)
+    cfg = _run(lambda: geovision.resolve_model(model, trust), debug)
     if output is None:
         output = str(geovision.default_output(raster, cfg))
     bar: tqdm | None = None
@@ -290,6 +299,7 @@ def models_cmd(as_json: bool, quiet: bool, debug: bool) -> None:
 @device_option
 @backend_option
 @quantize_option
+@trust_option
 @quiet_option
 @debug_option
 def batch(
@@ -303,6 +313,7 @@ def batch(
     device: str | None,
     backend: str,
     quantize: str | None,
+    trust: bool,
     quiet: bool,
     debug: bool,
 ) -> None:
@@ -317,7 +328,7 @@ def batch(
     from geovision.batch import SceneResult, run_batch
 
     _log_to_stderr(quiet)
-    cfg = _run(lambda: geovision.resolve_model(model), debug)
+    cfg = _run(lambda: geovision.resolve_model(model, trust), debug)
     if output is None:
         output = str(geovision.default_output(inputs, cfg, suffix=""))
     bar: tqdm | None = None
@@ -417,6 +428,12 @@ def batch(
 @click.option("--seed", type=int)
 @click.option("-o", "--output", help="Folder for the model package (model.yaml + weights).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing package folder.")
+@click.option(
+    "--trust-model",
+    "trust_weights",
+    is_flag=True,
+    help="Start from a pickled --weights file even if it names more than network layers (it can run code).",
+)
 @quiet_option
 @debug_option
 @click.pass_context
@@ -454,14 +471,16 @@ def train(
 @click.option("--format", "fmt", type=click.Choice(["onnx"]), default="onnx", show_default=True)
 @click.option("-o", "--output", help="Output file (default: beside the weights).")
 @click.option("--overwrite", is_flag=True, help="Replace the output if it exists.")
+@trust_option
 @quiet_option
 @debug_option
-def export(model: str, fmt: str, output: str | None, overwrite: bool, quiet: bool, debug: bool) -> None:
+def export(model: str, fmt: str, output: str | None, overwrite: bool, trust: bool, quiet: bool, debug: bool) -> None:
     """Export MODEL to ONNX with its model YAML embedded; `detect --model FILE.onnx` runs it."""
+    import geovision
     from geovision.export import export_onnx
 
     _log_to_stderr(quiet)
-    path = _run(lambda: export_onnx(model, output, overwrite=overwrite), debug)
+    path = _run(lambda: export_onnx(geovision.resolve_model(model, trust), output, overwrite=overwrite), debug)
     click.echo(str(path))
 
 

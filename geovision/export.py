@@ -69,7 +69,7 @@ def _export_yolo(cfg: ModelConfig, tmp: Path, opset: int) -> Path:
     work = tmp / cfg.weights.name  # ultralytics writes the export beside the weights: not in the package
     shutil.copyfile(cfg.weights, work)
     try:
-        yolo = load_yolo(work)
+        yolo = load_yolo(work, cfg.trusted)
     except WeightsError as e:
         raise WeightsError(str(e).replace(str(work), str(cfg.weights))) from e
     return Path(

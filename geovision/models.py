@@ -29,6 +29,8 @@ Task = Literal["detect", "segment", "instance"]
 
 BUILTIN_MODELS_DIR = Path(__file__).resolve().parent.parent / "configs" / "models"
 WEIGHT_SUFFIXES = {".pt", ".pth", ".onnx"}
+#: what a model name looks like: no folder separators, no "..", nothing that makes it a path
+MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,8 @@ class ModelConfig:
     description: str = ""
     source: Path | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    #: the user vouches for a pickled weights file (``--trust-model``); never read from or written to YAML
+    trusted: bool = False
 
     def to_summary(self) -> dict[str, Any]:
         """The machine-readable description printed by ``geovision models --json``."""
@@ -116,23 +120,29 @@ def _named_model_file(folder: Path, name: str) -> Path | None:
     return None
 
 
-def resolve_model(spec: str | os.PathLike[str]) -> ModelConfig:
-    """A model from a name, a YAML path, or a weights path."""
+def resolve_model(spec: str | os.PathLike[str], trust: bool = False) -> ModelConfig:
+    """A model from a name, a YAML path, or a weights path.
+
+    ``trust`` lets a pickled ultralytics checkpoint that names more than
+    network layers be loaded (it can run code): for files whose source the
+    user knows, never the default.
+    """
     p = Path(spec)
     if p.suffix.lower() in {".yaml", ".yml"}:
         if not p.is_file():
             raise ModelError(f"model file {p} does not exist")
-        return load_config(p)
+        return replace(load_config(p), trusted=trust)
     if p.suffix.lower() in WEIGHT_SUFFIXES:
         if not p.is_file():
             raise WeightsError(f"weights file {p} does not exist")
-        return config_from_weights(p)
+        return config_from_weights(p, trust)
     if p.is_dir() and (p / "model.yaml").is_file():
-        return load_config(p / "model.yaml")
-    for d in model_dirs():
-        candidate = _named_model_file(d, str(spec))
-        if candidate is not None:
-            return load_config(candidate)
+        return replace(load_config(p / "model.yaml"), trusted=trust)
+    if MODEL_NAME.fullmatch(str(spec)):  # a name, never a path that leaves the search folders
+        for d in model_dirs():
+            candidate = _named_model_file(d, str(spec))
+            if candidate is not None:
+                return replace(load_config(candidate), trusted=trust)
     known = ", ".join(m.name for m in list_models()) or "none"
     raise ModelError(f"unknown model '{spec}'; known models: {known} (or pass a model YAML or weights path)")
 
@@ -272,7 +282,7 @@ def config_to_dict(cfg: ModelConfig, relative_to: Path | None = None) -> dict[st
     return out
 
 
-def config_from_weights(path: Path) -> ModelConfig:
+def config_from_weights(path: Path, trust: bool = False) -> ModelConfig:
     """A config for a bare weights file: an ONNX file exported by geovision, or an
     ultralytics ``.pt`` read at the raster's own resolution."""
     path = path.resolve()
@@ -284,7 +294,7 @@ def config_from_weights(path: Path) -> ModelConfig:
         raise ModelError(f"{path}: bare weights must be an ultralytics .pt file; use a model YAML otherwise")
     from geovision.backends.yolo import read_checkpoint_meta
 
-    names, imgsz, task = read_checkpoint_meta(path)
+    names, imgsz, task = read_checkpoint_meta(path, trust)
     return ModelConfig(
         name=path.stem,
         task="instance" if task == "segment" else "detect",
@@ -296,6 +306,7 @@ def config_from_weights(path: Path) -> ModelConfig:
         resolution_m=None,
         sha256=None,
         source=None,
+        trusted=trust,
     )
 
 

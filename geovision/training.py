@@ -272,6 +272,8 @@ class DetectTrainOptions:
     lr0: float = 0.01
     augment: Literal["aerial", "none"] = "aerial"
     extra: dict[str, Any] = field(default_factory=dict)
+    #: load a ``.pt`` start even if it names more than network classes (see backends.yolo.check_checkpoint)
+    trusted: bool = False
 
 
 def aerial_augmentations() -> list[Any]:
@@ -310,12 +312,12 @@ def train_yolo(
     ``cfg`` carries everything but the weights (classes, tile size, resolution,
     bands, normalisation); the returned config is the package's model.yaml.
     """
-    from geovision.backends.yolo import import_ultralytics
+    from geovision.backends.yolo import import_ultralytics, load_yolo
     from geovision.device import pick_device
 
     ultralytics = import_ultralytics()
     device = pick_device(opts.device)
-    model = ultralytics.YOLO(opts.model)
+    model = load_yolo(Path(opts.model), opts.trusted) if opts.model.endswith(".pt") else ultralytics.YOLO(opts.model)
 
     ran = {"epochs": 0}  # a time limit (options: time) changes the number of epochs on the way
 
@@ -492,6 +494,8 @@ class TrainSpec:
     augment: Literal["aerial", "none"] = "aerial"
     # passed on to ultralytics' trainer as they are
     options: dict[str, Any] = field(default_factory=dict)
+    #: start from a pickled ``weights`` file that names more than network classes (``--trust-model``)
+    trust_weights: bool = False
 
 
 TRAIN_SPEC_FIELDS = {f for f in TrainSpec.__dataclass_fields__}
@@ -626,6 +630,10 @@ def train(spec: TrainSpec, log: Callable[[str], None] = lambda s: None) -> Model
             raise TrainingError(f"{p}: no such file")
     if len(spec.labels) not in (1, len(spec.images)):
         raise TrainingError(f"give one labels file, or one per image ({len(spec.images)}), not {len(spec.labels)}")
+    if spec.task == "detect" and spec.weights and spec.weights.suffix == ".pt" and not spec.trust_weights:
+        from geovision.backends.yolo import check_checkpoint
+
+        check_checkpoint(spec.weights)  # before any work: a start that would run code is refused
     if spec.resolution is None:
         spec = replace(spec, resolution=training_resolution(spec.images, spec.image_resolution, log))
     report = LabelReport()
@@ -754,6 +762,7 @@ def _train_detector(
         seed=spec.seed,
         augment=spec.augment,
         extra=dict(spec.options),
+        trusted=spec.trust_weights,
     )
     info = _data_info(spec, report, chips_train=chips.train, chips_val=chips.val, val_boxes=chips.boxes_val)
     info["val_regions"] = _regions_yaml(chips.split.val_regions)

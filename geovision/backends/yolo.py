@@ -47,19 +47,68 @@ def import_ultralytics() -> Any:
     return ultralytics
 
 
-def load_yolo(path: Path) -> Any:
-    """An ultralytics YOLO object for ``path``; a bad file becomes a WeightsError."""
+#: modules whose classes an ultralytics checkpoint may name: network layers and model classes
+SAFE_MODULES = ("torch.nn.modules.", "ultralytics.nn.modules.", "ultralytics.nn.tasks.")
+
+
+def check_checkpoint(path: Path) -> None:
+    """Refuse a pickled checkpoint that names anything but network classes.
+
+    ultralytics loads ``.pt`` files with a full unpickler, which runs whatever
+    function the file names. Before that, the file is read by torch's
+    restricted unpickler with only the torch and ultralytics ``nn.Module``
+    classes that it names allowed; anything else (``os.system``, ``eval``, a
+    function of any module) is refused without being called.
+    """
+    import importlib
+
+    import torch
+    from torch.serialization import get_unsafe_globals_in_checkpoint, safe_globals
+
+    def allowed(name: str) -> type | None:
+        module, _, attr = name.rpartition(".")
+        if not name.startswith(SAFE_MODULES):
+            return None
+        obj = getattr(importlib.import_module(module), attr, None)
+        return obj if isinstance(obj, type) and issubclass(obj, torch.nn.Module) else None
+
+    try:
+        names = get_unsafe_globals_in_checkpoint(str(path))
+        classes = {n: allowed(n) for n in names}
+        refused = sorted(n for n, c in classes.items() if c is None)
+        if refused:
+            raise WeightsError(
+                f"{path.name}: loading it would call {refused[0]}, which is not part of a network; refused "
+                "(pass --trust-model if you know where the file comes from)"
+            )
+        with safe_globals([c for c in classes.values() if c is not None]):
+            torch.load(path, map_location="cpu", weights_only=True)
+    except WeightsError:
+        raise
+    except Exception as e:  # noqa: BLE001 - torch and pickle raise many kinds for a bad file
+        raise WeightsError(f"{path.name}: not a loadable YOLO weights file ({first_line(e)})") from e
+
+
+def first_line(e: BaseException) -> str:
+    """The first line of an exception's message, or its type when it has none."""
+    lines = str(e).strip().splitlines()
+    return lines[0] if lines else type(e).__name__
+
+
+def load_yolo(path: Path, trusted: bool = False) -> Any:
+    """An ultralytics YOLO object for ``path``; a bad or unsafe file becomes a WeightsError."""
     ultralytics = import_ultralytics()
+    if not trusted:
+        check_checkpoint(path)
     try:
         return ultralytics.YOLO(str(path))
     except Exception as e:  # noqa: BLE001 - torch/pickle raise many kinds for a bad file
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise WeightsError(f"{path.name}: not a loadable YOLO weights file ({msg})") from e
+        raise WeightsError(f"{path.name}: not a loadable YOLO weights file ({first_line(e)})") from e
 
 
-def read_checkpoint_meta(path: Path) -> tuple[list[str], int, str]:
+def read_checkpoint_meta(path: Path, trusted: bool = False) -> tuple[list[str], int, str]:
     """Class names, training image size and task stored in an ultralytics checkpoint."""
-    model = load_yolo(path)
+    model = load_yolo(path, trusted)
     names = [model.names[i] for i in sorted(model.names)]
     imgsz = model.overrides.get("imgsz", 640)
     if isinstance(imgsz, (list, tuple)):
@@ -77,7 +126,7 @@ class YoloDetector:
 
         self.cfg = cfg
         self.device = pick_device(device)
-        yolo = load_yolo(cfg.weights)
+        yolo = load_yolo(cfg.weights, cfg.trusted)
         expected = "segment" if cfg.task == "instance" else "detect"
         if yolo.task != expected:
             raise WeightsError(f"{cfg.weights.name}: a YOLO '{yolo.task}' model; the model YAML says {cfg.task}")
