@@ -8,7 +8,9 @@ shows its traceback).
 from __future__ import annotations
 
 import json
+import signal
 import sys
+import threading
 import traceback
 from collections.abc import Callable
 from pathlib import Path
@@ -19,23 +21,43 @@ import click
 EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT = 0, 1, 2
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (what schedulers and `timeout` send), raised like Ctrl-C so that temporary files go."""
+
+
+def _terminate(_signum: int, _frame: Any) -> None:
+    raise Terminated
+
+
 def _run(fn: Callable[[], Any], debug: bool) -> Any:
-    """Call ``fn``; user errors become one stderr line and exit 2, bugs exit 1."""
+    """Call ``fn``; user errors become one stderr line and exit 2, bugs exit 1.
+
+    Ctrl-C and SIGTERM unwind through every ``finally`` (temporary outputs are
+    removed) and end with one line: exit 130 and 143, as shells report them.
+    """
     from geovision.errors import GeovisionError
 
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
     try:
         return fn()
     except GeovisionError as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(EXIT_BAD_INPUT)
+    except Terminated:
+        click.echo("terminated", err=True)
+        sys.exit(128 + signal.SIGTERM)
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
-        sys.exit(130)
+        sys.exit(128 + signal.SIGINT)
     except Exception as e:  # noqa: BLE001 - anything else is a bug; say so in one line
         if debug:
             traceback.print_exc()
         click.echo(f"error: unexpected failure: {type(e).__name__}: {e} (rerun with --debug for details)", err=True)
         sys.exit(EXIT_FAILURE)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def _bands(_ctx: click.Context, _param: click.Parameter, value: str | None) -> tuple[int, ...] | None:

@@ -154,6 +154,9 @@ def detect(
             native_resolution_m=pixel_size,
         )
         source_name = raster_name(ds.name)
+    if plan.crs is None and output is not None and Path(output).suffix.lower() in {".geojson", ".json"}:
+        # GeoJSON is longitude/latitude by definition: pixel columns and rows would be read as degrees
+        raise OutputError(f"{output}: pixel coordinates cannot be GeoJSON (always WGS84); use .gpkg or .shp")
     if backend is None:
         backend = load_backend(cfg, device, runtime, quantize)
         if batch_size is None and backend.device.startswith("cuda") and hasattr(backend, "fit_batch"):

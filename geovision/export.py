@@ -27,7 +27,7 @@ from typing import Literal
 import yaml
 
 from geovision.errors import ModelError, OutputError, WeightsError
-from geovision.models import ModelConfig, config_to_dict, resolve_model, verify_weights
+from geovision.models import ModelConfig, config_to_dict, resolve_model, sha256_file, verify_weights
 
 METADATA_KEY = "geovision"
 log = logging.getLogger("geovision")
@@ -137,10 +137,11 @@ def cached_onnx(cfg: ModelConfig, quantize: str | None = None) -> ModelConfig:
         source = cfg.weights
     else:
         source = cache_dir() / f"{digest}.onnx"
-        if not source.is_file():
+        if not _intact(source):
             _make_cache_dir()
             started = time.perf_counter()
             export_onnx(cfg, source, overwrite=True)
+            _seal(source)
             log.info(
                 "exported model '%s' to ONNX once (%.1f s), cached as %s",
                 cfg.name,
@@ -152,11 +153,36 @@ def cached_onnx(cfg: ModelConfig, quantize: str | None = None) -> ModelConfig:
     if quantize != "int8":
         raise ModelError(f"unknown quantisation '{quantize}' (known: int8)")
     target = cache_dir() / f"{digest}.int8.onnx"
-    if not target.is_file():
+    if not _intact(target):
         _make_cache_dir()
         quantize_int8(source, target)
+        _seal(target)
         log.info("quantised model '%s' to int8 once, cached as %s", cfg.name, target)
     return _running_on(cfg, target)
+
+
+def _intact(cached: Path) -> bool:
+    """Whether a cached export is there and is the file that was written (its sha256 beside it).
+
+    A damaged or altered export would run and quietly find nothing; it is
+    made again instead.
+    """
+    if not cached.is_file():
+        return False
+    seal = cached.with_name(cached.name + ".sha256")
+    recorded = seal.read_text().strip() if seal.is_file() else None
+    if recorded == sha256_file(cached):
+        return True
+    log.warning("cached export %s does not match its recorded sha256; exporting it again", cached)
+    return False
+
+
+def _seal(cached: Path) -> None:
+    """Record the sha256 of a new cached export beside it."""
+    from geovision.writers import atomic_output
+
+    with atomic_output(cached.with_name(cached.name + ".sha256")) as tmp:
+        Path(tmp).write_text(sha256_file(cached) + "\n")
 
 
 def _running_on(cfg: ModelConfig, onnx_file: Path) -> ModelConfig:
@@ -165,10 +191,14 @@ def _running_on(cfg: ModelConfig, onnx_file: Path) -> ModelConfig:
 
 
 def _make_cache_dir() -> None:
+    """Make the cache folder, or refuse before an export is wasted on a folder that cannot take it."""
+    folder = cache_dir()
     try:
-        cache_dir().mkdir(parents=True, exist_ok=True)
+        folder.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise OutputError(f"cannot create the model cache {cache_dir()} ({e.strerror}); set GEOVISION_CACHE") from e
+        raise OutputError(f"cannot create the model cache {folder} ({e.strerror}); set GEOVISION_CACHE") from e
+    if not os.access(folder, os.W_OK):
+        raise OutputError(f"the model cache {folder} is not writable; set GEOVISION_CACHE to a folder that is")
 
 
 def quantize_int8(source: Path, out: Path) -> Path:

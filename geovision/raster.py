@@ -62,6 +62,10 @@ class Normalization:
     max: tuple[float, ...] | None = None
 
 
+#: how invalid pixels are found: not at all, by nodata value, by GDAL's mask, or by an alpha band
+MaskMode = Literal["none", "nodata", "dataset", "alpha"]
+
+
 @dataclass(frozen=True)
 class ReadPlan:
     """Everything needed to read tiles of one raster for one model.
@@ -80,10 +84,12 @@ class ReadPlan:
     pixel_size_m: tuple[float, float]
     bands: tuple[int, ...]
     stretch: tuple[tuple[float, ...], tuple[float, ...]] | None
-    mask_mode: Literal["none", "nodata", "dataset"]
+    mask_mode: MaskMode
     nodata: float | None
     source_width: int
     source_height: int
+    #: a band with colour interpretation alpha that GDAL does not use as the mask (not the last band)
+    alpha: int | None = None
 
     @property
     def resampled(self) -> bool:
@@ -189,8 +195,8 @@ def plan_read(
     # Exact ratios that make the model grid span the raster to the pixel.
     scale_x, scale_y = ds.width / width, ds.height / height
     chosen = select_bands(ds, in_channels, bands, accept_grayscale)
-    mask_mode, nodata = _mask_mode(ds, chosen)
-    stretch = compute_stretch(ds, chosen, normalization, mask_mode, nodata)
+    mask_mode, nodata, alpha = _mask_mode(ds, chosen)
+    stretch = compute_stretch(ds, chosen, normalization, mask_mode, nodata, alpha)
     return ReadPlan(
         path=str(ds.name),
         width=width,
@@ -206,6 +212,7 @@ def plan_read(
         nodata=nodata,
         source_width=ds.width,
         source_height=ds.height,
+        alpha=alpha,
     )
 
 
@@ -277,16 +284,21 @@ def select_bands(
     )
 
 
-def _mask_mode(
-    ds: rasterio.io.DatasetReader, bands: Sequence[int]
-) -> tuple[Literal["none", "nodata", "dataset"], float | None]:
-    """How to find invalid pixels: not at all, from nodata values, or from GDAL's mask."""
+def _mask_mode(ds: rasterio.io.DatasetReader, bands: Sequence[int]) -> tuple[MaskMode, float | None, int | None]:
+    """How to find invalid pixels: not at all, from nodata values, GDAL's mask, or an alpha band.
+
+    GDAL masks with an alpha band only when it is the last one; an alpha band
+    elsewhere (colour interpretation alpha on band 1, say) is used here itself.
+    """
     flags = [ds.mask_flag_enums[b - 1] for b in sorted(set(bands))]
+    alphas = [i + 1 for i, c in enumerate(ds.colorinterp) if c == ColorInterp.alpha]
+    if alphas and not any(MaskFlags.alpha in f for f in flags):
+        return "alpha", None, alphas[0]
     if all(f == [MaskFlags.all_valid] for f in flags):
-        return "none", None
+        return "none", None, None
     if all(MaskFlags.nodata in f for f in flags) and ds.nodata is not None:
-        return "nodata", float(ds.nodata)
-    return "dataset", None
+        return "nodata", float(ds.nodata), None
+    return "dataset", None, None
 
 
 def compute_stretch(
@@ -295,6 +307,7 @@ def compute_stretch(
     norm: Normalization,
     mask_mode: str = "none",
     nodata: float | None = None,
+    alpha: int | None = None,
 ) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
     """Per-band (low, high) values that map to 0 and 255, or None for as-is.
 
@@ -321,7 +334,7 @@ def compute_stretch(
     shape = (max(1, round(ds.height / f)), max(1, round(ds.width / f))) if f > 1 else (ds.height, ds.width)
     unique = sorted(set(bands))
     sample = ds.read(unique, out_shape=(len(unique), *shape), resampling=Resampling.nearest)
-    valid = _valid_mask(ds, sample, mask_mode, nodata, None, shape)
+    valid = _valid_mask(ds, sample, mask_mode, nodata, None, shape, alpha)
     lows, highs = [], []
     for b in bands:
         values = sample[unique.index(b)][valid]
@@ -342,14 +355,24 @@ def _valid_mask(
     nodata: float | None,
     window: Window | None,
     shape: tuple[int, int],
+    alpha: int | None = None,
 ) -> np.ndarray:
-    """Boolean (rows, cols) array, True where the pixel holds data."""
-    if mask_mode == "none":
-        return np.ones(shape, dtype=bool)
+    """Boolean (rows, cols) array, True where the pixel holds data.
+
+    NaN and infinite values of float rasters are no data whatever the
+    declared nodata (``data != nan`` is always true).
+    """
     if mask_mode == "nodata":
-        return np.any(data != nodata, axis=0)
-    m = ds.dataset_mask(window=window, out_shape=shape, resampling=Resampling.nearest)
-    return m > 0
+        valid = np.any(data != nodata, axis=0)
+    elif mask_mode == "alpha":
+        valid = ds.read(alpha, window=window, out_shape=shape, resampling=Resampling.nearest) > 0
+    elif mask_mode == "dataset":
+        valid = ds.dataset_mask(window=window, out_shape=shape, resampling=Resampling.nearest) > 0
+    else:
+        valid = np.ones(shape, dtype=bool)
+    if data.dtype.kind == "f":
+        valid &= np.isfinite(data).all(axis=0)
+    return valid
 
 
 def normalize(data: np.ndarray, stretch: tuple[tuple[float, ...], tuple[float, ...]] | None) -> np.ndarray:
@@ -359,6 +382,8 @@ def normalize(data: np.ndarray, stretch: tuple[tuple[float, ...], tuple[float, .
     lo = np.asarray(stretch[0], dtype=np.float32)[:, None, None]
     hi = np.asarray(stretch[1], dtype=np.float32)[:, None, None]
     out = (data.astype(np.float32) - lo) * (255.0 / (hi - lo))
+    if data.dtype.kind == "f":  # NaN (no data, masked) would cast to an arbitrary byte
+        np.nan_to_num(out, copy=False, nan=0.0)
     np.clip(out, 0, 255, out=out)
     return np.rint(out, out=out).astype(np.uint8)
 
@@ -383,8 +408,15 @@ def read_tile(ds: rasterio.io.DatasetReader, plan: ReadPlan, tile: Tile) -> Tile
         window = Window(tile.x0 * plan.scale_x, tile.y0 * plan.scale_y, w * plan.scale_x, h * plan.scale_y)
         unique = sorted(set(plan.bands))
         resampling = Resampling.bilinear if plan.resampled else Resampling.nearest
-        data = ds.read(unique, window=window, out_shape=(len(unique), h, w), resampling=resampling)
-        valid[:h, :w] = _valid_mask(ds, data, plan.mask_mode, plan.nodata, window, (h, w))
+        try:
+            data = ds.read(unique, window=window, out_shape=(len(unique), h, w), resampling=resampling)
+            valid[:h, :w] = _valid_mask(ds, data, plan.mask_mode, plan.nodata, window, (h, w), plan.alpha)
+        except RasterioIOError as e:  # a damaged block deep inside a file that opened fine
+            c, r = round(window.col_off), round(window.row_off)
+            raise RasterError(
+                f"{raster_name(ds.name)}: cannot read pixels in window col {c}, row {r}, "
+                f"{round(window.width)} x {round(window.height)} ({_first_line(e)})"
+            ) from e
         data = data[[unique.index(b) for b in plan.bands]]
         image[:, :h, :w] = normalize(data, plan.stretch)
     return TileData(tile, np.ascontiguousarray(image.transpose(1, 2, 0)), valid)
@@ -449,8 +481,9 @@ def prefetch(items: Iterable[T], depth: int = 4) -> Iterator[T]:
     stop = threading.Event()
 
     def work() -> None:
+        source = iter(items)
         try:
-            for item in items:
+            for item in source:
                 while not stop.is_set():
                     try:
                         q.put(("item", item), timeout=0.1)
@@ -462,6 +495,12 @@ def prefetch(items: Iterable[T], depth: int = 4) -> Iterator[T]:
             q.put(("done", None))
         except BaseException as e:  # noqa: BLE001 - handed to the consumer
             q.put(("error", e))
+        finally:
+            # a generator that opened rasters must be closed in this thread: GDAL's
+            # environment is per thread, and closing it elsewhere raises EnvError
+            close = getattr(source, "close", None)
+            if close is not None:
+                close()
 
     thread = threading.Thread(target=work, name="geovision-reader", daemon=True)
     thread.start()

@@ -5,12 +5,16 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import geopandas as gpd
 import numpy as np
 import pytest
+import rasterio
 import yaml
 from affine import Affine
 from click.testing import CliRunner
@@ -69,10 +73,14 @@ def test_no_georeference_refused_unless_pixel_coords(tmp_path, model_yaml):
     path = write_raster(tmp_path / "plain.tif", squares_image(64, 64, []), crs=None)
     out = tmp_path / "o.geojson"
     assert_user_error(run("detect", path, "-m", model_yaml, "-o", out), "no georeference", out)
-    r = run("detect", path, "-m", model_yaml, "-o", out, "--pixel-coords", "-q")
+    # GeoJSON means longitude/latitude: pixel columns would come back as degrees and be scored so
+    assert_user_error(run("detect", path, "-m", model_yaml, "-o", out, "--pixel-coords"), "use .gpkg or .shp", out)
+    gpkg = tmp_path / "o.gpkg"
+    r = run("detect", path, "-m", model_yaml, "-o", gpkg, "--pixel-coords", "-q")
     assert r.exit_code == 0, r.stderr
-    doc = json.loads(out.read_text())
-    assert doc["type"] == "FeatureCollection" and "crs" not in doc
+    assert gpd.read_file(gpkg).crs is None  # no CRS: evaluate refuses to score it against a map layer
+    r = run("evaluate", gpkg, gpkg)
+    assert r.exit_code == 2 and "layer has no CRS" in r.stderr
 
 
 def test_unknown_model_lists_known(scene, tmp_path):
@@ -295,3 +303,38 @@ def test_a_shapefile_exists_when_any_of_its_parts_does(tmp_path):
     assert r.exit_code == 0, r.stderr
     assert not (tmp_path / "o.prj").exists()  # pixel coordinates: no CRS, and no stale one left behind
     assert dbf.read_bytes() != b"someone else's table"
+
+
+def test_a_corrupt_tile_inside_a_raster_is_one_line_naming_the_window(tmp_path):
+    data = np.random.default_rng(0).integers(0, 255, (3, 512, 512), dtype=np.uint8)
+    path = write_raster(tmp_path / "c.tif", data, tiled=True, blockxsize=256, blockysize=256, compress="deflate")
+    with rasterio.open(path) as ds:
+        offset = int(ds.get_tag_item("BLOCK_OFFSET_1_1", "TIFF", bidx=1))
+    raw = bytearray(path.read_bytes())
+    raw[offset : offset + 2000] = b"\xff" * 2000  # the deflate stream of one block, destroyed
+    path.write_bytes(bytes(raw))
+    out = tmp_path / "o.gpkg"
+    r = run("detect", path, "-m", "trees", "-o", out, "-q")
+    assert_user_error(r, "c.tif: cannot read pixels", out)
+    assert "window" in r.stderr
+
+
+@pytest.mark.parametrize(
+    ("sig", "code", "word"), [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")]
+)
+def test_ctrl_c_and_sigterm_stop_with_one_line_and_no_temporary_files(tmp_path, sig, code, word):
+    data = np.random.default_rng(0).integers(0, 255, (3, 4000, 4000), dtype=np.uint8)
+    scene = write_raster(tmp_path / "big.tif", data, transform=Affine(0.3, 0, 500000, 0, -0.3, 4000000), tiled=True)
+    out, mask = tmp_path / "o.gpkg", tmp_path / "m.tif"
+    cmd = [sys.executable, "-m", "geovision.cli.main", "detect", str(scene), "-m", "buildings"]
+    proc = subprocess.Popen([*cmd, "-o", str(out), "--mask-out", str(mask), "-q"], stderr=subprocess.PIPE, text=True)
+    for _ in range(600):  # until the mask is being written: the run is under way
+        if list(tmp_path.glob(".m.tif.*")) or proc.poll() is not None:
+            break
+        time.sleep(0.1)
+    assert proc.poll() is None, "finished before it could be stopped"
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == code
+    assert err.strip().splitlines() == [word], err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.tif"]

@@ -144,3 +144,33 @@ def test_block_cache_is_sized_for_a_row_of_tiles_not_the_raster(tmp_path, monkey
     seen.clear()
     list(iter_tiles(plan, tiles()))
     assert all(v is None for v in seen)
+
+
+def test_an_alpha_band_anywhere_masks(tmp_path):
+    """Alpha on band 1 (not the usual last band): left out of the input and used as the mask."""
+    data = np.zeros((4, 16, 16), np.uint8)
+    data[0, :, :4] = 255  # alpha: first quarter valid
+    data[1], data[2], data[3] = 30, 20, 10
+    path = write_raster(tmp_path / "argb.tif", data)
+    with rasterio.open(path, "r+") as ds:
+        ds.colorinterp = [ColorInterp.alpha, ColorInterp.red, ColorInterp.green, ColorInterp.blue]
+    with rasterio.open(path) as ds:
+        plan = plan_read(ds, 0.1, 3)
+        td = read_tile(ds, plan, Tile(0, 0, 0, 0, 16))
+    assert plan.bands == (2, 3, 4)
+    assert tuple(td.image[0, 0]) == (30, 20, 10)
+    assert td.valid[:, :4].all() and not td.valid[:, 4:].any()
+
+
+@pytest.mark.parametrize("nodata", [float("nan"), None])
+def test_nan_pixels_are_no_data_and_do_not_spoil_the_stretch(tmp_path, nodata):
+    """nodata=nan never equals itself; undeclared NaN in a float raster is no data too."""
+    data = np.full((3, 32, 32), np.nan, np.float32)
+    data[:, :, :16] = np.linspace(100, 200, 16, dtype=np.float32)[None, None, :]
+    path = write_raster(tmp_path / "f32.tif", data, nodata=nodata)
+    with rasterio.open(path) as ds:
+        plan = plan_read(ds, 0.1, 3)
+        td = read_tile(ds, plan, Tile(0, 0, 0, 0, 32))
+    assert plan.stretch is not None and all(np.isfinite(v) for band in plan.stretch for v in band)
+    assert td.valid[:, :16].all() and not td.valid[:, 16:].any()
+    assert td.image[:, :16].max() == 255 and td.image[:, :16].min() == 0

@@ -78,6 +78,22 @@ def test_export_happens_once_and_is_reported(tmp_path, monkeypatch):
     assert len(gpd.read_file(tmp_path / "a.gpkg")) == len(gpd.read_file(tmp_path / "b.gpkg")) > 0
 
 
+def test_a_damaged_cached_export_is_made_again(tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("GEOVISION_CACHE", str(cache))
+    args = ["detect", str(SAMPLES / "OSBS_029.tif"), "-m", "trees-fast", "-o"]
+    assert run_cli(*args, str(tmp_path / "a.gpkg")).exit_code == 0
+    cached = cache / f"{sha256_file(resolve_model('trees-fast').weights)}.onnx"
+    assert (cached.parent / (cached.name + ".sha256")).read_text().strip() == sha256_file(cached)
+    raw = bytearray(cached.read_bytes())
+    raw[len(raw) // 2 : len(raw) // 2 + 4096] = bytes(4096)  # weights zeroed: the graph still loads
+    cached.write_bytes(bytes(raw))
+    second = run_cli(*args, str(tmp_path / "b.gpkg"))
+    assert second.exit_code == 0, second.stderr
+    assert "does not match its recorded sha256" in second.stderr and "exported model" in second.stderr
+    assert len(gpd.read_file(tmp_path / "a.gpkg")) == len(gpd.read_file(tmp_path / "b.gpkg")) > 0
+
+
 def test_cpu_path_imports_neither_torch_nor_ultralytics(tmp_path):
     load_backend(resolve_model("trees"), "cpu")  # makes sure the export is in the cache
     script = (
@@ -119,6 +135,15 @@ def test_unwritable_cache_is_a_clear_error(tmp_path, monkeypatch):
     r = run_cli("detect", str(SAMPLES / "OSBS_029.tif"), "-m", "trees", "-o", str(tmp_path / "z.gpkg"))
     assert r.exit_code == 2 and "cannot create the model cache" in r.stderr and "GEOVISION_CACHE" in r.stderr
     assert not (tmp_path / "z.gpkg").exists()
+    # a folder that exists but cannot be written to (as a non-root user sees a read-only one)
+    readonly = tmp_path / "ro"
+    readonly.mkdir()
+    monkeypatch.setenv("GEOVISION_CACHE", str(readonly))
+    writable = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: False if Path(p) == readonly else writable(p, mode))
+    r = run_cli("detect", str(SAMPLES / "OSBS_029.tif"), "-m", "trees", "-o", str(tmp_path / "z.gpkg"))
+    assert r.exit_code == 2 and "is not writable" in r.stderr and "exported" not in r.stderr
+    assert not list(readonly.iterdir()) and not (tmp_path / "z.gpkg").exists()
 
 
 def test_gpu_batch_grows_to_fit_half_the_free_memory():
