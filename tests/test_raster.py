@@ -94,17 +94,28 @@ def test_fixed_normalization(tmp_path):
     assert (td.image == 128).all()
 
 
-def test_rgb_found_by_colour_interpretation_and_alpha_masks(tmp_path):
+B, G, R, A = ColorInterp.blue, ColorInterp.green, ColorInterp.red, ColorInterp.alpha
+
+
+@pytest.mark.parametrize(
+    ("order", "rgb_bands"),
+    [((B, G, R, A), (3, 2, 1)), ((A, R, G, B), (2, 3, 4))],  # alpha last as GDAL writes it, or first
+)
+def test_rgb_found_by_colour_interpretation_and_an_alpha_band_anywhere_masks(tmp_path, order, rgb_bands):
+    values = {B: 10, G: 20, R: 30}
     data = np.zeros((4, 16, 16), np.uint8)
-    data[0], data[1], data[2] = 10, 20, 30  # stored as B, G, R
-    data[3, :, :8] = 255  # alpha: left half valid
+    for i, c in enumerate(order):
+        if c == A:
+            data[i, :, :8] = 255  # alpha: left half valid
+        else:
+            data[i] = values[c]
     path = write_raster(tmp_path / "bgra.tif", data)
     with rasterio.open(path, "r+") as ds:
-        ds.colorinterp = [ColorInterp.blue, ColorInterp.green, ColorInterp.red, ColorInterp.alpha]
+        ds.colorinterp = list(order)
     with rasterio.open(path) as ds:
         plan = plan_read(ds, 0.1, 3)
         td = read_tile(ds, plan, Tile(0, 0, 0, 0, 16))
-    assert plan.bands == (3, 2, 1)
+    assert plan.bands == rgb_bands  # alpha never fed to the model
     assert tuple(td.image[0, 0]) == (30, 20, 10)
     assert td.valid[:, :8].all() and not td.valid[:, 8:].any()
 
@@ -144,22 +155,6 @@ def test_block_cache_is_sized_for_a_row_of_tiles_not_the_raster(tmp_path, monkey
     seen.clear()
     list(iter_tiles(plan, tiles()))
     assert all(v is None for v in seen)
-
-
-def test_an_alpha_band_anywhere_masks(tmp_path):
-    """Alpha on band 1 (not the usual last band): left out of the input and used as the mask."""
-    data = np.zeros((4, 16, 16), np.uint8)
-    data[0, :, :4] = 255  # alpha: first quarter valid
-    data[1], data[2], data[3] = 30, 20, 10
-    path = write_raster(tmp_path / "argb.tif", data)
-    with rasterio.open(path, "r+") as ds:
-        ds.colorinterp = [ColorInterp.alpha, ColorInterp.red, ColorInterp.green, ColorInterp.blue]
-    with rasterio.open(path) as ds:
-        plan = plan_read(ds, 0.1, 3)
-        td = read_tile(ds, plan, Tile(0, 0, 0, 0, 16))
-    assert plan.bands == (2, 3, 4)
-    assert tuple(td.image[0, 0]) == (30, 20, 10)
-    assert td.valid[:, :4].all() and not td.valid[:, 4:].any()
 
 
 @pytest.mark.parametrize("nodata", [float("nan"), None])

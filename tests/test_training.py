@@ -34,6 +34,14 @@ def scene(tmp_path: Path) -> tuple[Path, Path]:
     return img, labels
 
 
+def train_config(folder: Path, **settings) -> Path:
+    """A training YAML in ``folder`` for :func:`scene`'s raster and labels, with ``settings`` added."""
+    cfg = folder / "train.yaml"
+    base = {"task": "detect", "images": ["scene.tif"], "labels": ["labels.gpkg"], "classes": ["hut"]}
+    cfg.write_text(yaml.safe_dump({**base, "resolution": 0.1, "tile_size": 64, "output": "tuned", **settings}))
+    return cfg
+
+
 def test_vector_labels_land_on_the_right_pixels_through_reprojection(tmp_path):
     img, labels = scene(tmp_path)
     report = LabelReport()
@@ -127,22 +135,8 @@ def test_train_cli_to_package_that_detect_and_onnx_run(tmp_path):
 
 
 def test_training_config_file_with_flag_overrides(tmp_path):
-    img, labels = scene(tmp_path)
-    cfg = tmp_path / "train.yaml"
-    cfg.write_text(
-        yaml.safe_dump(
-            {
-                "task": "detect",
-                "images": ["scene.tif"],
-                "labels": ["labels.gpkg"],
-                "classes": ["hut"],
-                "class_field": "nope",
-                "resolution": 0.1,
-                "tile_size": 64,
-                "output": "out",
-            }
-        )
-    )
+    scene(tmp_path)
+    cfg = train_config(tmp_path, class_field="nope", output="out")
     r = CliRunner().invoke(main, ["train", "--config", str(cfg)])
     assert r.exit_code == 2 and "no field 'nope'" in r.stderr  # the config's own (wrong) field is used
     assert not (tmp_path / "out").exists()
@@ -254,27 +248,11 @@ def test_training_from_weights_starts_from_them(tmp_path):
     ultralytics rebuilds the network from its YAML (random weights) when told
     ``pretrained=False``, which once made every fine-tuning run a run from scratch.
     """
-    img, labels = scene(tmp_path)
+    scene(tmp_path)
     start = Path(__file__).parent.parent / "configs" / "models" / "trees-fast" / "weights.pt"
-    cfg = tmp_path / "train.yaml"
-    cfg.write_text(
-        yaml.safe_dump(
-            {
-                "task": "detect",
-                "images": ["scene.tif"],
-                "labels": ["labels.gpkg"],
-                "classes": ["hut"],
-                "resolution": 0.1,
-                "tile_size": 64,
-                "epochs": 1,
-                "batch": 4,
-                "val_fraction": 0.25,
-                "weights": str(start),
-                "augment": "none",
-                "output": "tuned",
-                "options": {"optimizer": "SGD", "lr0": 0.0, "warmup_bias_lr": 0.0, "warmup_epochs": 0},
-            }
-        )
+    options = {"optimizer": "SGD", "lr0": 0.0, "warmup_bias_lr": 0.0, "warmup_epochs": 0}
+    cfg = train_config(
+        tmp_path, epochs=1, batch=4, val_fraction=0.25, weights=str(start), augment="none", options=options
     )
     r = CliRunner().invoke(main, ["train", "--config", str(cfg), "-q"])
     assert r.exit_code == 0, r.stderr
