@@ -96,23 +96,24 @@ def write_report(
 
 
 def pr_curve_image(ev: Evaluation, path: Path) -> Path:
-    """Precision against recall, one line per class, as a PNG."""
-    import matplotlib
+    """Precision against recall, one line per class, as a PNG.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    Drawn on a Figure of its own with the Agg canvas: no pyplot, so the
+    caller's matplotlib backend (a notebook's, say) is left as it is.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
-    fig, ax = plt.subplots(figsize=(5, 4), dpi=100)
-    try:
-        for name, (recall, precision) in ev.curves.items():
-            ap = ev.per_class[name].ap50
-            ax.plot(np.r_[0, recall], np.r_[1, precision], label=f"{name} (AP50 {ap:.3f})" if ap is not None else name)
-        ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02), title=f"IoU {ev.iou}")
-        ax.grid(alpha=0.3)
-        ax.legend(loc="lower left")
-        fig.tight_layout()
-        with atomic_output(path) as tmp:
-            fig.savefig(tmp)
-    finally:
-        plt.close(fig)
+    fig = Figure(figsize=(5, 4), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    for name, (recall, precision) in ev.curves.items():
+        ap = ev.per_class[name].ap50
+        ax.plot(np.r_[0, recall], np.r_[1, precision], label=f"{name} (AP50 {ap:.3f})" if ap is not None else name)
+    ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02), title=f"IoU {ev.iou}")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower left")
+    fig.tight_layout()
+    with atomic_output(path) as tmp:
+        fig.savefig(tmp)
     return path

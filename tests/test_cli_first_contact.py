@@ -89,8 +89,15 @@ def test_every_writing_command_refuses_an_existing_file_and_takes_overwrite(tmp_
     report.write_text("mine")
     r = run("evaluate", truth, truth, "--report", report)
     assert r.exit_code == 2 and "--overwrite" in r.stderr and report.read_text() == "mine"
-    r = run("evaluate", truth, truth, "--report", report, "--overwrite", "-q")
+    import matplotlib
+
+    matplotlib.use("svg")  # the user's own backend (a notebook's, say) is theirs: the report leaves it
+    pred = tmp_path / "p.gpkg"
+    gpd.read_file(truth).assign(score=0.9).to_file(pred)  # scores: the report draws a PR curve
+    r = run("evaluate", pred, truth, "--report", report, "--overwrite", "-q")
     assert r.exit_code == 0 and report.read_text().startswith("# Object evaluation")
+    assert matplotlib.get_backend() == "svg"
+    assert (tmp_path / "report-pr.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_class_names_in_messages_are_plain_names(tmp_path):

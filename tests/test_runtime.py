@@ -154,3 +154,18 @@ def test_gpu_batch_grows_to_fit_half_the_free_memory():
     assert fit_batch(8, 100 * mib, 4096 * mib) == 16  # room for 20 tiles: whole batches of 8
     assert fit_batch(8, 1000 * mib, 4096 * mib) == 8  # never below the model's own batch
     assert fit_batch(8, 0, 4096 * mib) == 8
+
+
+def test_the_users_ultralytics_settings_file_is_left_alone(tmp_path):
+    env = {**os.environ, "YOLO_CONFIG_DIR": str(tmp_path / "cfg")}
+    make = "from ultralytics import settings; settings.update({'sync': True})"  # the user's own choice
+    subprocess.run([sys.executable, "-c", make], env=env, check=True, capture_output=True)
+    [settings] = (tmp_path / "cfg").rglob("settings.json")
+    before = settings.read_bytes()
+    assert b'"sync": true' in before
+    cmd = [sys.executable, "-m", "geovision.cli.main", "detect", str(SAMPLES / "OSBS_029.tif"), "-m", "trees"]
+    out = subprocess.run(
+        [*cmd, "--backend", "torch", "-o", str(tmp_path / "o.gpkg"), "-q"], env=env, capture_output=True
+    )
+    assert out.returncode == 0, out.stderr
+    assert settings.read_bytes() == before

@@ -25,6 +25,9 @@ from geovision.models import ModelConfig
 def import_ultralytics() -> Any:
     """Import ultralytics with every network call switched off, and the thread settings left alone.
 
+    ``YOLO_OFFLINE`` stops its update checks and analytics without touching the
+    user's own ultralytics settings file (which ``settings.update`` would rewrite).
+
     ultralytics sets OMP_NUM_THREADS=1 for the whole process when it is unset;
     OpenMP reads it when torch is first loaded, and every process started from
     this one inherits it, so inference would run on one core. torch is loaded
@@ -36,14 +39,11 @@ def import_ultralytics() -> Any:
     try:
         import torch  # noqa: F401 - before ultralytics changes OMP_NUM_THREADS
         import ultralytics
-        from ultralytics import settings
     except ImportError as e:  # pragma: no cover - a dependency of the package
         raise WeightsError("the YOLO backend needs ultralytics: pip install ultralytics") from e
     finally:
         if omp is None:
             os.environ.pop("OMP_NUM_THREADS", None)
-    if settings.get("sync", False):
-        settings.update({"sync": False})
     return ultralytics
 
 
