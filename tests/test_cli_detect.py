@@ -327,7 +327,10 @@ def test_ctrl_c_and_sigterm_stop_with_one_line_and_no_temporary_files(tmp_path, 
     scene = write_raster(tmp_path / "big.tif", data, transform=Affine(0.3, 0, 500000, 0, -0.3, 4000000), tiled=True)
     out, mask = tmp_path / "o.gpkg", tmp_path / "m.tif"
     cmd = [sys.executable, "-m", "geovision.cli.main", "detect", str(scene), "-m", "buildings"]
-    proc = subprocess.Popen([*cmd, "-o", str(out), "--mask-out", str(mask), "-q"], stderr=subprocess.PIPE, text=True)
+    # as from a terminal: a job started in the background (CI under nohup, say) inherits SIGINT ignored
+    default_int = lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)  # noqa: E731
+    args = [*cmd, "-o", str(out), "--mask-out", str(mask), "-q"]
+    proc = subprocess.Popen(args, stderr=subprocess.PIPE, text=True, preexec_fn=default_int)
     for _ in range(600):  # until the mask is being written: the run is under way
         if list(tmp_path.glob(".m.tif.*")) or proc.poll() is not None:
             break
