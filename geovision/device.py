@@ -11,14 +11,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from geovision.errors import GeovisionError
+from geovision.errors import DeviceError
 
 if TYPE_CHECKING:
     from geovision.models import ModelConfig
-
-
-class DeviceError(GeovisionError, ValueError):
-    """The requested device does not exist on this machine."""
 
 
 def pick_device(requested: str | None = None) -> str:

@@ -35,3 +35,25 @@ class WeightsError(ModelError):
 
 class OutputError(GeovisionError, OSError):
     """The output path cannot be written (exists, unwritable, unknown format)."""
+
+
+class DeviceError(GeovisionError, ValueError):
+    """The requested device does not exist on this machine."""
+
+
+class LabelError(GeovisionError, ValueError):
+    """Labels cannot be read or do not fit the images."""
+
+
+class TrainingError(GeovisionError, ValueError):
+    """A training run cannot start with the given settings."""
+
+
+class EvaluationError(GeovisionError, ValueError):
+    """The layers cannot be compared as given."""
+
+
+def first_line(e: BaseException) -> str:
+    """The first line of a library's error message for ours, or its type when it says nothing."""
+    lines = str(e).strip().splitlines()
+    return lines[0] if lines else type(e).__name__

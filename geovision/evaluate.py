@@ -20,13 +20,9 @@ import geopandas as gpd
 import numpy as np
 import shapely
 
-from geovision.errors import GeovisionError
+from geovision.errors import EvaluationError, first_line
 
 COCO_IOUS = np.round(np.arange(0.5, 0.96, 0.05), 2)
-
-
-class EvaluationError(GeovisionError, ValueError):
-    """The layers cannot be compared as given."""
 
 
 @dataclass
@@ -104,7 +100,7 @@ def read_layer(path: str | os.PathLike[str], role: str) -> gpd.GeoDataFrame:
     try:
         gdf = gpd.read_file(p)
     except Exception as e:  # noqa: BLE001 - pyogrio raises several kinds
-        raise EvaluationError(f"{role} {p}: not a readable vector layer ({str(e).splitlines()[0]})") from e
+        raise EvaluationError(f"{role} {p}: not a readable vector layer ({first_line(e)})") from e
     if gdf.crs is None:
         raise EvaluationError(f"{role} {p}: layer has no CRS")
     return gdf[~(gdf.geometry.isna() | gdf.geometry.is_empty)]

@@ -26,7 +26,7 @@ from typing import Literal
 
 import yaml
 
-from geovision.errors import ModelError, OutputError, WeightsError
+from geovision.errors import ModelError, OutputError, WeightsError, first_line
 from geovision.models import ModelConfig, config_to_dict, resolve_model, sha256_file, verify_weights
 
 METADATA_KEY = "geovision"
@@ -253,7 +253,7 @@ def read_onnx_config(path: Path) -> ModelConfig:
 
         meta = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).get_modelmeta()
     except Exception as e:  # noqa: BLE001 - onnxruntime raises its own exception types
-        raise ModelError(f"{path.name}: not a loadable ONNX model ({str(e).splitlines()[0]})") from e
+        raise WeightsError(f"{path.name}: not a loadable ONNX model ({first_line(e)})") from e
     text = meta.custom_metadata_map.get(METADATA_KEY)
     if not text:
         raise ModelError(f"{path.name}: ONNX file has no geovision metadata; export it with `geovision export`")

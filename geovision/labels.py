@@ -17,11 +17,7 @@ from typing import Any
 import numpy as np
 import rasterio
 
-from geovision.errors import GeovisionError
-
-
-class LabelError(GeovisionError, ValueError):
-    """Labels cannot be read or do not fit the images."""
+from geovision.errors import LabelError
 
 
 @dataclass

@@ -29,7 +29,7 @@ from rasterio.enums import ColorInterp, MaskFlags, Resampling
 from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 from rasterio.windows import Window
 
-from geovision.errors import BandError, GeoreferenceError, RasterError
+from geovision.errors import BandError, GeoreferenceError, RasterError, first_line
 from geovision.tiling import Tile, TileGrid
 
 #: File names taken for rasters when a folder is searched or a file could be either kind.
@@ -146,7 +146,7 @@ def open_raster(path: str | os.PathLike[str]) -> rasterio.io.DatasetReader:
             ds = rasterio.open(p)
     except RasterioIOError as e:
         what = "cannot be read over the network, or is not a raster" if remote else "not a raster GDAL can read"
-        raise RasterError(f"{p}: {what} ({_first_line(e)})") from e
+        raise RasterError(f"{p}: {what} ({first_line(e)})") from e
     if ds.width < 1 or ds.height < 1 or ds.count < 1:
         ds.close()
         raise RasterError(f"{p}: raster is empty ({ds.width}x{ds.height}, {ds.count} bands)")
@@ -415,7 +415,7 @@ def read_tile(ds: rasterio.io.DatasetReader, plan: ReadPlan, tile: Tile) -> Tile
             c, r = round(window.col_off), round(window.row_off)
             raise RasterError(
                 f"{raster_name(ds.name)}: cannot read pixels in window col {c}, row {r}, "
-                f"{round(window.width)} x {round(window.height)} ({_first_line(e)})"
+                f"{round(window.width)} x {round(window.height)} ({first_line(e)})"
             ) from e
         data = data[[unique.index(b) for b in plan.bands]]
         image[:, :h, :w] = normalize(data, plan.stretch)
@@ -516,7 +516,3 @@ def prefetch(items: Iterable[T], depth: int = 4) -> Iterator[T]:
     finally:
         stop.set()
         thread.join(timeout=5)
-
-
-def _first_line(e: BaseException) -> str:
-    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

@@ -26,7 +26,7 @@ import numpy as np
 import rasterio
 import yaml
 
-from geovision.errors import GeovisionError, OutputError
+from geovision.errors import OutputError, TrainingError
 from geovision.labels import ImageLabels, LabelReport, read_pixel_labels, read_vector_labels, read_vector_shapes
 from geovision.models import ModelConfig, config_to_dict, resolve_model, sha256_file
 from geovision.raster import Normalization, ReadPlan, TileData, open_raster, plan_read, read_tile
@@ -608,10 +608,6 @@ def without_sites(spec: TrainSpec, sites: Sequence[str], output: Path) -> TrainS
         sites=tuple(all_sites[i] for i in keep),
         output=output,
     )
-
-
-class TrainingError(GeovisionError, ValueError):
-    """A training run cannot start with the given settings."""
 
 
 def train(spec: TrainSpec, log: Callable[[str], None] = lambda s: None) -> ModelConfig:

@@ -96,3 +96,19 @@ def test_bare_yolo_weights_describe_themselves():
     trees = resolve_model("trees")
     cfg = resolve_model(trees.weights)
     assert cfg.classes == ("tree",) and cfg.tile_size == trees.tile_size and cfg.resolution_m is None
+
+
+def test_user_errors_live_in_one_module_and_an_empty_message_is_still_one_line():
+    import geovision.device
+    import geovision.errors as errors
+    import geovision.evaluate
+    import geovision.labels
+    import geovision.training
+
+    kinds = [errors.DeviceError, errors.LabelError, errors.TrainingError, errors.EvaluationError, errors.WeightsError]
+    assert all(issubclass(k, errors.GeovisionError) for k in kinds)
+    assert geovision.training.TrainingError is errors.TrainingError  # the modules use these, not their own
+    assert geovision.evaluate.EvaluationError is errors.EvaluationError
+    assert geovision.labels.LabelError is errors.LabelError and geovision.device.DeviceError is errors.DeviceError
+    assert errors.first_line(RuntimeError()) == "RuntimeError"  # was IndexError: a bug instead of one line
+    assert errors.first_line(OSError("  first\nsecond")) == "first"

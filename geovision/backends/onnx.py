@@ -16,8 +16,8 @@ import numpy as np
 
 from geovision.backends import Detections
 from geovision.backends.yolo_output import decode, decode_instances
-from geovision.device import DeviceError, usable_cores
-from geovision.errors import WeightsError
+from geovision.device import usable_cores
+from geovision.errors import DeviceError, WeightsError, first_line
 from geovision.models import ModelConfig
 
 
@@ -41,7 +41,7 @@ def open_session(cfg: ModelConfig, device: str | None) -> tuple[Any, str]:
     try:
         session = ort.InferenceSession(os.fspath(cfg.weights), options, providers=providers)
     except Exception as e:  # noqa: BLE001 - onnxruntime raises its own types
-        raise WeightsError(f"{cfg.weights.name}: not a loadable ONNX model ({str(e).splitlines()[0]})") from e
+        raise WeightsError(f"{cfg.weights.name}: not a loadable ONNX model ({first_line(e)})") from e
     return session, "cuda" if "CUDAExecutionProvider" in session.get_providers() else "cpu"
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from geovision.errors import ModelError, WeightsError
+from geovision.errors import ModelError, WeightsError, first_line
 from geovision.models import ModelConfig
 
 #: smp architectures by the names model YAML files use.
@@ -114,7 +114,7 @@ class SmpSegmenter:
             state = torch.load(cfg.weights, map_location="cpu", weights_only=True)
             net.load_state_dict({k: v.float() for k, v in state.items()})
         except Exception as e:  # noqa: BLE001 - torch raises many kinds for a bad file
-            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            msg = first_line(e)
             raise WeightsError(f"{cfg.weights.name}: not loadable weights for this model ({msg})") from e
         self.half = self.device.startswith("cuda")
         self.net = (net.half() if self.half else net).eval().to(self.device)

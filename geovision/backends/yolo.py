@@ -18,7 +18,7 @@ import numpy as np
 
 from geovision.backends import Detections
 from geovision.backends.yolo_output import decode, decode_instances
-from geovision.errors import WeightsError
+from geovision.errors import WeightsError, first_line
 from geovision.models import ModelConfig
 
 
@@ -87,12 +87,6 @@ def check_checkpoint(path: Path) -> None:
         raise
     except Exception as e:  # noqa: BLE001 - torch and pickle raise many kinds for a bad file
         raise WeightsError(f"{path.name}: not a loadable YOLO weights file ({first_line(e)})") from e
-
-
-def first_line(e: BaseException) -> str:
-    """The first line of an exception's message, or its type when it has none."""
-    lines = str(e).strip().splitlines()
-    return lines[0] if lines else type(e).__name__
 
 
 def load_yolo(path: Path, trusted: bool = False) -> Any:
