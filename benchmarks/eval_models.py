@@ -95,7 +95,9 @@ def truth_layer(spec: TrainSpec, image: Path, labels: Path) -> gpd.GeoDataFrame:
         return gdf[mask[rows, cols] > 0]
 
 
-def predict(model: geovision.ModelConfig, spec: TrainSpec, image: Path) -> tuple[gpd.GeoDataFrame, float, float]:
+def predict(
+    model: geovision.ModelConfig, spec: TrainSpec, image: Path, tta: bool = False
+) -> tuple[gpd.GeoDataFrame, float, float]:
     """Detections at the model's confidence, seconds, megapixels read."""
     with open_raster(image) as ds:
         georef = ds.crs is not None
@@ -106,6 +108,7 @@ def predict(model: geovision.ModelConfig, spec: TrainSpec, image: Path) -> tuple
         model,
         pixel_coords=not georef,
         pixel_size=None if georef else spec.image_resolution,
+        tta=tta,
     )
     seconds = time.perf_counter() - t0
     gdf = result.features
@@ -140,12 +143,12 @@ def thresholds_for(task: str) -> list[float]:
 
 
 def cached_predict(
-    model: geovision.ModelConfig, spec: TrainSpec, image: Path, cache: Path, confidence: float
+    model: geovision.ModelConfig, spec: TrainSpec, image: Path, cache: Path, confidence: float, tta: bool = False
 ) -> tuple[gpd.GeoDataFrame, dict[str, float]]:
     """Detections of ``image`` at ``confidence``, from ``cache`` when there."""
     if cache.exists():
         return gpd.read_file(cache), json.loads(cache.with_suffix(".json").read_text())
-    pred, seconds, mp = predict(model.with_overrides(confidence=confidence), spec, image)
+    pred, seconds, mp = predict(model.with_overrides(confidence=confidence), spec, image, tta)
     info = {"seconds": seconds, "megapixels": mp}
     pred.to_file(cache)
     cache.with_suffix(".json").write_text(json.dumps(info))
@@ -153,7 +156,12 @@ def cached_predict(
 
 
 def score_site(
-    site: str, model: geovision.ModelConfig, spec: TrainSpec, work: Path, metrics: list[tuple[str, float, bool]]
+    site: str,
+    model: geovision.ModelConfig,
+    spec: TrainSpec,
+    work: Path,
+    metrics: list[tuple[str, float, bool]],
+    tta: bool = False,
 ) -> SiteResult:
     """Run ``model`` on ``site``'s images (detections cached in ``work``) and count matches per threshold."""
     idx = [i for i, s in enumerate(spec.sites or ()) if s == site]
@@ -166,7 +174,7 @@ def score_site(
         res.truth += len(truth)
         runs = [LOW_CONF] if spec.task == "detect" else sweep
         for k, run_t in enumerate(runs):
-            pred, info = cached_predict(model, spec, image, work / f"{i:03d}_{image.stem}_{run_t:.2f}.gpkg", run_t)
+            pred, info = cached_predict(model, spec, image, work / f"{i:03d}_{image.stem}_{run_t:.2f}.gpkg", run_t, tta)
             if k == 0:  # speed from the first run
                 res.seconds_detect += info["seconds"]
                 res.megapixels += info["megapixels"]
@@ -240,6 +248,7 @@ def main() -> None:
         "--not-scored", nargs="*", default=[], help="sites held out of training but not scored (seen by start weights)"
     )
     ap.add_argument("--model", help="score this model on every site instead of training folds (not held out!)")
+    ap.add_argument("--tta", action="store_true", help="detectors: score with mirrored views merged (detect --tta)")
     args = ap.parse_args()
     spec = spec_from_mapping(load_train_config(args.config))
     if not spec.sites:
@@ -251,12 +260,12 @@ def main() -> None:
         held = entry.split("+")
         model = geovision.resolve_model(args.model) if args.model else fold(spec, held, args.work, args.epochs)
         for site in (s for s in held if s not in args.not_scored):
-            dets = args.work / entry / f"detections-{model.name}-{site}"
+            dets = args.work / entry / f"detections-{model.name}-{site}{'-tta' if args.tta else ''}"
             dets.mkdir(parents=True, exist_ok=True)
-            results.append(score_site(site, model, spec, dets, metrics))
-    name = args.model or f"{spec.output.name} (folds)"
+            results.append(score_site(site, model, spec, dets, metrics, args.tta))
+    name = (args.model or f"{spec.output.name} (folds)") + (" with --tta" if args.tta else "")
     summary = report(results, metrics, name)
-    (args.work / "results.json").write_text(json.dumps(summary, indent=2))
+    (args.work / f"results{'-tta' if args.tta else ''}.json").write_text(json.dumps(summary, indent=2))
 
 
 if __name__ == "__main__":

@@ -180,6 +180,11 @@ def main() -> None:
     help="Detectors: also keep objects scoring from this up to the threshold, with review=1 for checking by eye.",
 )
 @click.option(
+    "--tta",
+    is_flag=True,
+    help="Detectors: also run each tile mirrored left-right and top-bottom and merge (3x the model time).",
+)
+@click.option(
     "--no-regularize",
     "regularize",
     flag_value=False,
@@ -206,6 +211,7 @@ def detect(
     mask_out: str | None,
     prob_out: str | None,
     review_conf: float | None,
+    tta: bool,
     regularize: bool | None,
     overwrite: bool,
     trust: bool,
@@ -249,6 +255,7 @@ def detect(
                 prob_out=prob_out,
                 regularize=regularize,
                 review_confidence=review_conf,
+                tta=tta,
                 progress=progress,
                 runtime=backend,
                 quantize=quantize,

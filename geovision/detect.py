@@ -16,13 +16,14 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import geopandas as gpd
 import numpy as np
 import shapely
 
 from geovision.backends import Detections, Detector, Segmenter, load_backend
+from geovision.backends.tta import FlipTTA
 from geovision.blend import BandBlender
 from geovision.errors import ModelError, OutputError, RasterError
 from geovision.merge import Boxes, SeamMerger, tile_boxes
@@ -99,6 +100,7 @@ def detect(
     prob_out: str | os.PathLike[str] | None = None,
     regularize: bool | None = None,
     review_confidence: float | None = None,
+    tta: bool = False,
     progress: ProgressCallback | None = None,
     runtime: str | None = "auto",
     quantize: str | None = None,
@@ -119,6 +121,8 @@ def detect(
     (detectors, below the confidence threshold) also keeps the objects
     scoring between it and the threshold, marked ``review`` = 1 (0 for the
     confident ones), for checking by eye.
+    ``tta`` (box detectors) also runs each tile mirrored left-right and
+    top-bottom and merges the three views: three times the model time.
     ``runtime`` is ``auto`` (ONNX Runtime on the CPU, torch on a GPU),
     ``torch`` or ``onnx``; ``quantize="int8"`` runs an int8 ONNX model.
     ``backend`` replaces the backend the config names (for tests and custom
@@ -136,6 +140,8 @@ def detect(
         if not 0 <= review_confidence < threshold:
             raise ModelError(f"--review-conf must be below the confidence threshold ({threshold:g})")
         cfg = cfg.with_overrides(confidence=review_confidence)
+    if tta and cfg.task != "detect":
+        raise ModelError(f"model '{cfg.name}' is not a box detector; --tta merges mirrored boxes only")
     if cfg.task != "segment" and (mask_out or prob_out):
         raise ModelError(f"model '{cfg.name}' is a detector; --mask-out and --prob-out need a segmentation model")
     _check_distinct(raster, [p for p in (output, mask_out, prob_out) if p is not None])
@@ -168,7 +174,10 @@ def detect(
     if cfg.task == "segment":
         run = backend.segment  # type: ignore[union-attr]
     else:  # thresholds of this call, not those the backend was loaded with
-        run = functools.partial(backend.detect, confidence=cfg.confidence, iou=cfg.iou)  # type: ignore[union-attr]
+        detector = cast(Detector, backend)
+        if tta:
+            detector = FlipTTA(detector, cfg.iou)
+        run = functools.partial(detector.detect, confidence=cfg.confidence, iou=cfg.iou)
     rows = _tile_rows(run, plan, grid, cfg.batch_size, stats, progress)
     if cfg.task == "segment":
         opts = vectorize_options(cfg, regularize)

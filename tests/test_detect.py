@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -198,3 +199,32 @@ def test_raster_without_georeference_read_at_model_resolution_given_pixel_size(t
     native = geovision.detect(path, cfg, pixel_coords=True, backend=BlobDetector())
     assert native.stats.tiles == 16
     assert native.features.total_bounds == pytest.approx(square, abs=1.0)
+
+
+class LeftHalfOnly(BlobDetector):
+    """A one-sided detector: it misses every blob whose centre is in the right half of the tile."""
+
+    def detect(self, images, confidence=None, iou=None):
+        out = []
+        for img, d in zip(images, super().detect(images, confidence, iou)):
+            out.append(d.take(np.flatnonzero((d.boxes[:, 0] + d.boxes[:, 2]) / 2 < img.shape[1] / 2)))
+        return out
+
+
+def test_tta_finds_what_a_mirror_shows_each_object_once_in_its_place(tmp_path):
+    squares = [(5, 5, 15, 15), (45, 8, 57, 20), (6, 44, 16, 56), (44, 40, 58, 56)]
+    transform = Affine(0.1, 0, 500000, 0, -0.1, 4000000)
+    path = write_raster(tmp_path / "s.tif", squares_image(64, 64, squares), transform=transform)
+    cfg = fake_config(tile_size=64, overlap=0)
+    plain = geovision.detect(path, cfg, backend=LeftHalfOnly())
+    assert len(plain.features) == 2  # the left two
+    both = geovision.detect(path, cfg, backend=LeftHalfOnly(), tta=True)
+    # left ones seen plain and top-bottom mirrored (merged into one each), right ones left-right mirrored
+    assert len(both.features) == 4
+    found = sorted(tuple(np.round(b, 3)) for b in both.features.to_crs("EPSG:32617").geometry.bounds.to_numpy())
+    truth = sorted(
+        tuple(np.round((*(transform @ (x1, y2)), *(transform @ (x2, y1))), 3)) for x1, y1, x2, y2 in squares
+    )
+    np.testing.assert_allclose(found, truth, atol=0.051)  # within half a pixel
+    with pytest.raises(geovision.ModelError, match="not a box detector"):
+        geovision.detect(path, dataclasses.replace(cfg, task="segment"), backend=LeftHalfOnly(), tta=True)
