@@ -499,17 +499,33 @@ def train(
 @click.argument("model")
 @click.option("--format", "fmt", type=click.Choice(["onnx"]), default="onnx", show_default=True)
 @click.option("-o", "--output", help="Output file (default: beside the weights).")
+@click.option(
+    "--package",
+    "into_package",
+    is_flag=True,
+    help="Write model.onnx into the model's package and record it (and its sha256) in its YAML, so the "
+    "package runs without torch.",
+)
 @click.option("--overwrite", is_flag=True, help="Replace the output if it exists.")
 @trust_option
 @quiet_option
 @debug_option
-def export(model: str, fmt: str, output: str | None, overwrite: bool, trust: bool, quiet: bool, debug: bool) -> None:
+def export(
+    model: str, fmt: str, output: str | None, into_package: bool, overwrite: bool, trust: bool, quiet: bool, debug: bool
+) -> None:
     """Export MODEL to ONNX with its model YAML embedded; `detect --model FILE.onnx` runs it."""
     import geovision
-    from geovision.export import export_onnx
+    from geovision.export import export_onnx, package_onnx
 
     _log_to_stderr(quiet)
-    path = _run(lambda: export_onnx(geovision.resolve_model(model, trust), output, overwrite=overwrite), debug)
+    if into_package and output:
+        click.echo("error: --package writes model.onnx into the package; leave out -o", err=True)
+        sys.exit(EXIT_BAD_INPUT)
+    cfg = _run(lambda: geovision.resolve_model(model, trust), debug)
+    if into_package:
+        path = _run(lambda: package_onnx(cfg, overwrite=overwrite), debug)
+    else:
+        path = _run(lambda: export_onnx(cfg, output, overwrite=overwrite), debug)
     click.echo(str(path))
 
 

@@ -37,7 +37,7 @@ import numpy as np
 import pandas as pd
 import shapely
 
-from geovision.errors import GeovisionError, OutputError, RasterError
+from geovision.errors import GeovisionError, OutputError, RasterError, installed, require
 from geovision.models import ModelConfig, resolve_model
 from geovision.raster import RASTER_INPUT_SUFFIXES
 from geovision.writers import atomic_output
@@ -267,7 +267,7 @@ def _init_worker(threads: int, counter: Any) -> None:
     os.environ["OMP_NUM_THREADS"] = os.environ["GEOVISION_THREADS"] = str(threads)
     from geovision.device import cuda_present
 
-    if cuda_present():
+    if cuda_present() and installed("torch"):
         import torch
 
         torch.set_num_threads(threads)
@@ -280,11 +280,10 @@ def worker_device(index: int, gpus: int) -> str | None:
 
 
 def _run_dask(jobs: list[tuple[Any, ...]], scheduler: str, record: Callable[[SceneResult], None]) -> None:
-    try:
-        from dask.distributed import Client
-        from dask.distributed import as_completed as dask_completed
-    except ImportError as e:  # pragma: no cover - a dependency of the package
-        raise GeovisionError("--scheduler needs dask.distributed: pip install 'dask[distributed]'") from e
+    require("--scheduler", "dask", "dask.distributed")
+    from dask.distributed import Client
+    from dask.distributed import as_completed as dask_completed
+
     try:
         client = Client(scheduler, timeout="20s")
     except (OSError, TimeoutError) as e:

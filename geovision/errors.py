@@ -57,3 +57,28 @@ def first_line(e: BaseException) -> str:
     """The first line of a library's error message for ours, or its type when it says nothing."""
     lines = str(e).strip().splitlines()
     return lines[0] if lines else type(e).__name__
+
+
+class MissingExtraError(GeovisionError, ImportError):
+    """A feature needs an optional part of geovision that is not installed."""
+
+
+def installed(module: str) -> bool:
+    """Whether ``module`` can be imported, without importing it."""
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a parent package missing, or a broken install
+        return False
+
+
+def require(feature: str, extra: str, *modules: str) -> None:
+    """One line naming the extra to install when ``modules`` are not there, never an ImportError.
+
+    The extras (pyproject.toml): ``torch`` (GPU and torch runtimes, training,
+    export), ``dask`` (``batch --scheduler``), ``reports`` (plots).
+    """
+    missing = [m for m in modules if not installed(m)]
+    if missing:
+        raise MissingExtraError(f"{feature} needs {', '.join(missing)}: pip install 'geovision[{extra}]'")

@@ -26,7 +26,7 @@ from typing import Literal
 
 import yaml
 
-from geovision.errors import ModelError, OutputError, WeightsError, first_line
+from geovision.errors import ModelError, OutputError, WeightsError, first_line, require
 from geovision.models import ModelConfig, config_to_dict, resolve_model, sha256_file, verify_weights
 
 METADATA_KEY = "geovision"
@@ -50,6 +50,9 @@ def export_onnx(
     exporter = _EXPORTERS.get(cfg.backend)
     if exporter is None:
         raise ModelError(f"model '{cfg.name}': cannot export the '{cfg.backend}' backend (known: yolo, smp)")
+    from geovision.backends import TORCH_RUNTIMES
+
+    require(f"exporting model '{cfg.name}' to ONNX", "torch", *TORCH_RUNTIMES[cfg.backend])
     verify_weights(cfg)
     out = Path(output) if output else cfg.weights.with_suffix(".onnx")
     if out.exists() and not overwrite:
@@ -133,8 +136,11 @@ def cached_onnx(cfg: ModelConfig, quantize: str | None = None) -> ModelConfig:
     An ONNX model is returned as it is (quantised on request).
     """
     digest = verify_weights(cfg)
+    packaged = packaged_onnx(cfg) if cfg.backend != "onnx" else None
     if cfg.backend == "onnx":
         source = cfg.weights
+    elif packaged is not None:
+        source = packaged
     else:
         source = cache_dir() / f"{digest}.onnx"
         if not _intact(source):
@@ -159,6 +165,46 @@ def cached_onnx(cfg: ModelConfig, quantize: str | None = None) -> ModelConfig:
         _seal(target)
         log.info("quantised model '%s' to int8 once, cached as %s", cfg.name, target)
     return _running_on(cfg, target)
+
+
+def packaged_onnx(cfg: ModelConfig) -> Path | None:
+    """The ONNX export a model package carries (``onnx:`` in its YAML), checked against ``onnx_sha256``.
+
+    Shipped packages carry one, so that detection runs on ONNX Runtime with
+    neither torch nor ultralytics installed and nothing to export first.
+    """
+    name = cfg.extra.get("onnx")
+    if not name or cfg.source is None:
+        return None
+    path = cfg.source.parent / str(name)
+    expected = cfg.extra.get("onnx_sha256")
+    if not path.is_file():
+        raise WeightsError(f"model '{cfg.name}': its ONNX export {path} does not exist")
+    if not expected or sha256_file(path) != str(expected).lower():
+        raise WeightsError(
+            f"model '{cfg.name}': {path.name} does not match the model YAML's onnx_sha256; "
+            "the file is corrupt or was replaced (`geovision export MODEL --package` makes it again)"
+        )
+    return path
+
+
+def package_onnx(model: str | os.PathLike[str] | ModelConfig, overwrite: bool = False) -> Path:
+    """Export a model package's weights to ``model.onnx`` beside them and record it in its YAML.
+
+    The package then runs on machines without torch (``pip install geovision``).
+    """
+    cfg = model if isinstance(model, ModelConfig) else resolve_model(model)
+    if cfg.source is None or cfg.source.suffix.lower() not in (".yaml", ".yml"):
+        raise ModelError(f"model '{cfg.name}': --package needs a model described by a YAML file")
+    out = cfg.source.parent / "model.onnx"
+    export_onnx(cfg, out, overwrite=overwrite)
+    raw = yaml.safe_load(cfg.source.read_text())
+    raw.update(onnx=out.name, onnx_sha256=sha256_file(out))
+    from geovision.writers import atomic_output
+
+    with atomic_output(cfg.source) as tmp:
+        Path(tmp).write_text(yaml.safe_dump(raw, sort_keys=False))
+    return out
 
 
 def _intact(cached: Path) -> bool:
@@ -236,6 +282,8 @@ def embed_config(onnx_path: Path, cfg: ModelConfig) -> None:
     proto = onnx.load(str(onnx_path))
     data = config_to_dict(cfg)
     data.update(weights=".", sha256=None, backend="onnx", source_backend=cfg.backend)
+    for key in ("onnx", "onnx_sha256"):  # the package's own export: not a setting of the export itself
+        data.pop(key, None)
     for prop in list(proto.metadata_props):
         if prop.key == METADATA_KEY:
             proto.metadata_props.remove(prop)

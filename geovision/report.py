@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from geovision.errors import OutputError
+from geovision.errors import OutputError, require
 from geovision.evaluate import Evaluation
 from geovision.pixel_eval import PixelEvaluation
 from geovision.writers import atomic_output, check_output
@@ -101,6 +101,7 @@ def pr_curve_image(ev: Evaluation, path: Path) -> Path:
     Drawn on a Figure of its own with the Agg canvas: no pyplot, so the
     caller's matplotlib backend (a notebook's, say) is left as it is.
     """
+    require("the precision-recall curve of a report", "reports", "matplotlib")
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 

@@ -26,7 +26,7 @@ import numpy as np
 import rasterio
 import yaml
 
-from geovision.errors import OutputError, TrainingError
+from geovision.errors import OutputError, TrainingError, require
 from geovision.labels import ImageLabels, LabelReport, read_pixel_labels, read_vector_labels, read_vector_shapes
 from geovision.models import ModelConfig, config_to_dict, resolve_model, sha256_file
 from geovision.raster import Normalization, ReadPlan, TileData, open_raster, plan_read, read_tile
@@ -616,6 +616,8 @@ def train(spec: TrainSpec, log: Callable[[str], None] = lambda s: None) -> Model
     The package is built in a temporary folder beside ``spec.output`` and
     renamed into place at the end, so a failed run leaves nothing behind.
     """
+    network = "ultralytics" if spec.task == "detect" else "segmentation_models_pytorch"
+    require("training", "torch", "torch", "albumentations", network)
     out = spec.output
     if out.exists() and not spec.overwrite:
         raise OutputError(f"{out} already exists; pass --overwrite to replace it")

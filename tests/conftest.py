@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
+import yaml
 from affine import Affine
 from rasterio.errors import NotGeoreferencedWarning
 from scipy import ndimage
@@ -161,3 +162,14 @@ def pytest_collection_modifyitems(config, items):
 
 def pytest_sessionfinish(session, exitstatus):
     shutil.rmtree(TEST_CACHE, ignore_errors=True)
+
+
+def without_onnx(model: str, folder: Path) -> Path:
+    """A YAML in ``folder`` for shipped ``model`` without its packaged ONNX: runs export it to the cache."""
+    src = ROOT / "configs" / "models" / model / "model.yaml"
+    cfg = yaml.safe_load(src.read_text())
+    cfg.pop("onnx", None), cfg.pop("onnx_sha256", None)
+    cfg["weights"] = str((src.parent / cfg["weights"]).resolve())
+    out = folder / f"{model}.yaml"
+    out.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return out

@@ -222,9 +222,7 @@ def test_tta_finds_what_a_mirror_shows_each_object_once_in_its_place(tmp_path):
     # left ones seen plain and top-bottom mirrored (merged into one each), right ones left-right mirrored
     assert len(both.features) == 4
     found = sorted(tuple(np.round(b, 3)) for b in both.features.to_crs("EPSG:32617").geometry.bounds.to_numpy())
-    truth = sorted(
-        tuple(np.round((*(transform @ (x1, y2)), *(transform @ (x2, y1))), 3)) for x1, y1, x2, y2 in squares
-    )
+    truth = sorted(tuple(np.round((*(transform @ (x1, y2)), *(transform @ (x2, y1))), 3)) for x1, y1, x2, y2 in squares)
     np.testing.assert_allclose(found, truth, atol=0.051)  # within half a pixel
     with pytest.raises(geovision.ModelError, match="not a box detector"):
         geovision.detect(path, dataclasses.replace(cfg, task="segment"), backend=LeftHalfOnly(), tta=True)

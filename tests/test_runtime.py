@@ -22,6 +22,7 @@ from geovision.backends import choose_runtime, load_backend
 from geovision.cli.main import main
 from geovision.errors import ModelError
 from geovision.models import resolve_model, sha256_file
+from tests.conftest import without_onnx
 
 SAMPLES = Path(__file__).resolve().parents[1] / "sample_tiles"
 
@@ -67,7 +68,8 @@ def test_onnx_and_torch_find_the_same_objects(tmp_path, model, tile, n_min):
 def test_export_happens_once_and_is_reported(tmp_path, monkeypatch):
     cache = tmp_path / "cache"
     monkeypatch.setenv("GEOVISION_CACHE", str(cache))
-    args = ["detect", str(SAMPLES / "OSBS_029.tif"), "-m", "trees-fast", "--overwrite", "-o"]
+    model = str(without_onnx("trees-fast", tmp_path))  # a package without its ONNX: exported on first use
+    args = ["detect", str(SAMPLES / "OSBS_029.tif"), "-m", model, "--overwrite", "-o"]
     first = run_cli(*args, str(tmp_path / "a.gpkg"))
     assert first.exit_code == 0, first.stderr
     digest = sha256_file(resolve_model("trees-fast").weights)
@@ -81,7 +83,7 @@ def test_export_happens_once_and_is_reported(tmp_path, monkeypatch):
 def test_a_damaged_cached_export_is_made_again(tmp_path, monkeypatch):
     cache = tmp_path / "cache"
     monkeypatch.setenv("GEOVISION_CACHE", str(cache))
-    args = ["detect", str(SAMPLES / "OSBS_029.tif"), "-m", "trees-fast", "-o"]
+    args = ["detect", str(SAMPLES / "OSBS_029.tif"), "-m", str(without_onnx("trees-fast", tmp_path)), "-o"]
     assert run_cli(*args, str(tmp_path / "a.gpkg")).exit_code == 0
     cached = cache / f"{sha256_file(resolve_model('trees-fast').weights)}.onnx"
     assert (cached.parent / (cached.name + ".sha256")).read_text().strip() == sha256_file(cached)
@@ -129,10 +131,11 @@ def test_backend_errors_are_one_line(tmp_path):
 
 
 def test_unwritable_cache_is_a_clear_error(tmp_path, monkeypatch):
+    model = str(without_onnx("trees", tmp_path))
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
     monkeypatch.setenv("GEOVISION_CACHE", str(blocker / "cache"))
-    r = run_cli("detect", str(SAMPLES / "OSBS_029.tif"), "-m", "trees", "-o", str(tmp_path / "z.gpkg"))
+    r = run_cli("detect", str(SAMPLES / "OSBS_029.tif"), "-m", model, "-o", str(tmp_path / "z.gpkg"))
     assert r.exit_code == 2 and "cannot create the model cache" in r.stderr and "GEOVISION_CACHE" in r.stderr
     assert not (tmp_path / "z.gpkg").exists()
     # a folder that exists but cannot be written to (as a non-root user sees a read-only one)
@@ -141,7 +144,7 @@ def test_unwritable_cache_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setenv("GEOVISION_CACHE", str(readonly))
     writable = os.access
     monkeypatch.setattr(os, "access", lambda p, mode: False if Path(p) == readonly else writable(p, mode))
-    r = run_cli("detect", str(SAMPLES / "OSBS_029.tif"), "-m", "trees", "-o", str(tmp_path / "z.gpkg"))
+    r = run_cli("detect", str(SAMPLES / "OSBS_029.tif"), "-m", model, "-o", str(tmp_path / "z.gpkg"))
     assert r.exit_code == 2 and "is not writable" in r.stderr and "exported" not in r.stderr
     assert not list(readonly.iterdir()) and not (tmp_path / "z.gpkg").exists()
 

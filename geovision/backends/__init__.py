@@ -12,8 +12,11 @@ from typing import Protocol
 
 import numpy as np
 
-from geovision.errors import ModelError
+from geovision.errors import ModelError, installed, require
 from geovision.models import ModelConfig, verify_weights
+
+#: what running each backend on torch needs (the ``torch`` extra)
+TORCH_RUNTIMES = {"yolo": ("torch", "ultralytics"), "smp": ("torch", "segmentation_models_pytorch")}
 
 
 @dataclass
@@ -79,7 +82,8 @@ def choose_runtime(cfg: ModelConfig, device: str | None = None, runtime: str | N
         return "onnx" if device == "cpu" else "torch"
     from geovision.device import cuda_present
 
-    return "torch" if cuda_present() else "onnx"
+    # without the torch extra a GPU machine still runs the model, on ONNX Runtime
+    return "torch" if cuda_present() and installed("torch") else "onnx"
 
 
 def runtime_config(
@@ -90,6 +94,7 @@ def runtime_config(
     if choose_runtime(cfg, device, runtime) == "torch":
         if quantize:
             raise ModelError("--quantize needs the onnx backend (--backend onnx)")
+        require("the torch backend", "torch", *TORCH_RUNTIMES.get(cfg.backend, ("torch",)))
         verify_weights(cfg)
         return cfg
     from geovision.export import cached_onnx
