@@ -78,3 +78,25 @@ def test_a_packaged_onnx_that_was_altered_is_refused(tmp_path):
     r = light(tmp_path, "detect", SAMPLES / "OSBS_029.tif", "--model", pkg / "model.yaml", "-o", tmp_path / "o.gpkg")
     assert r.returncode == 2 and "does not match the model YAML's onnx_sha256" in r.stderr, r.stderr
     assert not (tmp_path / "o.gpkg").exists()
+
+
+@pytest.mark.slow
+def test_a_built_wheel_installs_the_core_alone_and_runs_named_models(tmp_path):
+    """The real thing: the wheel in a fresh virtual environment, core dependencies from the registry."""
+    import venv
+
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", tmp_path / "dist", ROOT], check=True)
+    venv.create(tmp_path / "env", with_pip=True)
+    bin_dir = tmp_path / "env" / "bin"
+    [wheel] = (tmp_path / "dist").glob("geovision-*.whl")
+    subprocess.run([bin_dir / "pip", "install", "-q", wheel], check=True, timeout=900)
+    listed = subprocess.run([bin_dir / "pip", "list"], capture_output=True, text=True, check=True).stdout.lower()
+    assert "onnxruntime" in listed and "torch" not in listed and "ultralytics" not in listed
+    env = {"GEOVISION_CACHE": str(tmp_path / "cache"), "PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": str(tmp_path)}
+    for model, tile in (("trees", "OSBS_029.tif"), ("buildings", "spacenet_rio.tif")):
+        out = tmp_path / f"{model}.gpkg"
+        cmd = [bin_dir / "geovision", "detect", SAMPLES / tile, "--model", model, "-o", out, "-q"]
+        r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+        assert r.returncode == 0, r.stderr
+        assert len(gpd.read_file(out)) >= 10
+    assert not (tmp_path / "cache").exists()
