@@ -28,10 +28,8 @@ from geovision.raster import Normalization
 Task = Literal["detect", "segment", "instance"]
 
 #: the shipped packages: configs/models/ of a checkout, geovision/configs/models/ of an installed wheel
-BUILTIN_MODELS_DIR = next(
-    (d for d in (Path(__file__).resolve().parent / "configs" / "models",) if d.is_dir()),
-    Path(__file__).resolve().parent.parent / "configs" / "models",
-)
+_IN_WHEEL = Path(__file__).resolve().parent / "configs" / "models"
+BUILTIN_MODELS_DIR = _IN_WHEEL if _IN_WHEEL.is_dir() else Path(__file__).resolve().parent.parent / "configs" / "models"
 WEIGHT_SUFFIXES = {".pt", ".pth", ".onnx"}
 #: what a model name looks like: no folder separators, no "..", nothing that makes it a path
 MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")

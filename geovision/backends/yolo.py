@@ -18,7 +18,7 @@ import numpy as np
 
 from geovision.backends import Detections
 from geovision.backends.yolo_output import decode, decode_instances
-from geovision.errors import WeightsError, first_line
+from geovision.errors import WeightsError, first_line, require
 from geovision.models import ModelConfig
 
 
@@ -33,14 +33,15 @@ def import_ultralytics() -> Any:
     this one inherits it, so inference would run on one core. torch is loaded
     first and the variable put back as it was.
     """
+    require("YOLO .pt weights", "torch", "torch", "ultralytics")
     os.environ.setdefault("YOLO_OFFLINE", "1")
     os.environ.setdefault("YOLO_VERBOSE", "False")
     omp = os.environ.get("OMP_NUM_THREADS")
     try:
         import torch  # noqa: F401 - before ultralytics changes OMP_NUM_THREADS
         import ultralytics
-    except ImportError as e:  # pragma: no cover - a dependency of the package
-        raise WeightsError("the YOLO backend needs ultralytics: pip install ultralytics") from e
+    except ImportError as e:  # pragma: no cover - installed, yet broken
+        raise WeightsError(f"ultralytics is installed but cannot be imported ({first_line(e)})") from e
     finally:
         if omp is None:
             os.environ.pop("OMP_NUM_THREADS", None)
