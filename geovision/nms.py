@@ -1,38 +1,43 @@
-"""Class-aware non-maximum suppression, with or without torch.
+"""Class-aware non-maximum suppression, in NumPy or with torchvision, chosen by the caller.
 
-When torch is already loaded (the torch backends), torchvision's
-``batched_nms`` does the work. The ONNX Runtime path must run without torch
-installed, so there the same greedy algorithm runs in NumPy; a test checks
-that both keep the same boxes.
+The ONNX Runtime path must run without torch installed, so it (and the seam
+merging every run shares) uses the greedy algorithm in NumPy; the torch
+backend, which has torch loaded anyway, asks for torchvision's
+``batched_nms``. A test checks that both keep the same boxes. Nothing here
+looks at which modules happen to be imported.
 """
 
 from __future__ import annotations
 
-import sys
+from collections.abc import Callable
 
 import numpy as np
 
+#: (boxes, scores, classes, iou) -> indexes kept, best score first
+Nms = Callable[[np.ndarray, np.ndarray, np.ndarray, float], np.ndarray]
 
-def batched_nms(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, iou: float) -> np.ndarray:
-    """Indexes of the boxes kept, best score first; boxes of different classes never suppress each other."""
+
+def batched_nms_torchvision(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, iou: float) -> np.ndarray:
+    """:func:`batched_nms` by torchvision.ops (the torch backend's choice)."""
     if len(boxes) == 0:
         return np.zeros(0, dtype=np.int64)
-    if "torch" in sys.modules:
-        import torch
-        from torchvision.ops import batched_nms as tv_batched_nms
+    import torch
+    from torchvision.ops import batched_nms as tv_batched_nms
 
-        kept = tv_batched_nms(
-            torch.as_tensor(boxes, dtype=torch.float64),
-            torch.as_tensor(scores, dtype=torch.float64),
-            torch.as_tensor(classes, dtype=torch.int64),
-            iou,
-        )
-        return kept.numpy()
-    return nms_numpy(boxes, scores, classes, iou)
+    kept = tv_batched_nms(
+        torch.as_tensor(boxes, dtype=torch.float64),
+        torch.as_tensor(scores, dtype=torch.float64),
+        torch.as_tensor(classes, dtype=torch.int64),
+        iou,
+    )
+    return kept.numpy()
 
 
-def nms_numpy(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, iou: float) -> np.ndarray:
-    """Greedy class-aware NMS in NumPy (classes kept apart by offsetting their boxes)."""
+def batched_nms(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, iou: float) -> np.ndarray:
+    """Indexes of the boxes kept, best score first; boxes of different classes never suppress each other.
+
+    Greedy, in NumPy (classes kept apart by offsetting their boxes).
+    """
     b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
     if len(b) == 0:
         return np.zeros(0, dtype=np.int64)

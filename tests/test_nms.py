@@ -1,9 +1,8 @@
 import numpy as np
-import torch  # noqa: F401  - so batched_nms takes the torchvision path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from geovision.nms import batched_nms, nms_numpy
+from geovision.nms import batched_nms, batched_nms_torchvision
 
 
 def random_boxes(seed: int, n: int):
@@ -20,7 +19,9 @@ def random_boxes(seed: int, n: int):
 @given(st.integers(0, 10_000), st.integers(0, 200), st.sampled_from([0.3, 0.5, 0.7]))
 def test_numpy_nms_keeps_what_torchvision_keeps(seed, n, iou):
     boxes, scores, classes = random_boxes(seed, n)
-    np.testing.assert_array_equal(nms_numpy(boxes, scores, classes, iou), batched_nms(boxes, scores, classes, iou))
+    np.testing.assert_array_equal(
+        batched_nms(boxes, scores, classes, iou), batched_nms_torchvision(boxes, scores, classes, iou)
+    )
 
 
 def test_hand_case():
@@ -28,4 +29,20 @@ def test_hand_case():
     scores = np.array([0.9, 0.8, 0.7, 0.6])
     classes = np.array([0, 0, 1, 0])
     # box 1 overlaps box 0 (IoU 9/11) and goes; box 2 is another class and stays
-    assert nms_numpy(boxes, scores, classes, 0.5).tolist() == [0, 2, 3]
+    assert batched_nms(boxes, scores, classes, 0.5).tolist() == [0, 2, 3]
+
+
+def test_the_onnx_path_uses_numpy_even_with_torch_loaded(monkeypatch):
+    """Which NMS runs is the backend's choice, not a consequence of torch happening to be imported."""
+    import torch  # noqa: F401 - loaded, as in a notebook that used torch before
+    import torchvision.ops
+
+    import geovision
+    from tests.conftest import SAMPLE_TREES
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("torchvision NMS called on the ONNX path")
+
+    monkeypatch.setattr(torchvision.ops, "batched_nms", refuse)
+    result = geovision.detect(SAMPLE_TREES, "trees", device="cpu")
+    assert result.stats.backend.startswith("OnnxDetector") and len(result.features) > 20

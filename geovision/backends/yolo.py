@@ -20,6 +20,7 @@ from geovision.backends import Detections
 from geovision.backends.yolo_output import decode, decode_instances
 from geovision.errors import WeightsError, first_line, require
 from geovision.models import ModelConfig
+from geovision.nms import batched_nms_torchvision
 
 
 def import_ultralytics() -> Any:
@@ -168,9 +169,10 @@ class YoloDetector:
             out = out[0] if isinstance(out, (list, tuple)) else out
             if self.instances:  # ((predictions, prototypes), raw)
                 preds, proto = (t.float().cpu().numpy() for t in out)
-                return [decode_instances(o, p, conf, iou, self.cfg.tile_size) for o, p in zip(preds, proto)]
+                size = self.cfg.tile_size
+                return [decode_instances(o, p, conf, iou, size, batched_nms_torchvision) for o, p in zip(preds, proto)]
             if isinstance(out, dict):  # end-to-end heads may return a dict of branches
                 out = out.get("one2one", next(iter(out.values())))
                 out = out[0] if isinstance(out, (list, tuple)) else out
             raw = out.float().cpu().numpy()
-        return [decode(o, conf, iou, self.cfg.tile_size, self.end2end) for o in raw]
+        return [decode(o, conf, iou, self.cfg.tile_size, self.end2end, batched_nms_torchvision) for o in raw]

@@ -9,12 +9,14 @@ from rasterio import features
 from scipy import ndimage
 
 from geovision.backends import Detections
-from geovision.nms import batched_nms
+from geovision.nms import Nms, batched_nms
 
 MAX_DETECTIONS_PER_TILE = 1000
 
 
-def decode(out: np.ndarray, confidence: float, iou: float, size: int, end2end: bool = False) -> Detections:
+def decode(
+    out: np.ndarray, confidence: float, iou: float, size: int, end2end: bool = False, nms: Nms = batched_nms
+) -> Detections:
     """One image's head output to tile-pixel boxes above ``confidence``, after class-aware NMS.
 
     ``out`` is (4 + classes, anchors) — centre x, centre y, width, height, then
@@ -25,12 +27,12 @@ def decode(out: np.ndarray, confidence: float, iou: float, size: int, end2end: b
     if end2end:
         out = out[out[:, 4] >= confidence]
         return Detections(np.clip(out[:, :4], 0, size), out[:, 4].copy(), out[:, 5].astype(np.int64))
-    anchors, boxes, scores, classes = _kept(out, out.shape[0] - 4, confidence, iou, size)
+    anchors, boxes, scores, classes = _kept(out, out.shape[0] - 4, confidence, iou, size, nms)
     return Detections(boxes, scores, classes)
 
 
 def _kept(
-    out: np.ndarray, n_classes: int, confidence: float, iou: float, size: int
+    out: np.ndarray, n_classes: int, confidence: float, iou: float, size: int, nms: Nms
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Anchors kept by the threshold and NMS, with their boxes, scores and classes."""
     class_scores = out[4 : 4 + n_classes]
@@ -39,12 +41,14 @@ def _kept(
     anchors = np.flatnonzero(scores >= confidence)
     cx, cy, w, h = out[:4, anchors]
     boxes = np.clip(np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=1), 0, size).reshape(-1, 4)
-    kept = batched_nms(boxes, scores[anchors], classes[anchors], iou)[:MAX_DETECTIONS_PER_TILE]
+    kept = nms(boxes, scores[anchors], classes[anchors], iou)[:MAX_DETECTIONS_PER_TILE]
     anchors = anchors[kept]
     return anchors, boxes[kept], scores[anchors].astype(np.float32), classes[anchors].astype(np.int64)
 
 
-def decode_instances(out: np.ndarray, proto: np.ndarray, confidence: float, iou: float, size: int) -> Detections:
+def decode_instances(
+    out: np.ndarray, proto: np.ndarray, confidence: float, iou: float, size: int, nms: Nms = batched_nms
+) -> Detections:
     """One image's YOLO-seg output to boxes with one outline polygon each.
 
     ``out`` is (4 + classes + masks, anchors), the last rows mask
@@ -55,7 +59,7 @@ def decode_instances(out: np.ndarray, proto: np.ndarray, confidence: float, iou:
     """
     out = np.asarray(out, dtype=np.float32)
     nm, h, w = proto.shape
-    anchors, boxes, scores, classes = _kept(out, out.shape[0] - 4 - nm, confidence, iou, size)
+    anchors, boxes, scores, classes = _kept(out, out.shape[0] - 4 - nm, confidence, iou, size, nms)
     polygons = np.empty(len(anchors), dtype=object)
     if len(anchors):
         logits = (out[-nm:, anchors].T @ proto.reshape(nm, -1)).reshape(-1, h, w)
