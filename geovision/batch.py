@@ -62,6 +62,7 @@ class SceneResult:
     output_size: int = 0
     model_sha256: str = ""
     worker: str = ""  # host:pid of the process that ran it
+    threads: int = 0  # CPU threads the model was given there (its share of the cores)
 
 
 @dataclass
@@ -106,18 +107,22 @@ def scene_output(out_dir: Path, raster: Path, suffix: str = ".gpkg") -> Path:
 
 #: The GPU this local worker process was given (several GPUs, no --device), else None.
 _WORKER_DEVICE: str | None = None
+#: This local worker process's share of the CPU cores, else None (all of them).
+_WORKER_THREADS: int | None = None
 
 #: Models loaded in this process, so a worker loads each model once for all its scenes.
 _LOADED: dict[tuple[Any, ...], Any] = {}
 
 
-def _backend(cfg: ModelConfig, device: str | None, runtime: str | None, quantize: str | None) -> Any:
+def _backend(
+    cfg: ModelConfig, device: str | None, runtime: str | None, quantize: str | None, threads: int | None
+) -> Any:
     """The model, loaded once per worker process and reused for every scene it runs."""
     from geovision.backends import load_backend
 
-    key = (str(cfg.weights), cfg.sha256 or "", cfg.task, device, runtime, quantize)
+    key = (str(cfg.weights), cfg.sha256 or "", cfg.task, device, runtime, quantize, threads)
     if key not in _LOADED:
-        _LOADED[key] = load_backend(cfg, device, runtime, quantize)
+        _LOADED[key] = load_backend(cfg, device, runtime, quantize, threads)
     return _LOADED[key]
 
 
@@ -128,12 +133,18 @@ def process_scene(
     device: str | None = None,
     runtime: str | None = "auto",
     quantize: str | None = None,
+    threads: int | None = None,
 ) -> SceneResult:
-    """Run one scene into ``output``; errors become a failed result, never an exception."""
+    """Run one scene into ``output``; errors become a failed result, never an exception.
+
+    ``threads`` caps the model's CPU threads (default: this worker's share, else every core).
+    """
     from geovision.detect import detect
+    from geovision.device import usable_cores
 
     started = time.perf_counter()
     device = _WORKER_DEVICE if device in (None, "", "auto") and _WORKER_DEVICE else device
+    threads = threads or _WORKER_THREADS
     src = Path(raster)
     stat = src.stat() if src.exists() else None
     result = SceneResult(
@@ -144,9 +155,10 @@ def process_scene(
         input_mtime=stat.st_mtime if stat else 0.0,
         model_sha256=cfg.sha256 or "",
         worker=f"{socket.gethostname()}:{os.getpid()}",
+        threads=threads or usable_cores(),
     )
     try:
-        r = detect(src, cfg, output, overwrite=True, backend=_backend(cfg, device, runtime, quantize))
+        r = detect(src, cfg, output, overwrite=True, backend=_backend(cfg, device, runtime, quantize, threads))
     except GeovisionError as e:
         result.error = str(e)
     except Exception as e:  # noqa: BLE001 - one bad scene must not stop a survey
@@ -259,12 +271,13 @@ def run_batch(
 
 def _init_worker(threads: int, counter: Any) -> None:
     """Set up a local worker: its share of the cores, and its own GPU when there are several."""
-    global _WORKER_DEVICE
+    global _WORKER_DEVICE, _WORKER_THREADS
     with counter.get_lock():
         index = counter.value
         counter.value += 1
-    # ONNX Runtime sessions (geovision.device.usable_cores), torch and numpy's BLAS read these.
-    os.environ["OMP_NUM_THREADS"] = os.environ["GEOVISION_THREADS"] = str(threads)
+    _WORKER_THREADS = threads  # handed to ONNX Runtime by process_scene
+    # this spawned process's own OpenMP (torch, BLAS) reads it when first loaded
+    os.environ["OMP_NUM_THREADS"] = str(threads)
     from geovision.device import cuda_present
 
     if cuda_present() and installed("torch"):
@@ -272,6 +285,20 @@ def _init_worker(threads: int, counter: Any) -> None:
 
         torch.set_num_threads(threads)
         _WORKER_DEVICE = worker_device(index, torch.cuda.device_count())
+
+
+def _dask_scene(
+    raster: str, cfg: ModelConfig, output: str, device: str | None, runtime: str | None, quantize: str | None
+) -> SceneResult:
+    """:func:`process_scene` on a Dask worker, with the model given its share of the worker's cores."""
+    from dask.distributed import get_worker
+
+    from geovision.device import usable_cores
+
+    worker = get_worker()
+    slots = getattr(getattr(worker, "state", worker), "nthreads", 1) or 1  # tasks that run at once
+    threads = max(1, usable_cores() // slots)
+    return process_scene(raster, cfg, output, device, runtime, quantize, threads)
 
 
 def worker_device(index: int, gpus: int) -> str | None:
@@ -289,7 +316,7 @@ def _run_dask(jobs: list[tuple[Any, ...]], scheduler: str, record: Callable[[Sce
     except (OSError, TimeoutError) as e:
         raise GeovisionError(f"cannot reach the Dask scheduler at {scheduler} ({e})") from e
     with client:
-        futures = [client.submit(process_scene, *job, pure=False) for job in jobs]
+        futures = [client.submit(_dask_scene, *job, pure=False) for job in jobs]
         for f in dask_completed(futures):
             record(f.result())
 

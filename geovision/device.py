@@ -58,10 +58,7 @@ def cuda_present() -> bool:
 
 
 def usable_cores() -> int:
-    """CPU threads for inference: ``$GEOVISION_THREADS`` (a batch worker's share), else the
-    cores this process may run on (its affinity mask, where the OS has one)."""
-    if os.environ.get("GEOVISION_THREADS", "").isdigit():
-        return max(1, int(os.environ["GEOVISION_THREADS"]))
+    """The cores this process may run on (its affinity mask, where the OS has one)."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 

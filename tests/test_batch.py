@@ -114,10 +114,16 @@ def test_worker_processes_and_dask_local_cluster_give_the_same_results(tmp_path)
     assert {s.worker.rsplit(":", 1)[1] for s in local.scenes} == {str(os.getpid())}
     assert str(os.getpid()) not in {s.worker.rsplit(":", 1)[1] for s in pool.scenes}
     with LocalCluster(
-        n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None
+        n_workers=1, threads_per_worker=2, processes=True, host="127.0.0.1", dashboard_address=None
     ) as cluster:
         remote = run_batch(scenes, "trees", tmp_path / "dask", scheduler=cluster.scheduler_address, confidence=0.05)
     assert [s.status for s in remote.scenes] == ["done", "done"]
+    # each model gets its process's share of the cores, passed to it, not read from the environment
+    cores = len(os.sched_getaffinity(0))
+    assert {s.threads for s in local.scenes} == {cores}
+    assert {s.threads for s in pool.scenes} == {max(1, cores // 2)}
+    assert {s.threads for s in remote.scenes} == {max(1, cores // 2)}  # two tasks at a time on the worker
+    assert "GEOVISION_THREADS" not in os.environ
     a, b = gpd.read_file(local.merged), gpd.read_file(remote.merged)
     assert len(a) == len(b) > 0
     # the same objects; a worker running torch on one thread may differ in the last float bits

@@ -102,7 +102,7 @@ def runtime_config(
     return cached_onnx(cfg, quantize)
 
 
-def load_segmenter(cfg: ModelConfig, device: str | None = None) -> Segmenter:
+def load_segmenter(cfg: ModelConfig, device: str | None = None, threads: int | None = None) -> Segmenter:
     """The segmentation backend named by ``cfg.backend``, loaded on ``device``."""
     if cfg.task != "segment":
         raise ModelError(f"model '{cfg.name}' is a {cfg.task} model, not a segmenter")
@@ -113,11 +113,11 @@ def load_segmenter(cfg: ModelConfig, device: str | None = None) -> Segmenter:
     if cfg.backend == "onnx":
         from geovision.backends.onnx import OnnxSegmenter
 
-        return OnnxSegmenter(cfg, device=device)
+        return OnnxSegmenter(cfg, device=device, threads=threads)
     raise ModelError(f"model '{cfg.name}': unknown segmentation backend '{cfg.backend}' (known: smp, onnx)")
 
 
-def load_detector(cfg: ModelConfig, device: str | None = None) -> Detector:
+def load_detector(cfg: ModelConfig, device: str | None = None, threads: int | None = None) -> Detector:
     """The detector backend named by ``cfg.backend``, loaded on ``device``."""
     if cfg.task not in ("detect", "instance"):
         raise ModelError(f"model '{cfg.name}' is a {cfg.task} model, not a detector")
@@ -128,14 +128,20 @@ def load_detector(cfg: ModelConfig, device: str | None = None) -> Detector:
     if cfg.backend == "onnx":
         from geovision.backends.onnx import OnnxDetector
 
-        return OnnxDetector(cfg, device=device)
+        return OnnxDetector(cfg, device=device, threads=threads)
     raise ModelError(f"model '{cfg.name}': unknown detection backend '{cfg.backend}' (known: yolo, onnx)")
 
 
 def load_backend(
-    cfg: ModelConfig, device: str | None = None, runtime: str | None = "auto", quantize: str | None = None
+    cfg: ModelConfig,
+    device: str | None = None,
+    runtime: str | None = "auto",
+    quantize: str | None = None,
+    threads: int | None = None,
 ) -> Detector | Segmenter:
     """The backend ``cfg`` runs on (see :func:`choose_runtime`), loaded on ``device`` once its
-    weights' hash is checked."""
+    weights' hash is checked; ``threads`` caps ONNX Runtime's CPU threads (a batch worker's share)."""
     cfg = runtime_config(cfg, device, runtime, quantize)
-    return load_segmenter(cfg, device) if cfg.task == "segment" else load_detector(cfg, device)
+    if cfg.task == "segment":
+        return load_segmenter(cfg, device, threads)
+    return load_detector(cfg, device, threads)

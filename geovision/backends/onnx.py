@@ -21,8 +21,11 @@ from geovision.errors import DeviceError, WeightsError, first_line
 from geovision.models import ModelConfig
 
 
-def open_session(cfg: ModelConfig, device: str | None) -> tuple[Any, str]:
-    """An ONNX Runtime session for ``cfg.weights`` and the device it runs on ('cpu' or 'cuda')."""
+def open_session(cfg: ModelConfig, device: str | None, threads: int | None = None) -> tuple[Any, str]:
+    """An ONNX Runtime session for ``cfg.weights`` and the device it runs on ('cpu' or 'cuda').
+
+    ``threads``: CPU threads for the model (a batch worker's share of the cores); None: all usable.
+    """
     import onnxruntime as ort
 
     available = ort.get_available_providers()
@@ -36,7 +39,7 @@ def open_session(cfg: ModelConfig, device: str | None) -> tuple[Any, str]:
         providers.insert(0, ("CUDAExecutionProvider", {"device_id": index}))
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.intra_op_num_threads = usable_cores()
+    options.intra_op_num_threads = threads or usable_cores()
     options.log_severity_level = 3  # errors only: ORT warns about unused initialisers on stderr
     try:
         session = ort.InferenceSession(os.fspath(cfg.weights), options, providers=providers)
@@ -48,9 +51,9 @@ def open_session(cfg: ModelConfig, device: str | None) -> tuple[Any, str]:
 class _OnnxModel:
     """A session and the conversion of uint8 NHWC tiles to what its input wants."""
 
-    def __init__(self, cfg: ModelConfig, device: str | None) -> None:
+    def __init__(self, cfg: ModelConfig, device: str | None, threads: int | None = None) -> None:
         self.cfg = cfg
-        self.session, self.device = open_session(cfg, device)
+        self.session, self.device = open_session(cfg, device, threads)
         inp = self.session.get_inputs()[0]
         self.input_name = inp.name
         # geovision's segmenters take the uint8 tiles; YOLO graphs take float NCHW in 0-1.
@@ -74,8 +77,8 @@ class _OnnxModel:
 class OnnxDetector(_OnnxModel):
     """Batched YOLO detection (boxes, or boxes with outlines) through ONNX Runtime."""
 
-    def __init__(self, cfg: ModelConfig, device: str | None = None) -> None:
-        super().__init__(cfg, device)
+    def __init__(self, cfg: ModelConfig, device: str | None = None, threads: int | None = None) -> None:
+        super().__init__(cfg, device, threads)
         self.end2end = bool(cfg.extra.get("end2end", False))
 
     def detect(
