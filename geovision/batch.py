@@ -334,7 +334,7 @@ def merge_scenes(
 ) -> Path | None:
     """All scenes' objects in one GeoPackage with a ``source`` field (see :func:`source_names`),
     optionally de-duplicated."""
-    from geovision.writers import write_layer
+    from geovision.writers import object_layer, write_layer
 
     names = names or source_names([Path(s.input) for s in scenes])
     layers = []
@@ -351,9 +351,7 @@ def merge_scenes(
     if frames:
         merged = gpd.GeoDataFrame(pd.concat(frames, ignore_index=True), crs=crs)
     else:
-        merged = gpd.GeoDataFrame(
-            {"class": [], "class_id": [], "score": [], "area_m2": [], "source": []}, geometry=[], crs=crs
-        )
+        merged = object_layer(cfg.classes, np.zeros(0, np.int32), np.zeros(0), np.zeros(0), "", [], crs)
     if dedupe and len(merged) > 1:
         merged = dedupe_overlaps(merged, {names[s.input]: s.input for s in scenes}, cfg)
     return write_layer(merged, path, overwrite=True)

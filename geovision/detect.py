@@ -40,7 +40,7 @@ from geovision.raster import (
 )
 from geovision.tiling import Tile, TileGrid
 from geovision.vectorize import Shape, StripVectorizer, VectorizeOptions, clean, vectorize_options
-from geovision.writers import RasterSink, check_output, write_layer
+from geovision.writers import RasterSink, check_output, object_layer, write_layer
 
 #: Called with (tiles done, tiles in total) as the run goes.
 ProgressCallback = Callable[[int, int], None]
@@ -293,21 +293,10 @@ def _segment(
         grid_box = shapely.box(0, 0, grid.width, grid.height)
         kept = [(s, g if grid_box.contains(g) else g.intersection(grid_box)) for s, g in kept]
     geoms = [shapely.transform(g, lambda xy: _apply(plan, xy)) for _, g in kept]
-    names = np.array(cfg.classes, dtype=object)
+    areas = np.array([g.area * plan.pixel_area_m2 for _, g in kept]) if plan.crs else None
     class_ids = np.array([s.cls - 1 for s, _ in kept], dtype=np.int32)
-    return gpd.GeoDataFrame(
-        {
-            "class": names[class_ids] if len(kept) else np.array([], dtype=object),
-            "class_id": class_ids,
-            "score": np.round([s.score for s, _ in kept], 4).astype(np.float64),
-            "area_m2": np.round([g.area * plan.pixel_area_m2 for _, g in kept], 3).astype(np.float64)
-            if plan.crs
-            else np.full(len(kept), np.nan),
-            "source": np.full(len(kept), source, dtype=object),
-        },
-        geometry=gpd.GeoSeries(geoms, crs=plan.crs),
-        crs=plan.crs,
-    )
+    scores = np.array([s.score for s, _ in kept])
+    return object_layer(cfg.classes, class_ids, scores, areas, source, geoms, plan.crs)
 
 
 def _apply(plan: ReadPlan, xy: np.ndarray) -> np.ndarray:
@@ -344,16 +333,5 @@ def _to_features(boxes: Boxes, plan: ReadPlan, cfg: ModelConfig, source: str) ->
         corners = np.stack([np.stack([x1, x2, x2, x1], axis=1), np.stack([y1, y1, y2, y2], axis=1)], axis=2)
         coords = _apply(plan, corners.reshape(-1, 2)).reshape(-1, 4, 2)
         polygons = shapely.polygons(coords) if len(boxes) else np.array([], dtype=object)
-    names = np.array(cfg.classes, dtype=object)
-    return gpd.GeoDataFrame(
-        {
-            "class": names[boxes.classes] if len(boxes) else np.array([], dtype=object),
-            "class_id": boxes.classes.astype(np.int32),
-            "score": np.round(boxes.scores.astype(np.float64), 4),
-            # Without georeference there are no metres to speak of.
-            "area_m2": np.round(areas_px * plan.pixel_area_m2, 3) if plan.crs else np.nan,
-            "source": np.full(len(boxes), source, dtype=object),
-        },
-        geometry=gpd.GeoSeries(polygons, crs=plan.crs),
-        crs=plan.crs,
-    )
+    areas = areas_px * plan.pixel_area_m2 if plan.crs else None
+    return object_layer(cfg.classes, boxes.classes, boxes.scores, areas, source, polygons, plan.crs)

@@ -195,3 +195,21 @@ def test_same_file_names_in_two_folders_stay_two_sources(tmp_path):
     # the same scene twice overlaps itself completely: dedupe keeps each object once
     d = run_batch(tmp_path / "survey", "trees", tmp_path / "out-dedupe", dedupe=True)
     assert len(gpd.read_file(d.merged)) == per_source["2023/plot.tif"]
+
+
+def test_every_object_layer_has_the_same_fields_in_the_same_order(tmp_path):
+    """Boxes, segment outlines, a survey's merged layer and an empty one: one schema a QGIS style can rely on."""
+    import geovision
+    from geovision.writers import OBJECT_COLUMNS
+
+    expected = [*OBJECT_COLUMNS, "geometry"]
+    boxes = geovision.detect(SAMPLE_TREES, "trees", tmp_path / "t.gpkg").features
+    rio = SAMPLE_TREES.parent / "spacenet_rio.tif"
+    outlines = geovision.detect(rio, "buildings", tmp_path / "b.gpkg").features
+    assert len(boxes) and len(outlines)
+    for layer in (boxes, outlines, gpd.read_file(tmp_path / "t.gpkg"), gpd.read_file(tmp_path / "b.gpkg")):
+        assert list(layer.columns) == expected
+    merged = run_batch([SAMPLE_TREES], "trees", tmp_path / "survey").merged
+    empty = run_batch([SAMPLE_TREES], "trees", tmp_path / "none", confidence=1.0).merged
+    assert list(gpd.read_file(merged).columns) == expected and len(gpd.read_file(merged)) == len(boxes)
+    assert list(gpd.read_file(empty).columns) == expected and len(gpd.read_file(empty)) == 0
