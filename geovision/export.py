@@ -247,17 +247,31 @@ def _make_cache_dir() -> None:
         raise OutputError(f"the model cache {folder} is not writable; set GEOVISION_CACHE to a folder that is")
 
 
+class _FromOnnxRuntime(logging.Filter):
+    """Lets through every record but those logged by onnxruntime's own modules."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "onnxruntime" not in Path(record.pathname).parts
+
+
 def quantize_int8(source: Path, out: Path) -> Path:
     """Dynamic int8 quantisation of the weights (activations stay float), metadata kept."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     with tempfile.TemporaryDirectory(prefix="geovision-int8-") as tmp:
         work = Path(tmp) / "int8.onnx"
-        logging.disable(logging.WARNING)  # the quantiser warns on the root logger about the uint8 input
+        # The quantiser warns through logging.warning() about the uint8 input. Its records alone
+        # are dropped, for this call alone (logging.disable would silence every logger of the
+        # process meanwhile), and a handler held on the root logger keeps logging.warning() from
+        # calling basicConfig(), which would print every later log line of the process twice.
+        quiet, placeholder = _FromOnnxRuntime(), logging.NullHandler()
+        logging.root.addFilter(quiet)
+        logging.root.addHandler(placeholder)
         try:
             quantize_dynamic(str(source), str(work), weight_type=QuantType.QUInt8)
         finally:
-            logging.disable(logging.NOTSET)
+            logging.root.removeHandler(placeholder)
+            logging.root.removeFilter(quiet)
         _copy_metadata(source, work)
         _publish(work, out)
     return out

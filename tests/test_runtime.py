@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import geopandas as gpd
@@ -172,3 +173,38 @@ def test_the_users_ultralytics_settings_file_is_left_alone(tmp_path):
     )
     assert out.returncode == 0, out.stderr
     assert settings.read_bytes() == before
+
+
+def test_int8_quantisation_silences_only_onnxruntime(tmp_path):
+    """Other loggers of the process keep logging while a model is quantised (no logging.disable)."""
+    import logging
+    import threading
+
+    from geovision.export import cached_onnx, quantize_int8
+
+    source = cached_onnx(resolve_model("trees-fast")).weights
+    received: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = received.append  # type: ignore[method-assign]
+    mine = logging.getLogger("a-users-own")
+    mine.addHandler(handler)
+    done, sent = threading.Event(), [0]
+    roots = list(logging.root.handlers)
+
+    def chatter() -> None:
+        while not done.is_set():
+            mine.warning("still here")
+            sent[0] += 1
+            time.sleep(0.001)
+
+    thread = threading.Thread(target=chatter)
+    thread.start()
+    try:
+        quantize_int8(source, tmp_path / "int8.onnx")
+    finally:
+        done.set()
+        thread.join()
+        mine.removeHandler(handler)
+    assert (tmp_path / "int8.onnx").is_file()
+    assert sent[0] > 10 and len(received) == sent[0]
+    assert logging.root.handlers == roots  # no handler left behind (basicConfig would add one)
