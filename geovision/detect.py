@@ -165,8 +165,8 @@ def detect(
         raise OutputError(f"{output}: pixel coordinates cannot be GeoJSON (always WGS84); use .gpkg or .shp")
     if backend is None:
         backend = load_backend(cfg, device, runtime, quantize)
-        if batch_size is None and backend.device.startswith("cuda") and hasattr(backend, "fit_batch"):
-            cfg = cfg.with_overrides(batch_size=backend.fit_batch(cfg.batch_size))
+    if batch_size is None and backend.device.startswith("cuda"):  # also a batch worker's loaded model
+        cfg = cfg.with_overrides(batch_size=backend.fit_batch(cfg.batch_size))
     grid = TileGrid(plan.width, plan.height, cfg.tile_size, cfg.overlap)
     stats = RunStats(
         megapixels=plan.source_width * plan.source_height / 1e6, backend=f"{type(backend).__name__} on {backend.device}"

@@ -41,11 +41,16 @@ class BlobDetector:
 
     def __init__(self) -> None:
         self.seen: list[np.ndarray] = []
+        self.batches: list[int] = []
+
+    def fit_batch(self, base: int) -> int:
+        return base
 
     def detect(
         self, images: Sequence[np.ndarray], confidence: float | None = None, iou: float | None = None
     ) -> list[Detections]:
         out = []
+        self.batches.append(len(images))
         for img in images:
             self.seen.append(img.copy())
             labels, n = ndimage.label(img[..., 0] > 128)
@@ -125,6 +130,9 @@ class BrightSegmenter:
 
     def __init__(self) -> None:
         self.seen = 0
+
+    def fit_batch(self, base: int) -> int:
+        return base
 
     def segment(self, images: Sequence[np.ndarray]) -> np.ndarray:
         self.seen += len(images)

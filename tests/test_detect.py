@@ -226,3 +226,21 @@ def test_tta_finds_what_a_mirror_shows_each_object_once_in_its_place(tmp_path):
     np.testing.assert_allclose(found, truth, atol=0.051)  # within half a pixel
     with pytest.raises(geovision.ModelError, match="not a box detector"):
         geovision.detect(path, dataclasses.replace(cfg, task="segment"), backend=LeftHalfOnly(), tta=True)
+
+
+def test_on_a_gpu_the_backend_sizes_the_batch_itself(tmp_path):
+    """Every backend answers fit_batch (part of the protocol, not looked up with hasattr)."""
+
+    class RoomyGpu(BlobDetector):
+        device = "cuda:0"
+
+        def fit_batch(self, base: int) -> int:
+            return base * 4
+
+    path = write_raster(tmp_path / "s.tif", squares_image(256, 256, [(5, 5, 20, 20)]))
+    gpu = RoomyGpu()
+    geovision.detect(path, fake_config(tile_size=64, overlap=0), backend=gpu)  # batch_size 3 in the YAML
+    assert max(gpu.batches) == 12 and sum(gpu.batches) == 16
+    fixed = RoomyGpu()
+    geovision.detect(path, fake_config(tile_size=64, overlap=0), backend=fixed, batch_size=2)
+    assert max(fixed.batches) == 2  # the user's own batch size is kept

@@ -23,6 +23,9 @@ class BlobOutliner:
 
     device = "cpu"
 
+    def fit_batch(self, base: int) -> int:
+        return base
+
     def detect(
         self, images: Sequence[np.ndarray], confidence: float | None = None, iou: float | None = None
     ) -> list[Detections]:

@@ -53,6 +53,10 @@ class Detector(Protocol):
         """Boxes per tile above ``confidence`` after NMS at ``iou`` (None: the model's own)."""
         ...
 
+    def fit_batch(self, base: int) -> int:
+        """Tiles per call on this device: ``base``, or more where the GPU's free memory allows."""
+        ...
+
 
 class Segmenter(Protocol):
     """Anything that gives per-pixel probabilities (background first) for a batch of tiles."""
@@ -60,6 +64,10 @@ class Segmenter(Protocol):
     device: str
 
     def segment(self, images: Sequence[np.ndarray]) -> np.ndarray: ...
+
+    def fit_batch(self, base: int) -> int:
+        """Tiles per call on this device: ``base``, or more where the GPU's free memory allows."""
+        ...
 
 
 def choose_runtime(cfg: ModelConfig, device: str | None = None, runtime: str | None = "auto") -> str:

@@ -61,6 +61,10 @@ class _OnnxModel:
         self.dtype = np.float16 if "float16" in inp.type else np.float32
         self._buffer: np.ndarray | None = None
 
+    def fit_batch(self, base: int) -> int:
+        """The model's own batch: ONNX Runtime's GPU memory is not measured here."""
+        return base
+
     def run(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
         if self.raw_input:
             x = np.stack(images)

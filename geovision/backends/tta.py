@@ -26,6 +26,9 @@ class FlipTTA:
         self.iou = iou
         self.device = inner.device
 
+    def fit_batch(self, base: int) -> int:
+        return self.inner.fit_batch(base)
+
     def detect(
         self, images: Sequence[np.ndarray], confidence: float | None = None, iou: float | None = None
     ) -> list[Detections]:
