@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import os
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import geopandas as gpd
 import numpy as np
 import shapely
 
-from geovision.errors import EvaluationError, first_line
+from geovision.errors import EvaluationError
+from geovision.labels import read_vector
 
 COCO_IOUS = np.round(np.arange(0.5, 0.96, 0.05), 2)
 
@@ -94,15 +94,8 @@ def _names(values: Any) -> str:
 
 
 def read_layer(path: str | os.PathLike[str], role: str) -> gpd.GeoDataFrame:
-    p = Path(path)
-    if not p.exists():
-        raise EvaluationError(f"{role} {p}: no such file")
-    try:
-        gdf = gpd.read_file(p)
-    except Exception as e:  # noqa: BLE001 - pyogrio raises several kinds
-        raise EvaluationError(f"{role} {p}: not a readable vector layer ({first_line(e)})") from e
-    if gdf.crs is None:
-        raise EvaluationError(f"{role} {p}: layer has no CRS")
+    """A predicted or truth layer, less its empty geometries."""
+    gdf = read_vector(path, EvaluationError, role)
     return gdf[~(gdf.geometry.isna() | gdf.geometry.is_empty)]
 
 

@@ -7,17 +7,21 @@ report of what was dropped and why, so bad labels are counted, not lost.
 from __future__ import annotations
 
 import csv
+import os
 import xml.etree.ElementTree as ET
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import rasterio
 
-from geovision.errors import LabelError
+from geovision.errors import GeovisionError, LabelError, first_line
+
+if TYPE_CHECKING:
+    import geopandas as gpd
 
 
 @dataclass
@@ -127,15 +131,9 @@ def read_vector_shapes(
 
     A feature that falls in no image is counted as dropped once, not per image.
     """
-    import geopandas as gpd
     import shapely
 
-    try:
-        gdf = gpd.read_file(path)
-    except Exception as e:  # noqa: BLE001 - pyogrio raises several kinds
-        raise LabelError(f"{path}: not a readable vector layer ({e})") from e
-    if gdf.crs is None:
-        raise LabelError(f"{path}: labels have no CRS; set one in QGIS or with ogr2ogr -a_srs")
+    gdf = read_vector(path, LabelError)
     if class_field and class_field not in gdf.columns:
         raise LabelError(f"{path}: no field {class_field!r}; fields are {', '.join(map(str, gdf.columns[:-1]))}")
     empty = gdf.geometry.isna() | gdf.geometry.is_empty
@@ -173,6 +171,24 @@ def read_vector_shapes(
         out.append(ImageShapes(image, kept, np.asarray(cls, dtype=np.int64)))
     report.drop("outside every image", int((~seen).sum()))
     return out
+
+
+def read_vector(path: str | os.PathLike[str], error: type[GeovisionError], role: str = "") -> gpd.GeoDataFrame:
+    """A vector layer (any format GDAL reads) with a CRS, or one line as ``error``: labels,
+    truth and predictions are all read here."""
+    import geopandas as gpd
+
+    p = Path(path)
+    where = f"{role} {p}" if role else str(p)
+    if not p.exists():
+        raise error(f"{where}: no such file")
+    try:
+        gdf = gpd.read_file(p)
+    except Exception as e:  # noqa: BLE001 - pyogrio raises several kinds
+        raise error(f"{where}: not a readable vector layer ({first_line(e)})") from e
+    if gdf.crs is None:
+        raise error(f"{where}: layer has no CRS; set one in QGIS or with ogr2ogr -a_srs")
+    return gdf
 
 
 def read_vector_labels(

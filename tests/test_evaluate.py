@@ -85,3 +85,22 @@ def test_evaluate_cli_json(tmp_path):
     assert out["overall"]["tp"] == 1 and out["overall"]["f1"] == 0.5
     table = CliRunner().invoke(main, ["evaluate", str(tmp_path / "p.geojson"), str(tmp_path / "t.gpkg")])
     assert "tree" in table.stdout and "0.5" in table.stdout
+
+
+def test_labels_truth_and_predictions_are_read_alike(tmp_path):
+    """One reader for every vector input: the same one-line errors for labels and for evaluate."""
+    import geopandas as gpd
+    import shapely
+
+    from geovision.errors import EvaluationError, LabelError
+    from geovision.labels import LabelReport, read_vector_labels
+
+    no_crs = tmp_path / "nocrs.gpkg"
+    gpd.GeoDataFrame({"class": ["tree"]}, geometry=[shapely.box(0, 0, 1, 1)]).to_file(no_crs)
+    broken = tmp_path / "broken.geojson"
+    broken.write_text("{ not json")
+    for path, message in ((no_crs, "layer has no CRS"), (broken, "not a readable vector layer")):
+        with pytest.raises(EvaluationError, match=message):
+            evaluate(path, path)
+        with pytest.raises(LabelError, match=message):
+            read_vector_labels(path, [], ["tree"], LabelReport())
