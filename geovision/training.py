@@ -317,7 +317,8 @@ def train_yolo(
 
     ultralytics = import_ultralytics()
     device = pick_device(opts.device)
-    model = load_yolo(Path(opts.model), opts.trusted) if opts.model.endswith(".pt") else ultralytics.YOLO(opts.model)
+    start = Path(opts.model) if opts.model.endswith(".pt") else None  # weights to start from, else a network YAML
+    model = load_yolo(start, opts.trusted) if start else ultralytics.YOLO(opts.model)
 
     ran = {"epochs": 0}  # a time limit (options: time) changes the number of epochs on the way
 
@@ -345,7 +346,7 @@ def train_yolo(
             plots=False,
             verbose=False,
             # a .pt start is used only with pretrained left on (False rebuilds the network from its YAML)
-            pretrained=opts.model.endswith(".pt"),
+            pretrained=start is not None,
             amp=device != "cpu",
             patience=opts.patience,
             lr0=opts.lr0,
@@ -382,7 +383,7 @@ def train_yolo(
         extra={
             **cfg.extra,
             "training": {
-                "base": opts.model if not opts.model.endswith(".pt") else start_weights(Path(opts.model)),
+                "base": start_weights(start) if start else opts.model,
                 "epochs": ran["epochs"] or opts.epochs,
                 "augment": opts.augment,
                 "seconds": round(seconds, 1),
