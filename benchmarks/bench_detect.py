@@ -105,7 +105,7 @@ def in_process_seconds(model: str, raster: Path, out: Path, runtime: str) -> tup
 
     import geovision
     from geovision.backends import load_backend
-    from geovision.models import resolve_model
+    from geovision.registry import resolve_model
 
     cfg = resolve_model(model)
     images = load_tiles(cfg, raster)

@@ -134,6 +134,14 @@ trust_option = click.option(
     "only for files whose source you know.",
 )
 quiet_option = click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary.")
+progress_option = click.option(
+    "--progress",
+    "progress_style",
+    type=click.Choice(["bar", "lines"]),
+    default="bar",
+    show_default=True,
+    help="bar: a progress bar; lines: 'progress DONE/TOTAL' lines on stderr, for programs that run geovision.",
+)
 debug_option = click.option("--debug", is_flag=True, help="Show tracebacks of unexpected failures.")
 
 
@@ -191,8 +199,12 @@ def main() -> None:
     default=None,
     help="Segmenters: keep raw traced outlines (building models square them up by default).",
 )
+@click.option(
+    "--qml", is_flag=True, help="Also write the layer's QGIS style as a .qml beside it (GeoPackages carry it inside)."
+)
 @click.option("--overwrite", is_flag=True, help="Replace the output if it exists.")
 @trust_option
+@progress_option
 @quiet_option
 @debug_option
 def detect(
@@ -213,8 +225,10 @@ def detect(
     review_conf: float | None,
     tta: bool,
     regularize: bool | None,
+    qml: bool,
     overwrite: bool,
     trust: bool,
+    progress_style: str,
     quiet: bool,
     debug: bool,
 ) -> None:
@@ -232,6 +246,9 @@ def detect(
     def progress(done: int, total: int) -> None:
         nonlocal bar
         if quiet:
+            return
+        if progress_style == "lines":
+            click.echo(f"progress {done}/{total}", err=True)
             return
         if bar is None:
             bar = tqdm(total=total, unit="tile", desc="detect", file=sys.stderr, dynamic_ncols=True)
@@ -256,6 +273,7 @@ def detect(
                 regularize=regularize,
                 review_confidence=review_conf,
                 tta=tta,
+                qml=qml,
                 progress=progress,
                 runtime=backend,
                 quantize=quantize,
@@ -329,6 +347,7 @@ def models_cmd(as_json: bool, quiet: bool, debug: bool) -> None:
 @backend_option
 @quantize_option
 @trust_option
+@progress_option
 @quiet_option
 @debug_option
 def batch(
@@ -343,6 +362,7 @@ def batch(
     backend: str,
     quantize: str | None,
     trust: bool,
+    progress_style: str,
     quiet: bool,
     debug: bool,
 ) -> None:
@@ -367,6 +387,9 @@ def batch(
     def progress(done: int, total: int, scene: SceneResult) -> None:
         """One overall bar (scenes, megapixels), and under it one line per worker."""
         nonlocal bar, megapixels
+        if progress_style == "lines":
+            click.echo(f"progress {done}/{total} {Path(scene.input).name} {scene.status}", err=True)
+            return
         if bar is None:
             bar = tqdm(total=total, unit="scene", desc="batch", file=sys.stderr, dynamic_ncols=True)
         megapixels += scene.megapixels
@@ -515,7 +538,7 @@ def export(
 ) -> None:
     """Export MODEL to ONNX with its model YAML embedded; `detect --model FILE.onnx` runs it."""
     import geovision
-    from geovision.export import export_onnx, package_onnx
+    from geovision.backends.export import export_onnx, package_onnx
 
     _log_to_stderr(quiet)
     if into_package and output:
@@ -631,6 +654,28 @@ def quicklook(
     if not quiet:
         drawn = ", ".join(f"{n} {k}" for k, n in look.counts.items()) or "nothing drawn"
         click.echo(f"{look.path} ({look.width} x {look.height} px): {drawn}", err=True)
+
+
+@main.command("qgis-plugin")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=str),
+    default="geovision_qgis.zip",
+    show_default=True,
+    help="The plugin zip to write.",
+)
+@click.option("--overwrite", is_flag=True, help="Replace the zip if it exists.")
+@quiet_option
+@debug_option
+def qgis_plugin(output: str, overwrite: bool, quiet: bool, debug: bool) -> None:
+    """Build the QGIS plugin (a Processing provider that runs this command) as a zip for
+    QGIS's "Plugins > Manage and Install Plugins > Install from ZIP"."""
+    from geovision.qgis_package import build_plugin_zip
+
+    path = _run(lambda: build_plugin_zip(output, overwrite), debug)
+    if not quiet:
+        click.echo(f"{path}: install it in QGIS with Plugins > Manage and Install Plugins > Install from ZIP", err=True)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -5,6 +5,7 @@ The public API is small: :func:`detect` runs a model over a raster,
 types in :mod:`geovision.errors` say what a user got wrong.
 """
 
+from geovision.config import ModelConfig
 from geovision.detect import DetectResult, RunStats, default_output, detect
 from geovision.errors import (
     BandError,
@@ -15,7 +16,7 @@ from geovision.errors import (
     RasterError,
     WeightsError,
 )
-from geovision.models import ModelConfig, list_models, resolve_model
+from geovision.registry import list_models, resolve_model
 
 __version__ = "0.1.0"
 

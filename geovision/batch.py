@@ -37,9 +37,12 @@ import numpy as np
 import pandas as pd
 import shapely
 
+from geovision.backends.device import cuda_devices, cuda_present, usable_cores
+from geovision.config import ModelConfig
 from geovision.errors import GeovisionError, OutputError, RasterError, installed, require
-from geovision.models import ModelConfig, resolve_model
+from geovision.labels import feature_layer
 from geovision.raster import RASTER_INPUT_SUFFIXES
+from geovision.registry import resolve_model
 from geovision.writers import atomic_output
 
 MANIFEST = "manifest.json"
@@ -118,7 +121,7 @@ def _backend(
     cfg: ModelConfig, device: str | None, runtime: str | None, quantize: str | None, threads: int | None
 ) -> Any:
     """The model, loaded once per worker process and reused for every scene it runs."""
-    from geovision.backends import load_backend
+    from geovision.backends.loader import load_backend
 
     key = (str(cfg.weights), cfg.sha256 or "", cfg.task, device, runtime, quantize, threads)
     if key not in _LOADED:
@@ -140,7 +143,6 @@ def process_scene(
     ``threads`` caps the model's CPU threads (default: this worker's share, else every core).
     """
     from geovision.detect import detect
-    from geovision.device import usable_cores
 
     started = time.perf_counter()
     device = _WORKER_DEVICE if device in (None, "", "auto") and _WORKER_DEVICE else device
@@ -245,7 +247,7 @@ def run_batch(
             progress(done, len(todo), result)
 
     if todo:  # export the ONNX model here once, not in every worker at the same time
-        from geovision.backends import runtime_config
+        from geovision.backends.loader import runtime_config
 
         runtime_config(cfg, device, runtime, quantize)
     jobs = [(str(r), cfg, str(scene_output(out, r)), device, runtime, quantize) for r in todo]
@@ -254,7 +256,7 @@ def run_batch(
     elif workers > 1 and len(jobs) > 1:
         # Spawned, not forked: a fork of a process whose torch/OpenMP threads have run deadlocks.
         context = multiprocessing.get_context("spawn")
-        threads = max(1, (os.cpu_count() or 1) // workers)
+        threads = max(1, usable_cores() // workers)
         counter = context.Value("i", 0)
         with ProcessPoolExecutor(workers, context, initializer=_init_worker, initargs=(threads, counter)) as pool:
             futures: list[Future[SceneResult]] = [pool.submit(process_scene, *job) for job in jobs]
@@ -275,16 +277,10 @@ def _init_worker(threads: int, counter: Any) -> None:
     with counter.get_lock():
         index = counter.value
         counter.value += 1
-    _WORKER_THREADS = threads  # handed to ONNX Runtime by process_scene
-    # this spawned process's own OpenMP (torch, BLAS) reads it when first loaded
-    os.environ["OMP_NUM_THREADS"] = str(threads)
-    from geovision.device import cuda_present
+    _WORKER_THREADS = threads  # handed to the model (ONNX Runtime or torch) by process_scene
 
     if cuda_present() and installed("torch"):
-        import torch
-
-        torch.set_num_threads(threads)
-        _WORKER_DEVICE = worker_device(index, torch.cuda.device_count())
+        _WORKER_DEVICE = worker_device(index, cuda_devices())
 
 
 def _dask_scene(
@@ -292,8 +288,6 @@ def _dask_scene(
 ) -> SceneResult:
     """:func:`process_scene` on a Dask worker, with the model given its share of the worker's cores."""
     from dask.distributed import get_worker
-
-    from geovision.device import usable_cores
 
     worker = get_worker()
     slots = getattr(getattr(worker, "state", worker), "nthreads", 1) or 1  # tasks that run at once
@@ -339,7 +333,7 @@ def merge_scenes(
     names = names or source_names([Path(s.input) for s in scenes])
     layers = []
     for s in scenes:
-        g = gpd.read_file(s.output)
+        g = gpd.read_file(s.output, layer=feature_layer(s.output))
         if g.crs is not None:
             g["source"] = names[s.input]
             layers.append(g)
@@ -354,7 +348,7 @@ def merge_scenes(
         merged = object_layer(cfg.classes, np.zeros(0, np.int32), np.zeros(0), np.zeros(0), "", [], crs)
     if dedupe and len(merged) > 1:
         merged = dedupe_overlaps(merged, {names[s.input]: s.input for s in scenes}, cfg)
-    return write_layer(merged, path, overwrite=True)
+    return write_layer(merged, path, overwrite=True, classes=cfg.classes)
 
 
 def dedupe_overlaps(merged: gpd.GeoDataFrame, inputs: dict[str, str], cfg: ModelConfig) -> gpd.GeoDataFrame:

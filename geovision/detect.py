@@ -22,12 +22,13 @@ import geopandas as gpd
 import numpy as np
 import shapely
 
-from geovision.backends import Detections, Detector, Segmenter, load_backend
+from geovision.backends.base import Detections, Detector, Segmenter
+from geovision.backends.loader import load_backend
 from geovision.backends.tta import FlipTTA
 from geovision.blend import BandBlender
+from geovision.config import ModelConfig
 from geovision.errors import ModelError, OutputError, RasterError
 from geovision.merge import Boxes, SeamMerger, tile_boxes
-from geovision.models import ModelConfig, resolve_model
 from geovision.raster import (
     ReadPlan,
     TileData,
@@ -38,9 +39,10 @@ from geovision.raster import (
     prefetch,
     raster_name,
 )
+from geovision.registry import resolve_model
 from geovision.tiling import Tile, TileGrid
 from geovision.vectorize import Shape, StripVectorizer, VectorizeOptions, clean, vectorize_options
-from geovision.writers import RasterSink, check_output, object_layer, write_layer
+from geovision.writers import RasterSink, check_output, check_qml, object_layer, write_layer
 
 #: Called with (tiles done, tiles in total) as the run goes.
 ProgressCallback = Callable[[int, int], None]
@@ -101,6 +103,7 @@ def detect(
     regularize: bool | None = None,
     review_confidence: float | None = None,
     tta: bool = False,
+    qml: bool = False,
     progress: ProgressCallback | None = None,
     runtime: str | None = "auto",
     quantize: str | None = None,
@@ -123,6 +126,8 @@ def detect(
     confident ones), for checking by eye.
     ``tta`` (box detectors) also runs each tile mirrored left-right and
     top-bottom and merges the three views: three times the model time.
+    A GeoPackage ``output`` carries a default QGIS style (an outline per
+    class, no fill); ``qml`` also writes it as a ``.qml`` beside the layer.
     ``runtime`` is ``auto`` (ONNX Runtime on the CPU, torch on a GPU),
     ``torch`` or ``onnx``; ``quantize="int8"`` runs an int8 ONNX model.
     ``backend`` replaces the backend the config names (for tests and custom
@@ -148,6 +153,10 @@ def detect(
     for path in (output, mask_out, prob_out):
         if path is not None:
             check_output(path, overwrite, raster=path is not output)
+    if qml:
+        if output is None:
+            raise OutputError("a .qml style goes beside an output layer; give one")
+        check_qml(output, overwrite)
     with open_raster(raster) as ds:
         plan = plan_read(
             ds,
@@ -191,7 +200,7 @@ def detect(
         gdf["review"] = (gdf["score"] < threshold).astype(np.int32)
         stats.to_review = int(gdf["review"].sum())
         cfg = cfg.with_overrides(confidence=threshold)
-    path = write_layer(gdf, output, overwrite) if output is not None else None
+    path = write_layer(gdf, output, overwrite, cfg.classes, qml) if output is not None else None
     stats.seconds = time.perf_counter() - started
     return DetectResult(gdf, stats, cfg, path)
 

@@ -173,6 +173,21 @@ def read_vector_shapes(
     return out
 
 
+#: tables QGIS (and geovision, for its default style) keep in a GeoPackage beside its layers
+STYLE_TABLES = ("layer_styles",)
+
+
+def feature_layer(path: str | os.PathLike[str]) -> str | None:
+    """The layer to read from a vector file: GDAL's default (None), except in a GeoPackage that also
+    holds QGIS's style table, where it is the first other layer (so reading it asks for no layer name)."""
+    if Path(path).suffix.lower() != ".gpkg":
+        return None
+    import pyogrio
+
+    names = [str(name) for name, _ in pyogrio.list_layers(path) if name not in STYLE_TABLES]
+    return names[0] if names else None
+
+
 def read_vector(path: str | os.PathLike[str], error: type[GeovisionError], role: str = "") -> gpd.GeoDataFrame:
     """A vector layer (any format GDAL reads) with a CRS, or one line as ``error``: labels,
     truth and predictions are all read here."""
@@ -183,7 +198,7 @@ def read_vector(path: str | os.PathLike[str], error: type[GeovisionError], role:
     if not p.exists():
         raise error(f"{where}: no such file")
     try:
-        gdf = gpd.read_file(p)
+        gdf = gpd.read_file(p, layer=feature_layer(p))
     except Exception as e:  # noqa: BLE001 - pyogrio raises several kinds
         raise error(f"{where}: not a readable vector layer ({first_line(e)})") from e
     if gdf.crs is None:

@@ -1,10 +1,10 @@
-"""Class-aware non-maximum suppression, in NumPy or with torchvision, chosen by the caller.
+"""Class-aware non-maximum suppression in NumPy.
 
 The ONNX Runtime path must run without torch installed, so it (and the seam
-merging every run shares) uses the greedy algorithm in NumPy; the torch
-backend, which has torch loaded anyway, asks for torchvision's
-``batched_nms``. A test checks that both keep the same boxes. Nothing here
-looks at which modules happen to be imported.
+merging every run shares) uses the greedy algorithm here; the torch backend,
+which has torch loaded anyway, passes torchvision's ``batched_nms``
+(:func:`geovision.backends.yolo.batched_nms_torchvision`) where an
+:data:`Nms` is taken. A test checks that both keep the same boxes.
 """
 
 from __future__ import annotations
@@ -17,42 +17,61 @@ import numpy as np
 Nms = Callable[[np.ndarray, np.ndarray, np.ndarray, float], np.ndarray]
 
 
-def batched_nms_torchvision(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, iou: float) -> np.ndarray:
-    """:func:`batched_nms` by torchvision.ops (the torch backend's choice)."""
-    if len(boxes) == 0:
-        return np.zeros(0, dtype=np.int64)
-    import torch
-    from torchvision.ops import batched_nms as tv_batched_nms
-
-    kept = tv_batched_nms(
-        torch.as_tensor(boxes, dtype=torch.float64),
-        torch.as_tensor(scores, dtype=torch.float64),
-        torch.as_tensor(classes, dtype=torch.int64),
-        iou,
-    )
-    return kept.numpy()
+#: up to this many boxes the pairwise IoU is computed at once (float32: 16 MB at 2048)
+MATRIX_MAX = 2048
 
 
 def batched_nms(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, iou: float) -> np.ndarray:
     """Indexes of the boxes kept, best score first; boxes of different classes never suppress each other.
 
-    Greedy, in NumPy (classes kept apart by offsetting their boxes).
+    Greedy, in NumPy (classes kept apart by offsetting their boxes). A tile's
+    boxes (up to :data:`MATRIX_MAX`) get their pairwise IoU in one step and the
+    greedy pass only reads it; larger sets go box by box, in bounded memory.
     """
     b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
     if len(b) == 0:
         return np.zeros(0, dtype=np.int64)
     offset = (np.asarray(classes, dtype=np.float64) * (np.abs(b).max() + 1))[:, None]
-    b = b + offset
-    area = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
     order = np.argsort(-np.asarray(scores), kind="stable")
+    b = (b + offset)[order]
+    if len(b) <= MATRIX_MAX:
+        return order[_greedy_on_matrix(_pairwise_iou(b) > iou)]
+    return order[_greedy_box_by_box(b, iou)]
+
+
+def _pairwise_iou(b: np.ndarray) -> np.ndarray:
+    """(n, n) IoU of boxes (x1, y1, x2, y2); 0 where the union is empty."""
+    area = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    iw = np.minimum(b[:, None, 2], b[None, :, 2]) - np.maximum(b[:, None, 0], b[None, :, 0])
+    ih = np.minimum(b[:, None, 3], b[None, :, 3]) - np.maximum(b[:, None, 1], b[None, :, 1])
+    inter = np.clip(iw, 0, None) * np.clip(ih, 0, None)
+    union = area[:, None] + area[None, :] - inter
+    return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+
+
+def _greedy_on_matrix(over: np.ndarray) -> np.ndarray:
+    """Positions kept (in score order) given which pairs overlap too much."""
+    suppressed = np.zeros(len(over), dtype=bool)
     keep = []
-    while order.size:
-        i, rest = order[0], order[1:]
+    for i in range(len(over)):
+        if not suppressed[i]:
+            keep.append(i)
+            suppressed |= over[i]
+    return np.asarray(keep, dtype=np.int64)
+
+
+def _greedy_box_by_box(b: np.ndarray, iou: float) -> np.ndarray:
+    """Positions kept (in score order), one box's overlaps at a time."""
+    area = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    rest = np.arange(len(b))
+    keep = []
+    while rest.size:
+        i, rest = rest[0], rest[1:]
         keep.append(i)
         iw = np.clip(np.minimum(b[i, 2], b[rest, 2]) - np.maximum(b[i, 0], b[rest, 0]), 0, None)
         ih = np.clip(np.minimum(b[i, 3], b[rest, 3]) - np.maximum(b[i, 1], b[rest, 1]), 0, None)
         inter = iw * ih
         union = area[i] + area[rest] - inter
         overlap = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
-        order = rest[overlap <= iou]
+        rest = rest[overlap <= iou]
     return np.asarray(keep, dtype=np.int64)

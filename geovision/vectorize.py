@@ -15,7 +15,7 @@ simplification tolerances and minimum areas in metres translate exactly.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import shapely
@@ -26,22 +26,9 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from geovision.blend import Strip
+from geovision.config import ModelConfig, VectorizeOptions
 from geovision.merge import largest_polygon
-from geovision.models import ModelConfig
 from geovision.regularize import regularize
-
-
-@dataclass(frozen=True)
-class VectorizeOptions:
-    """Polygon clean-up; lengths in metres, areas in square metres."""
-
-    simplify_m: float = 0.0
-    min_area_m2: float = 0.0
-    fill_holes: bool = False
-    #: outward growth, for models whose objects come out shrunk by an outline band
-    grow_m: float = 0.0
-    #: square outlines up (:mod:`geovision.regularize`), for buildings
-    regularize: bool = False
 
 
 @dataclass
@@ -152,12 +139,5 @@ def clean(shape: Shape, opts: VectorizeOptions, pixel_m: float, pixel_area_m2: f
 
 
 def vectorize_options(cfg: ModelConfig, regularize: bool | None = None) -> VectorizeOptions:
-    """Clean-up settings from the model YAML's ``vectorize`` mapping; ``regularize`` overrides its own."""
-    raw = cfg.extra.get("vectorize") or {}
-    return VectorizeOptions(
-        simplify_m=float(raw.get("simplify_m", 0.0)),
-        min_area_m2=float(raw.get("min_area_m2", 0.0)),
-        fill_holes=bool(raw.get("fill_holes", False)),
-        grow_m=float(raw.get("grow_m", 0.0)),
-        regularize=bool(raw.get("regularize", False)) if regularize is None else regularize,
-    )
+    """The model's clean-up settings; ``regularize`` overrides its own."""
+    return cfg.vectorize if regularize is None else replace(cfg.vectorize, regularize=regularize)

@@ -23,6 +23,7 @@ import numpy as np
 import rasterio
 import rasterio.shutil
 
+from geovision import style
 from geovision.blend import Strip
 from geovision.errors import OutputError
 from geovision.raster import ReadPlan
@@ -101,9 +102,35 @@ def check_output(
     return p
 
 
-def write_layer(gdf: gpd.GeoDataFrame, path: str | os.PathLike[str], overwrite: bool = False) -> Path:
-    """Write ``gdf`` to ``path`` atomically, in the format its extension names."""
+def qml_path(path: str | os.PathLike[str]) -> Path:
+    """The style file QGIS loads with a layer file: its name with ``.qml``."""
+    return Path(path).with_suffix(".qml")
+
+
+def check_qml(path: str | os.PathLike[str], overwrite: bool = False) -> Path:
+    """Refuse, before any work, a ``.qml`` beside the layer that exists (unless ``overwrite``)."""
+    target = qml_path(path)
+    if target.exists() and not overwrite:
+        raise OutputError(f"{target} already exists; pass --overwrite to replace it")
+    return target
+
+
+def write_layer(
+    gdf: gpd.GeoDataFrame,
+    path: str | os.PathLike[str],
+    overwrite: bool = False,
+    classes: Sequence[str] | None = None,
+    qml_file: bool = False,
+) -> Path:
+    """Write ``gdf`` to ``path`` atomically, in the format its extension names.
+
+    With ``classes``, a GeoPackage carries a default QGIS style (one outline
+    colour per class, :mod:`geovision.style`); ``qml_file`` also writes it as
+    a ``.qml`` beside the layer, which QGIS loads with GeoJSON and Shapefiles.
+    """
     p = check_output(path, overwrite)
+    if qml_file:
+        check_qml(p, overwrite)
     driver = DRIVERS[p.suffix.lower()]
     options: dict[str, str] = {}
     # GeoPackage 1.2, not GDAL's default 1.4: QGIS 3.22 (GDAL 3.6) warns on every 1.4 layer, and
@@ -131,6 +158,12 @@ def write_layer(gdf: gpd.GeoDataFrame, path: str | os.PathLike[str], overwrite: 
                 )
         except Exception as e:  # noqa: BLE001 - GDAL write errors come in several types
             raise OutputError(f"{p}: could not write layer ({e})") from e
+        names = classes if classes is not None else sorted(set(gdf["class"])) if "class" in gdf else []
+        look = style.qml(names)
+        if driver == "GPKG":
+            style.add_gpkg_style(tmp, p.stem, look)
+        if qml_file:
+            tmp.with_suffix(".qml").write_text(look, encoding="utf-8")
         if driver == "ESRI Shapefile":
             for part in SHAPEFILE_PARTS:
                 src, dst = tmp.with_suffix(part), p.with_suffix(part)
@@ -140,6 +173,8 @@ def write_layer(gdf: gpd.GeoDataFrame, path: str | os.PathLike[str], overwrite: 
                     dst.unlink()
         else:
             os.replace(tmp, p)
+        if qml_file:
+            os.replace(tmp.with_suffix(".qml"), qml_path(p))
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
     return p

@@ -23,7 +23,7 @@ from rasterio.errors import NotGeoreferencedWarning
 from scipy import ndimage
 
 from geovision.backends import Detections
-from geovision.models import ModelConfig
+from geovision.config import ModelConfig
 
 os.environ.setdefault("YOLO_OFFLINE", "1")
 # Models exported to ONNX on first use go to a cache of this run's own, not the user's.
@@ -110,6 +110,16 @@ def write_raster(
     return path
 
 
+def tiled_copy(path: Path, src: Path, reps: int) -> Path:
+    """``src`` repeated reps x reps times: a larger real raster, for a run long enough to cancel."""
+    with rasterio.open(src) as ds:
+        data, profile = ds.read(), ds.profile
+    profile.update(width=ds.width * reps, height=ds.height * reps, tiled=True, blockxsize=256, blockysize=256)
+    with rasterio.open(path, "w", **profile) as out:
+        out.write(np.tile(data, (1, reps, reps)))
+    return path
+
+
 def squares_image(height: int, width: int, squares: Sequence[tuple[int, int, int, int]], bands: int = 3) -> np.ndarray:
     """uint8 image, dark grey background with white squares (x1, y1, x2, y2) in pixels."""
     img = np.full((bands, height, width), 40, np.uint8)
@@ -140,7 +150,7 @@ class BrightSegmenter:
         return np.stack([1 - fg, fg], axis=1)
 
 
-def fake_seg_config(tile_size: int = 64, overlap: int = 16, resolution_m: float | None = 0.1, **extra) -> ModelConfig:
+def fake_seg_config(tile_size: int = 64, overlap: int = 16, resolution_m: float | None = 0.1) -> ModelConfig:
     return ModelConfig(
         name="roofs",
         task="segment",
@@ -152,7 +162,6 @@ def fake_seg_config(tile_size: int = 64, overlap: int = 16, resolution_m: float 
         resolution_m=resolution_m,
         batch_size=4,
         confidence=0.5,
-        extra=extra,
     )
 
 

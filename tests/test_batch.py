@@ -21,7 +21,7 @@ from rasterio.windows import Window
 
 from geovision.batch import dedupe_overlaps, run_batch, worker_device
 from geovision.cli.main import main
-from geovision.models import resolve_model
+from geovision.registry import resolve_model
 from tests.conftest import SAMPLE_TREES
 
 

@@ -127,7 +127,8 @@ def test_corrupt_weights_without_hash(scene, tmp_path, model_yaml):
     ],
 )
 def test_sha256_is_64_hex_characters_quoted_or_not(tmp_path, model_yaml, value, ok):
-    from geovision.models import ModelError, resolve_model
+    from geovision.errors import ModelError
+    from geovision.registry import resolve_model
 
     text = model_yaml.read_text()
     start = text.index("sha256:")

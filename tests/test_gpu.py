@@ -12,7 +12,7 @@ pytestmark = pytest.mark.gpu
 
 
 def test_auto_device_picks_cuda():
-    from geovision.device import pick_device
+    from geovision.backends.device import pick_device
 
     assert pick_device(None) == "cuda"
 

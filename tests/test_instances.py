@@ -99,7 +99,7 @@ def test_real_yolo_seg_network_runs_through_detect(tmp_path):
     bounds = shapely.box(*(T @ (0, 200)), *(T @ (200, 0)))
     assert all(g.is_valid and g.geom_type == "Polygon" and bounds.covers(g) for g in r.features.geometry)
     # the same network exported to ONNX gives the same outlines without torch
-    from geovision.export import export_onnx
+    from geovision.backends.export import export_onnx
 
     onnx_cfg = geovision.resolve_model(export_onnx(cfg))
     assert onnx_cfg.task == "instance" and onnx_cfg.backend == "onnx"

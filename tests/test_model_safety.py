@@ -11,7 +11,8 @@ import yaml
 from click.testing import CliRunner
 
 from geovision.cli.main import main
-from geovision.models import resolve_model, sha256_file
+from geovision.config import sha256_file
+from geovision.registry import resolve_model
 
 ROOT = Path(__file__).parent.parent
 TILE = ROOT / "sample_tiles" / "OSBS_029.tif"

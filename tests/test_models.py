@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from geovision.config import load_config, sha256_file, verify_weights
 from geovision.errors import ModelError, WeightsError
-from geovision.models import list_models, load_config, resolve_model, sha256_file, verify_weights
+from geovision.registry import list_models, resolve_model
 
 
 def write_model(folder: Path, name: str = "cars", **over) -> Path:
@@ -99,16 +100,55 @@ def test_bare_yolo_weights_describe_themselves():
 
 
 def test_user_errors_live_in_one_module_and_an_empty_message_is_still_one_line():
-    import geovision.device
+    import geovision.backends.device
     import geovision.errors as errors
     import geovision.evaluate
     import geovision.labels
-    import geovision.training
+    import geovision.training.run
 
     kinds = [errors.DeviceError, errors.LabelError, errors.TrainingError, errors.EvaluationError, errors.WeightsError]
     assert all(issubclass(k, errors.GeovisionError) for k in kinds)
-    assert geovision.training.TrainingError is errors.TrainingError  # the modules use these, not their own
+    assert geovision.training.run.TrainingError is errors.TrainingError  # the modules use these, not their own
     assert geovision.evaluate.EvaluationError is errors.EvaluationError
-    assert geovision.labels.LabelError is errors.LabelError and geovision.device.DeviceError is errors.DeviceError
+    assert geovision.labels.LabelError is errors.LabelError
+    assert geovision.backends.device.DeviceError is errors.DeviceError
     assert errors.first_line(RuntimeError()) == "RuntimeError"  # was IndexError: a bug instead of one line
     assert errors.first_line(OSError("  first\nsecond")) == "first"
+
+
+def test_a_misspelt_key_is_refused_in_one_line_naming_it(tmp_path):
+    with pytest.raises(ModelError, match="unknown model YAML key.*confidance") as e:
+        load_config(write_model(tmp_path / "m", confidance=0.4))
+    assert "\n" not in str(e.value)
+    seg = {"task": "segment", "backend": "smp", "vectorize": {"min_area_m2": 4, "simplfy_m": 0.3}}
+    with pytest.raises(ModelError, match="unknown vectorize setting.*simplfy_m"):
+        load_config(write_model(tmp_path / "s", **seg))
+    with pytest.raises(ModelError, match="activation must be sigmoid or softmax"):
+        load_config(write_model(tmp_path / "a", task="segment", backend="smp", activation="relu"))
+
+
+def test_backend_settings_are_typed_and_survive_a_round_trip():
+    from geovision.config import PackagedOnnx, SmpOptions, VectorizeOptions, config_from_dict, config_to_dict
+
+    cfg = resolve_model("buildings")
+    assert cfg.smp == SmpOptions(
+        arch="Unet",
+        encoder="resnet18",
+        encoder_depth=4,
+        decoder_channels=(128, 64, 32, 16),
+        activation="softmax",
+        boundary=True,
+        mean=cfg.smp.mean,
+        std=cfg.smp.std,
+    )
+    assert len(cfg.smp.mean or ()) == 3 and all(isinstance(m, float) for m in cfg.smp.mean or ())
+    assert cfg.vectorize == VectorizeOptions(
+        simplify_m=0.3, min_area_m2=6.0, fill_holes=True, grow_m=0.3, regularize=True
+    )
+    assert isinstance(cfg.packaged_onnx, PackagedOnnx) and len(cfg.packaged_onnx.sha256) == 64
+    assert {"training", "metrics"} <= set(cfg.record)  # records kept as written
+    assert cfg.source is not None
+    again = config_from_dict(config_to_dict(cfg), cfg.source)
+    assert again == cfg
+    trees = resolve_model("trees")
+    assert "arch" not in config_to_dict(trees) and "vectorize" not in config_to_dict(trees)  # detectors: none

@@ -21,8 +21,9 @@ from click.testing import CliRunner
 import geovision
 from geovision.backends import choose_runtime, load_backend
 from geovision.cli.main import main
+from geovision.config import sha256_file
 from geovision.errors import ModelError
-from geovision.models import resolve_model, sha256_file
+from geovision.registry import resolve_model
 from tests.conftest import without_onnx
 
 SAMPLES = Path(__file__).resolve().parents[1] / "sample_tiles"
@@ -42,9 +43,9 @@ def test_auto_picks_onnx_on_the_cpu_and_torch_on_a_gpu(monkeypatch):
     assert choose_runtime(cfg, "cpu") == "onnx"
     assert choose_runtime(cfg, "cuda:1") == "torch"
     assert choose_runtime(cfg, "cpu", "torch") == "torch"
-    monkeypatch.setattr("geovision.device.cuda_present", lambda: True)
+    monkeypatch.setattr("geovision.backends.device.cuda_present", lambda: True)
     assert choose_runtime(cfg, None) == "torch"
-    monkeypatch.setattr("geovision.device.cuda_present", lambda: False)
+    monkeypatch.setattr("geovision.backends.device.cuda_present", lambda: False)
     assert choose_runtime(cfg, "auto") == "onnx"
     with pytest.raises(ModelError, match="unknown backend"):
         choose_runtime(cfg, None, "tensorrt")
@@ -151,7 +152,7 @@ def test_unwritable_cache_is_a_clear_error(tmp_path, monkeypatch):
 
 
 def test_gpu_batch_grows_to_fit_half_the_free_memory():
-    from geovision.device import fit_batch
+    from geovision.backends.device import fit_batch
 
     mib = 1 << 20
     assert fit_batch(8, 10 * mib, 4096 * mib) == 64  # room for 204 tiles: capped
@@ -180,7 +181,7 @@ def test_int8_quantisation_silences_only_onnxruntime(tmp_path):
     import logging
     import threading
 
-    from geovision.export import cached_onnx, quantize_int8
+    from geovision.backends.export import cached_onnx, quantize_int8
 
     source = cached_onnx(resolve_model("trees-fast")).weights
     received: list[logging.LogRecord] = []

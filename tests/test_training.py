@@ -16,7 +16,7 @@ from PIL import Image
 import geovision
 from geovision.cli.main import main
 from geovision.labels import LabelReport, read_vector_labels
-from geovision.training import ChipOptions, chip_detection_dataset
+from geovision.training.chips import ChipOptions, chip_detection_dataset
 from tests.conftest import squares_image, write_raster
 
 T = Affine(0.1, 0, 500000, 0, -0.1, 4000000)

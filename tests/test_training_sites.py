@@ -17,17 +17,12 @@ from click.testing import CliRunner
 import geovision
 from geovision.backends.smp import SmpSegmenter, network_outputs
 from geovision.cli.main import main
+from geovision.config import SmpOptions
+from geovision.errors import TrainingError
 from geovision.labels import LabelReport, read_vector_shapes
-from geovision.train_segment import IGNORE, chip_segmentation_dataset, pixel_scores
-from geovision.training import (
-    ChipOptions,
-    TrainingError,
-    chip_starts,
-    load_train_config,
-    spec_from_mapping,
-    val_blocks,
-    without_sites,
-)
+from geovision.training import load_train_config, spec_from_mapping, without_sites
+from geovision.training.chips import IGNORE, ChipOptions, chip_segmentation_dataset, chip_starts, val_blocks
+from geovision.training.smp import pixel_scores
 from tests.conftest import UTM_10CM, squares_image, write_raster
 
 VOC = (
@@ -141,13 +136,7 @@ def test_a_boundary_model_hands_on_background_and_buildings_only(tmp_path):
         tile_size=64,
         overlap=16,
         resolution_m=0.3,
-        extra={
-            "arch": "Unet",
-            "encoder": "resnet18",
-            "encoder_depth": 3,
-            "decoder_channels": [64, 32, 16],
-            "boundary": True,
-        },  # fmt: skip
+        smp=SmpOptions(arch="Unet", encoder="resnet18", encoder_depth=3, decoder_channels=(64, 32, 16), boundary=True),
     )
     assert network_outputs(cfg) == 3
     from geovision.backends.smp import build_network

@@ -14,11 +14,11 @@ from typing import Any
 
 import numpy as np
 
-from geovision.backends import Detections
+from geovision.backends.base import Detections
+from geovision.backends.device import usable_cores
 from geovision.backends.yolo_output import decode, decode_instances
-from geovision.device import usable_cores
+from geovision.config import ModelConfig
 from geovision.errors import DeviceError, WeightsError, first_line
-from geovision.models import ModelConfig
 
 
 def open_session(cfg: ModelConfig, device: str | None, threads: int | None = None) -> tuple[Any, str]:
@@ -83,7 +83,7 @@ class OnnxDetector(_OnnxModel):
 
     def __init__(self, cfg: ModelConfig, device: str | None = None, threads: int | None = None) -> None:
         super().__init__(cfg, device, threads)
-        self.end2end = bool(cfg.extra.get("end2end", False))
+        self.end2end = cfg.end2end
 
     def detect(
         self, images: Sequence[np.ndarray], confidence: float | None = None, iou: float | None = None

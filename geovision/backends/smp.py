@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from geovision.config import ModelConfig
 from geovision.errors import ModelError, WeightsError, first_line
-from geovision.models import ModelConfig
 
 #: smp architectures by the names model YAML files use.
 ARCHITECTURES = ("Unet", "UnetPlusPlus", "DeepLabV3Plus", "DeepLabV3", "FPN", "PSPNet", "Linknet", "MAnet", "PAN")
@@ -25,19 +25,19 @@ def build_network(cfg: ModelConfig) -> Any:
     """An untrained smp network as ``cfg`` describes it (no pretrained encoder)."""
     import segmentation_models_pytorch as smp
 
-    arch = cfg.extra.get("arch", "Unet")
+    arch = cfg.smp.arch
     if arch not in ARCHITECTURES:
         raise ModelError(f"model '{cfg.name}': unknown architecture '{arch}'; known: {', '.join(ARCHITECTURES)}")
     kwargs: dict[str, Any] = dict(
-        encoder_name=cfg.extra.get("encoder", "resnet34"),
+        encoder_name=cfg.smp.encoder,
         encoder_weights=None,
         in_channels=cfg.in_channels,
         classes=network_outputs(cfg),
     )
-    if cfg.extra.get("encoder_depth"):
-        kwargs["encoder_depth"] = int(cfg.extra["encoder_depth"])
-    if cfg.extra.get("decoder_channels") and arch in ("Unet", "UnetPlusPlus", "MAnet"):
-        kwargs["decoder_channels"] = tuple(cfg.extra["decoder_channels"])
+    if cfg.smp.encoder_depth:
+        kwargs["encoder_depth"] = cfg.smp.encoder_depth
+    if cfg.smp.decoder_channels and arch in ("Unet", "UnetPlusPlus", "MAnet"):
+        kwargs["decoder_channels"] = cfg.smp.decoder_channels
     try:
         net = getattr(smp, arch)(**kwargs)
     except (KeyError, ValueError) as e:
@@ -58,9 +58,7 @@ def _drop_unused_stages(net: Any, depth: int) -> None:
 
 def activation(cfg: ModelConfig) -> str:
     """'sigmoid' (one output per class) or 'softmax' (background plus one per class)."""
-    act = cfg.extra.get("activation", "sigmoid" if len(cfg.classes) == 1 and not has_boundary(cfg) else "softmax")
-    if act not in ("sigmoid", "softmax"):
-        raise ModelError(f"model '{cfg.name}': activation must be sigmoid or softmax, not {act!r}")
+    act = cfg.smp.activation or ("sigmoid" if len(cfg.classes) == 1 and not has_boundary(cfg) else "softmax")
     if act == "sigmoid" and has_boundary(cfg):
         raise ModelError(f"model '{cfg.name}': a boundary class needs activation softmax")
     return str(act)
@@ -79,7 +77,7 @@ def has_boundary(cfg: ModelConfig) -> bool:
     background downstream, so each object comes out as its own, slightly
     shrunk region, grown back when it is vectorised (``vectorize.grow_m``).
     """
-    return bool(cfg.extra.get("boundary", False))
+    return cfg.smp.boundary
 
 
 def network_outputs(cfg: ModelConfig) -> int:
@@ -91,8 +89,8 @@ def network_outputs(cfg: ModelConfig) -> int:
 
 def input_stats(cfg: ModelConfig) -> tuple[np.ndarray, np.ndarray]:
     """Per-channel mean and std (of 0-1 pixel values) the network was trained with."""
-    mean = np.asarray(cfg.extra.get("mean", [0.5] * cfg.in_channels), np.float32)
-    std = np.asarray(cfg.extra.get("std", [0.25] * cfg.in_channels), np.float32)
+    mean = np.asarray(cfg.smp.mean or [0.5] * cfg.in_channels, np.float32)
+    std = np.asarray(cfg.smp.std or [0.25] * cfg.in_channels, np.float32)
     if mean.shape != (cfg.in_channels,) or std.shape != (cfg.in_channels,):
         raise ModelError(f"model '{cfg.name}': mean and std need {cfg.in_channels} values each")
     return mean, std
@@ -101,13 +99,14 @@ def input_stats(cfg: ModelConfig) -> tuple[np.ndarray, np.ndarray]:
 class SmpSegmenter:
     """Batched smp inference on uint8 tiles: (n, outputs, size, size) probabilities."""
 
-    def __init__(self, cfg: ModelConfig, device: str | None = None) -> None:
+    def __init__(self, cfg: ModelConfig, device: str | None = None, threads: int | None = None) -> None:
         import torch
 
-        from geovision.device import pick_device
+        from geovision.backends.device import pick_device, torch_threads
 
         self.cfg = cfg
         self.device = pick_device(device)
+        torch_threads(self.device, threads)
         self.torch = torch
         net = build_network(cfg)
         try:
@@ -129,7 +128,7 @@ class SmpSegmenter:
 
     def fit_batch(self, base: int) -> int:
         """On CUDA, the batch size that fits half of the free GPU memory (measured on blank tiles)."""
-        from geovision.device import cuda_batch_size
+        from geovision.backends.device import cuda_batch_size
 
         return cuda_batch_size(self.segment, self.cfg, base, self.device)
 

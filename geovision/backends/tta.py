@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from geovision.backends import Detections, Detector
+from geovision.backends.base import Detections, Detector
 from geovision.nms import batched_nms
 
 

@@ -9,43 +9,79 @@ our tiles already have the model's input size.
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from geovision.backends import Detections
+from geovision.backends.base import Detections
 from geovision.backends.yolo_output import decode, decode_instances
+from geovision.config import ModelConfig
 from geovision.errors import WeightsError, first_line, require
-from geovision.models import ModelConfig
-from geovision.nms import batched_nms_torchvision
+
+
+def batched_nms_torchvision(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, iou: float) -> np.ndarray:
+    """:func:`batched_nms` by torchvision.ops (the torch backend's choice)."""
+    if len(boxes) == 0:
+        return np.zeros(0, dtype=np.int64)
+    import torch
+    from torchvision.ops import batched_nms as tv_batched_nms
+
+    kept = tv_batched_nms(
+        torch.as_tensor(boxes, dtype=torch.float64),
+        torch.as_tensor(scores, dtype=torch.float64),
+        torch.as_tensor(classes, dtype=torch.int64),
+        iou,
+    )
+    return kept.numpy()
+
+
+#: what ultralytics reads once, when it is imported: no network (update checks, analytics), no banner
+_IMPORT_ENV = {"YOLO_OFFLINE": "1", "YOLO_VERBOSE": "False"}
+
+
+@contextlib.contextmanager
+def _import_environment() -> Iterator[None]:
+    """The one place geovision sets environment variables: for the length of ultralytics' import.
+
+    Variables the user set are left as they are; every variable is as it was
+    afterwards (ultralytics also sets OMP_NUM_THREADS=1 when it is unset, which
+    every process started from this one would inherit, so inference would run
+    on one core).
+    """
+    names = [*_IMPORT_ENV, "OMP_NUM_THREADS"]
+    saved = {k: os.environ.get(k) for k in names}
+    for k, v in _IMPORT_ENV.items():
+        if saved[k] is None:
+            os.environ[k] = v
+    try:
+        yield
+    finally:
+        for k, before in saved.items():
+            if before is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = before
 
 
 def import_ultralytics() -> Any:
-    """Import ultralytics with every network call switched off, and the thread settings left alone.
+    """Import ultralytics with every network call switched off, and the environment left as it was.
 
-    ``YOLO_OFFLINE`` stops its update checks and analytics without touching the
-    user's own ultralytics settings file (which ``settings.update`` would rewrite).
-
-    ultralytics sets OMP_NUM_THREADS=1 for the whole process when it is unset;
-    OpenMP reads it when torch is first loaded, and every process started from
-    this one inherits it, so inference would run on one core. torch is loaded
-    first and the variable put back as it was.
+    ``YOLO_OFFLINE`` (read once, at import) stops its update checks and
+    analytics without touching the user's own ultralytics settings file (which
+    ``settings.update`` would rewrite). torch is loaded first, so that its
+    OpenMP never sees ultralytics' OMP_NUM_THREADS=1.
     """
     require("YOLO .pt weights", "torch", "torch", "ultralytics")
-    os.environ.setdefault("YOLO_OFFLINE", "1")
-    os.environ.setdefault("YOLO_VERBOSE", "False")
-    omp = os.environ.get("OMP_NUM_THREADS")
     try:
-        import torch  # noqa: F401 - before ultralytics changes OMP_NUM_THREADS
-        import ultralytics
+        with _import_environment():
+            import torch  # noqa: F401 - before ultralytics changes OMP_NUM_THREADS
+            import ultralytics
     except ImportError as e:  # pragma: no cover - installed, yet broken
         raise WeightsError(f"ultralytics is installed but cannot be imported ({first_line(e)})") from e
-    finally:
-        if omp is None:
-            os.environ.pop("OMP_NUM_THREADS", None)
     return ultralytics
 
 
@@ -115,13 +151,14 @@ def read_checkpoint_meta(path: Path, trusted: bool = False) -> tuple[list[str], 
 class YoloDetector:
     """Batched YOLO inference on uint8 RGB tiles of the model's input size."""
 
-    def __init__(self, cfg: ModelConfig, device: str | None = None) -> None:
+    def __init__(self, cfg: ModelConfig, device: str | None = None, threads: int | None = None) -> None:
         import torch
 
-        from geovision.device import pick_device
+        from geovision.backends.device import pick_device, torch_threads
 
         self.cfg = cfg
         self.device = pick_device(device)
+        torch_threads(self.device, threads)
         yolo = load_yolo(cfg.weights, cfg.trusted)
         expected = "segment" if cfg.task == "instance" else "detect"
         if yolo.task != expected:
@@ -145,7 +182,7 @@ class YoloDetector:
 
     def fit_batch(self, base: int) -> int:
         """On CUDA, the batch size that fits half of the free GPU memory (measured on blank tiles)."""
-        from geovision.device import cuda_batch_size
+        from geovision.backends.device import cuda_batch_size
 
         return cuda_batch_size(self.detect, self.cfg, base, self.device)
 

@@ -1,12 +1,10 @@
-"""Model registry: named models and model YAML files.
+"""A model's description: the ModelConfig value type and its YAML form.
 
 A model YAML is the single description of a model: task, backend, weights
 and their sha256, classes, tile size, overlap, ground resolution, bands,
-normalisation and thresholds. ``--model NAME`` looks for ``NAME.yaml`` or a
-model package ``NAME/model.yaml`` (what ``geovision train`` writes) in the
-model search path (``$GEOVISION_MODELS``, then the repository's
-``configs/models``); ``--model PATH`` takes a YAML file, a package folder or a
-weights file.
+normalisation, thresholds, and the settings of its backend (typed here:
+:class:`SmpOptions`, :class:`VectorizeOptions`). Finding a model by name is
+:mod:`geovision.registry`'s job.
 """
 
 from __future__ import annotations
@@ -15,7 +13,7 @@ import hashlib
 import logging
 import os
 import re
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -27,12 +25,43 @@ from geovision.raster import Normalization
 #: detect: boxes; segment: per-pixel classes (semantic); instance: one outline per object (YOLO-seg).
 Task = Literal["detect", "segment", "instance"]
 
-#: the shipped packages: configs/models/ of a checkout, geovision/configs/models/ of an installed wheel
-_IN_WHEEL = Path(__file__).resolve().parent / "configs" / "models"
-BUILTIN_MODELS_DIR = _IN_WHEEL if _IN_WHEEL.is_dir() else Path(__file__).resolve().parent.parent / "configs" / "models"
-WEIGHT_SUFFIXES = {".pt", ".pth", ".onnx"}
-#: what a model name looks like: no folder separators, no "..", nothing that makes it a path
-MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+@dataclass(frozen=True)
+class SmpOptions:
+    """How an smp segmenter's network is built and fed (the YAML's ``arch``, ``encoder`` ... keys)."""
+
+    arch: str = "Unet"
+    encoder: str = "resnet34"
+    encoder_depth: int | None = None
+    decoder_channels: tuple[int, ...] | None = None
+    #: None: sigmoid for one class without an outline band, softmax otherwise
+    activation: Literal["sigmoid", "softmax"] | None = None
+    #: the network also marks a band along every outline, so touching objects come out apart
+    boundary: bool = False
+    #: per-channel mean and std of 0-1 pixel values it was trained with (None: 0.5 and 0.25)
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+
+
+@dataclass(frozen=True)
+class VectorizeOptions:
+    """Polygon clean-up for segmenters (the YAML's ``vectorize`` mapping); lengths in metres, areas in m²."""
+
+    simplify_m: float = 0.0
+    min_area_m2: float = 0.0
+    fill_holes: bool = False
+    #: outward growth, for models whose objects come out shrunk by an outline band
+    grow_m: float = 0.0
+    #: square outlines up (:mod:`geovision.regularize`), for buildings
+    regularize: bool = False
+
+
+@dataclass(frozen=True)
+class PackagedOnnx:
+    """The ONNX export a package carries beside its weights (the YAML's ``onnx`` and ``onnx_sha256``)."""
+
+    file: str
+    sha256: str
 
 
 @dataclass(frozen=True)
@@ -57,7 +86,15 @@ class ModelConfig:
     batch_size: int = 8
     description: str = ""
     source: Path | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    smp: SmpOptions = field(default_factory=SmpOptions)
+    vectorize: VectorizeOptions = field(default_factory=VectorizeOptions)
+    packaged_onnx: PackagedOnnx | None = None
+    #: an ONNX detector whose graph ends in its own NMS (one row per object)
+    end2end: bool = False
+    #: of an exported ONNX file: the backend it was exported from
+    source_backend: str | None = None
+    #: what the package records of how it was made (``training``, ``metrics``); read by no code
+    record: dict[str, Any] = field(default_factory=dict)
     #: the user vouches for a pickled weights file (``--trust-model``); never read from or written to YAML
     trusted: bool = False
 
@@ -86,69 +123,6 @@ class ModelConfig:
         return replace(self, **{k: v for k, v in kw.items() if v is not None})
 
 
-def model_dirs() -> list[Path]:
-    """Folders searched for named models, first match wins."""
-    env = os.environ.get("GEOVISION_MODELS", "")
-    dirs = [Path(p) for p in env.split(os.pathsep) if p]
-    return [*dirs, BUILTIN_MODELS_DIR]
-
-
-def list_models() -> list[ModelConfig]:
-    """Every named model in the search path (a name shadowed by an earlier folder is skipped)."""
-    seen: dict[str, ModelConfig] = {}
-    for d in model_dirs():
-        for name in _names_in(d):
-            if name not in seen:
-                path = _named_model_file(d, name)
-                if path is not None:
-                    seen[name] = load_config(path)
-    return [seen[n] for n in sorted(seen)]
-
-
-def _names_in(folder: Path) -> set[str]:
-    """Model names in one search folder: ``NAME.yaml`` files and ``NAME/model.yaml`` packages."""
-    if not folder.is_dir():
-        return set()
-    files = {p.stem for p in folder.glob("*.yaml")}
-    packages = {p.parent.name for p in folder.glob("*/model.yaml") if not p.parent.name.startswith(".")}
-    return files | packages
-
-
-def _named_model_file(folder: Path, name: str) -> Path | None:
-    """The YAML for ``name`` in ``folder``: ``NAME.yaml`` first, then ``NAME/model.yaml``."""
-    for candidate in (folder / f"{name}.yaml", folder / name / "model.yaml"):
-        if candidate.is_file():
-            return candidate
-    return None
-
-
-def resolve_model(spec: str | os.PathLike[str], trust: bool = False) -> ModelConfig:
-    """A model from a name, a YAML path, or a weights path.
-
-    ``trust`` lets a pickled ultralytics checkpoint that names more than
-    network layers be loaded (it can run code): for files whose source the
-    user knows, never the default.
-    """
-    p = Path(spec)
-    if p.suffix.lower() in {".yaml", ".yml"}:
-        if not p.is_file():
-            raise ModelError(f"model file {p} does not exist")
-        return replace(load_config(p), trusted=trust)
-    if p.suffix.lower() in WEIGHT_SUFFIXES:
-        if not p.is_file():
-            raise WeightsError(f"weights file {p} does not exist")
-        return config_from_weights(p, trust)
-    if p.is_dir() and (p / "model.yaml").is_file():
-        return replace(load_config(p / "model.yaml"), trusted=trust)
-    if MODEL_NAME.fullmatch(str(spec)):  # a name, never a path that leaves the search folders
-        for d in model_dirs():
-            candidate = _named_model_file(d, str(spec))
-            if candidate is not None:
-                return replace(load_config(candidate), trusted=trust)
-    known = ", ".join(m.name for m in list_models()) or "none"
-    raise ModelError(f"unknown model '{spec}'; known models: {known} (or pass a model YAML or weights path)")
-
-
 def load_config(path: Path) -> ModelConfig:
     """Parse and validate a model YAML; relative weights paths are resolved against it."""
     path = Path(path).resolve()
@@ -171,6 +145,9 @@ def config_from_dict(raw: dict[str, Any], path: Path) -> ModelConfig:
     missing = [k for k in required if k not in raw]
     if missing:
         raise ModelError(f"{path}: model YAML lacks {', '.join(missing)}")
+    unknown = sorted(set(raw) - _KNOWN_KEYS)
+    if unknown:
+        raise ModelError(f"{path}: unknown model YAML key(s) {', '.join(unknown)} (a typo? docs/models.md lists them)")
     if raw["task"] not in ("detect", "segment", "instance"):
         raise ModelError(f"{path}: task must be 'detect', 'segment' or 'instance', not {raw['task']!r}")
     weights = Path(raw["weights"])
@@ -205,7 +182,12 @@ def config_from_dict(raw: dict[str, Any], path: Path) -> ModelConfig:
             batch_size=int(raw.get("batch_size", 8)),
             description=str(raw.get("description", "")),
             source=path,
-            extra={k: v for k, v in raw.items() if k not in _KNOWN_KEYS},
+            smp=_smp_options(raw),
+            vectorize=settings(VectorizeOptions, raw.get("vectorize") or {}, "vectorize"),
+            packaged_onnx=PackagedOnnx(str(raw["onnx"]), str(raw.get("onnx_sha256", ""))) if raw.get("onnx") else None,
+            end2end=bool(raw.get("end2end", False)),
+            source_backend=str(raw["source_backend"]) if raw.get("source_backend") else None,
+            record={k: raw[k] for k in RECORD_KEYS if k in raw},
         )
     except (TypeError, ValueError) as e:
         raise ModelError(f"{path}: invalid model YAML ({e})") from e
@@ -213,6 +195,9 @@ def config_from_dict(raw: dict[str, Any], path: Path) -> ModelConfig:
         raise ModelError(f"{path}: overlap must be in [0, tile_size)")
     return cfg
 
+
+#: what a package records of its making: kept as written, read by no code
+RECORD_KEYS = ("training", "metrics")
 
 _KNOWN_KEYS = {
     "name",
@@ -232,7 +217,45 @@ _KNOWN_KEYS = {
     "iou",
     "batch_size",
     "description",
+    *(f.name for f in fields(SmpOptions)),
+    "vectorize",
+    "onnx",
+    "onnx_sha256",
+    "end2end",
+    "source_backend",
+    *RECORD_KEYS,
 }
+
+
+def _smp_options(raw: dict[str, Any]) -> SmpOptions:
+    """The smp settings, kept at the top level of a model YAML."""
+    depth, channels = raw.get("encoder_depth"), raw.get("decoder_channels")
+    act = raw.get("activation")
+    if act not in (None, "sigmoid", "softmax"):
+        raise ValueError(f"activation must be sigmoid or softmax, not {act!r}")
+    return SmpOptions(
+        arch=str(raw.get("arch", "Unet")),
+        encoder=str(raw.get("encoder", "resnet34")),
+        encoder_depth=int(depth) if depth else None,
+        decoder_channels=tuple(int(c) for c in channels) if channels else None,
+        activation=act,
+        boundary=bool(raw.get("boundary", False)),
+        mean=_floats(raw.get("mean")),
+        std=_floats(raw.get("std")),
+    )
+
+
+def settings(kind: type[Any], raw: Any, key: str) -> Any:
+    """A settings dataclass of scalars from its YAML mapping ``key``: unknown keys are refused
+    (a typo would go unnoticed otherwise), values converted to the defaults' types (ValueError)."""
+    if not isinstance(raw, dict):
+        raise ValueError(f"{key} must be a mapping")
+    known = [f.name for f in fields(kind)]
+    unknown = sorted(set(raw) - set(known))
+    if unknown:
+        raise ValueError(f"unknown {key} setting(s) {', '.join(unknown)}; known: {', '.join(known)}")
+    defaults = kind()
+    return kind(**{k: type(getattr(defaults, k))(v) for k, v in raw.items()})
 
 
 def _sha256(value: Any, path: Path) -> str | None:
@@ -280,36 +303,18 @@ def config_to_dict(cfg: ModelConfig, relative_to: Path | None = None) -> dict[st
         "batch_size": cfg.batch_size,
         "description": cfg.description,
     }
-    out.update(cfg.extra)
+    if cfg.task == "segment":
+        out.update({k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg.smp).items() if v is not None})
+    if cfg.task != "detect":
+        out["vectorize"] = asdict(cfg.vectorize)
+    if cfg.packaged_onnx is not None:
+        out.update(onnx=cfg.packaged_onnx.file, onnx_sha256=cfg.packaged_onnx.sha256)
+    if cfg.end2end:
+        out["end2end"] = True
+    if cfg.source_backend:
+        out["source_backend"] = cfg.source_backend
+    out.update(cfg.record)
     return out
-
-
-def config_from_weights(path: Path, trust: bool = False) -> ModelConfig:
-    """A config for a bare weights file: an ONNX file exported by geovision, or an
-    ultralytics ``.pt`` read at the raster's own resolution."""
-    path = path.resolve()
-    if path.suffix.lower() == ".onnx":
-        from geovision.export import read_onnx_config
-
-        return read_onnx_config(path)
-    if path.suffix.lower() != ".pt":
-        raise ModelError(f"{path}: bare weights must be an ultralytics .pt file; use a model YAML otherwise")
-    from geovision.backends.yolo import read_checkpoint_meta
-
-    names, imgsz, task = read_checkpoint_meta(path, trust)
-    return ModelConfig(
-        name=path.stem,
-        task="instance" if task == "segment" else "detect",
-        backend="yolo",
-        weights=path,
-        classes=tuple(names),
-        tile_size=imgsz,
-        overlap=max(0, imgsz // 10),
-        resolution_m=None,
-        sha256=None,
-        source=None,
-        trusted=trust,
-    )
 
 
 def sha256_file(path: Path) -> str:

@@ -26,15 +26,17 @@ from typing import Literal
 
 import yaml
 
+from geovision.backends.base import TORCH_RUNTIMES
+from geovision.config import ModelConfig, config_from_dict, config_to_dict, sha256_file, verify_weights
 from geovision.errors import ModelError, OutputError, WeightsError, first_line, require
-from geovision.models import ModelConfig, config_to_dict, resolve_model, sha256_file, verify_weights
+from geovision.writers import atomic_output
 
 METADATA_KEY = "geovision"
 log = logging.getLogger("geovision")
 
 
 def export_onnx(
-    model: str | os.PathLike[str] | ModelConfig,
+    cfg: ModelConfig,
     output: str | os.PathLike[str] | None = None,
     opset: int = 17,
     overwrite: bool = False,
@@ -46,12 +48,9 @@ def export_onnx(
     NHWC tiles themselves and hand back probabilities (background first),
     their normalisation and activation being part of the graph.
     """
-    cfg = model if isinstance(model, ModelConfig) else resolve_model(model)
     exporter = _EXPORTERS.get(cfg.backend)
     if exporter is None:
         raise ModelError(f"model '{cfg.name}': cannot export the '{cfg.backend}' backend (known: yolo, smp)")
-    from geovision.backends import TORCH_RUNTIMES
-
     require(f"exporting model '{cfg.name}' to ONNX", "torch", *TORCH_RUNTIMES[cfg.backend])
     verify_weights(cfg)
     out = Path(output) if output else cfg.weights.with_suffix(".onnx")
@@ -111,8 +110,6 @@ _EXPORTERS: dict[str, Callable[[ModelConfig, Path, int], Path]] = {"yolo": _expo
 
 def _publish(src: Path, out: Path) -> None:
     """Copy ``src`` to ``out`` through a temporary name, so ``out`` is never half written."""
-    from geovision.writers import atomic_output
-
     with atomic_output(out) as tmp:
         shutil.copyfile(src, tmp)
 
@@ -173,14 +170,13 @@ def packaged_onnx(cfg: ModelConfig) -> Path | None:
     Shipped packages carry one, so that detection runs on ONNX Runtime with
     neither torch nor ultralytics installed and nothing to export first.
     """
-    name = cfg.extra.get("onnx")
-    if not name or cfg.source is None:
+    packaged = cfg.packaged_onnx
+    if packaged is None or cfg.source is None:
         return None
-    path = cfg.source.parent / str(name)
-    expected = cfg.extra.get("onnx_sha256")
+    path = cfg.source.parent / packaged.file
     if not path.is_file():
         raise WeightsError(f"model '{cfg.name}': its ONNX export {path} does not exist")
-    if not expected or sha256_file(path) != str(expected).lower():
+    if not packaged.sha256 or sha256_file(path) != packaged.sha256.lower():
         raise WeightsError(
             f"model '{cfg.name}': {path.name} does not match the model YAML's onnx_sha256; "
             "the file is corrupt or was replaced (`geovision export MODEL --package` makes it again)"
@@ -188,20 +184,17 @@ def packaged_onnx(cfg: ModelConfig) -> Path | None:
     return path
 
 
-def package_onnx(model: str | os.PathLike[str] | ModelConfig, overwrite: bool = False) -> Path:
+def package_onnx(cfg: ModelConfig, overwrite: bool = False) -> Path:
     """Export a model package's weights to ``model.onnx`` beside them and record it in its YAML.
 
     The package then runs on machines without torch (``pip install geovision``).
     """
-    cfg = model if isinstance(model, ModelConfig) else resolve_model(model)
     if cfg.source is None or cfg.source.suffix.lower() not in (".yaml", ".yml"):
         raise ModelError(f"model '{cfg.name}': --package needs a model described by a YAML file")
     out = cfg.source.parent / "model.onnx"
     export_onnx(cfg, out, overwrite=overwrite)
     raw = yaml.safe_load(cfg.source.read_text())
     raw.update(onnx=out.name, onnx_sha256=sha256_file(out))
-    from geovision.writers import atomic_output
-
     with atomic_output(cfg.source) as tmp:
         Path(tmp).write_text(yaml.safe_dump(raw, sort_keys=False))
     return out
@@ -225,8 +218,6 @@ def _intact(cached: Path) -> bool:
 
 def _seal(cached: Path) -> None:
     """Record the sha256 of a new cached export beside it."""
-    from geovision.writers import atomic_output
-
     with atomic_output(cached.with_name(cached.name + ".sha256")) as tmp:
         Path(tmp).write_text(sha256_file(cached) + "\n")
 
@@ -294,10 +285,9 @@ def embed_config(onnx_path: Path, cfg: ModelConfig) -> None:
     import onnx
 
     proto = onnx.load(str(onnx_path))
-    data = config_to_dict(cfg)
+    # the package's own export (packaged_onnx) is not a setting of the export itself
+    data = config_to_dict(replace(cfg, packaged_onnx=None))
     data.update(weights=".", sha256=None, backend="onnx", source_backend=cfg.backend)
-    for key in ("onnx", "onnx_sha256"):  # the package's own export: not a setting of the export itself
-        data.pop(key, None)
     for prop in list(proto.metadata_props):
         if prop.key == METADATA_KEY:
             proto.metadata_props.remove(prop)
@@ -308,8 +298,6 @@ def embed_config(onnx_path: Path, cfg: ModelConfig) -> None:
 
 def read_onnx_config(path: Path) -> ModelConfig:
     """The model config embedded in an ONNX file exported by geovision."""
-    from geovision.models import config_from_dict
-
     try:
         import onnxruntime as ort
 

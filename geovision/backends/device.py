@@ -5,7 +5,6 @@ from __future__ import annotations
 import ctypes
 import functools
 import os
-import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -14,7 +13,7 @@ import numpy as np
 from geovision.errors import DeviceError
 
 if TYPE_CHECKING:
-    from geovision.models import ModelConfig
+    from geovision.config import ModelConfig
 
 
 def pick_device(requested: str | None = None) -> str:
@@ -38,14 +37,15 @@ def pick_device(requested: str | None = None) -> str:
     raise DeviceError(f"unknown device '{requested}'; use auto, cpu, cuda or cuda:N")
 
 
-@functools.cache
 def cuda_present() -> bool:
-    """Whether a CUDA GPU is usable, asked of the driver itself so that torch is not imported
-    (importing it costs seconds, and the CPU path never needs it)."""
-    if "torch" in sys.modules:
-        import torch
+    """Whether a CUDA GPU is usable."""
+    return cuda_devices() > 0
 
-        return bool(torch.cuda.is_available())
+
+@functools.cache
+def cuda_devices() -> int:
+    """CUDA GPUs this process may use (CUDA_VISIBLE_DEVICES counts), asked of the driver itself
+    so that torch is not imported (importing it costs seconds, and the CPU path never needs it)."""
     names = ("nvcuda.dll",) if os.name == "nt" else ("libcuda.so.1", "libcuda.so")
     for name in names:
         try:
@@ -53,13 +53,23 @@ def cuda_present() -> bool:
         except OSError:
             continue
         count = ctypes.c_int(0)
-        return lib.cuInit(0) == 0 and lib.cuDeviceGetCount(ctypes.byref(count)) == 0 and count.value > 0
-    return False
+        ok = lib.cuInit(0) == 0 and lib.cuDeviceGetCount(ctypes.byref(count)) == 0
+        return count.value if ok else 0
+    return 0
 
 
 def usable_cores() -> int:
     """The cores this process may run on (its affinity mask, where the OS has one)."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def torch_threads(device: str, threads: int | None) -> None:
+    """Give torch ``threads`` CPU threads on the CPU, when a caller hands out shares of the cores
+    (a batch worker process); None leaves torch's own choice."""
+    if threads and device == "cpu":
+        import torch
+
+        torch.set_num_threads(threads)
 
 
 def fit_batch(base: int, bytes_per_tile: float, free_bytes: int, share: float = 0.5, cap: int = 64) -> int:

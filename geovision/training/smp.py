@@ -1,11 +1,9 @@
-"""Training segmentation models (segmentation-models-pytorch) from rasters and polygons.
+"""Training segmentation models (segmentation-models-pytorch) on in-memory chips.
 
-Chips come from the same reader as inference; masks are the label polygons
-rasterised with ``rasterio.features.rasterize`` in each chip's pixel grid.
-The split is spatial, as for detectors. Training uses an albumentations
-pipeline suited to nadir imagery (the eight 90-degree rotations and flips,
-brightness/contrast, a little scale), Dice + cross-entropy loss, IoU and F1
-on the validation chips every epoch, and keeps the best epoch.
+Training uses an albumentations pipeline suited to nadir imagery (the eight
+90-degree rotations and flips, brightness/contrast, a little scale), Dice +
+cross-entropy loss, IoU and F1 on the validation chips every epoch, and
+keeps the best epoch.
 """
 
 from __future__ import annotations
@@ -14,85 +12,16 @@ import pickle
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from rasterio import features
-from shapely import affinity
 
-from geovision.labels import ImageShapes
-from geovision.models import ModelConfig, sha256_file
-from geovision.raster import open_raster
-from geovision.training import (
-    ChipOptions,
-    SplitLog,
-    TrainingError,
-    aerial_augmentations,
-    chip_plan,
-    cut_chips,
-    start_weights,
-    write_model_yaml,
-)
-
-
-@dataclass
-class SegChips:
-    """Chips in memory: images (n, t, t, c) uint8 and masks (n, t, t) uint8 (0 = background)."""
-
-    train_images: list[np.ndarray] = field(default_factory=list)
-    train_masks: list[np.ndarray] = field(default_factory=list)
-    val_images: list[np.ndarray] = field(default_factory=list)
-    val_masks: list[np.ndarray] = field(default_factory=list)
-    split: SplitLog = field(default_factory=SplitLog)
-
-
-#: Mask value of pixels left out of the loss and the scores: no data in the raster.
-IGNORE = 255
-
-
-def chip_segmentation_dataset(
-    items: Sequence[ImageShapes], opts: ChipOptions, boundary_px: float = 0, n_classes: int = 1
-) -> SegChips:
-    """Cut image/mask chip pairs, held-out blocks chosen among blocks holding labels.
-
-    Masks hold 0 for background, 1.. for the classes, ``IGNORE`` where the
-    raster has no data, and with ``boundary_px`` a last class marking a band
-    of that half-width along every outline (see ``backends.smp.has_boundary``).
-    """
-    rng = random.Random(opts.seed)
-    chips = SegChips()
-    t = opts.tile_size
-    for item in items:
-        with open_raster(item.image) as ds:
-            plan = chip_plan(ds, opts)
-            # label geometries from source pixels to model-grid pixels
-            scale = (1 / plan.scale_x, 0, 0, 1 / plan.scale_y, 0, 0)
-            geoms = [affinity.affine_transform(g, scale) for g in item.geoms]
-            centres = [(g.centroid.x, g.centroid.y) for g in geoms if not g.is_empty]
-            shapes = list(zip(geoms, (int(c) + 1 for c in item.classes)))
-            rings = [(g.boundary.buffer(boundary_px), 1) for g in geoms] if boundary_px > 0 else []
-            for split, td in cut_chips(ds, plan, np.asarray(centres), opts, rng, chips.split):
-                x0, y0 = td.tile.x0, td.tile.y0
-                mask = np.zeros((t, t), np.uint8)
-                if shapes:
-                    mask = features.rasterize(
-                        shapes, out_shape=(t, t), transform=(1, 0, x0, 0, 1, y0), fill=0, dtype="uint8"
-                    )
-                    if rings:
-                        band = features.rasterize(
-                            rings, out_shape=(t, t), transform=(1, 0, x0, 0, 1, y0), fill=0, dtype="uint8"
-                        )
-                        mask[band > 0] = n_classes + 1
-                mask[~td.valid] = IGNORE
-                if split == "train":
-                    chips.train_images.append(td.image)
-                    chips.train_masks.append(mask)
-                else:
-                    chips.val_images.append(td.image)
-                    chips.val_masks.append(mask)
-    return chips
+from geovision.config import ModelConfig, sha256_file
+from geovision.errors import TrainingError
+from geovision.training.chips import IGNORE, SegChips
+from geovision.training.common import aerial_augmentations, start_weights, write_model_yaml
 
 
 @dataclass(frozen=True)
@@ -114,7 +43,7 @@ def augmentation(aerial: bool = True) -> Any:
     """Augmentations for nadir imagery: no 'up', so all eight square symmetries are fair.
 
     With ``aerial``, also a random ground resolution (scale 0.7-1.4) and the
-    colour, haze, blur and sensor changes of :func:`training.aerial_augmentations`.
+    colour, haze, blur and sensor changes of :func:`.common.aerial_augmentations`.
     Pixels moved in from outside the chip are left out of the loss.
     """
     import albumentations as A
@@ -167,8 +96,8 @@ def train_smp(
     import segmentation_models_pytorch as smp
     import torch
 
+    from geovision.backends.device import pick_device
     from geovision.backends.smp import activation, build_network, network_outputs
-    from geovision.device import pick_device
 
     random.seed(opts.seed)
     np.random.seed(opts.seed)
@@ -179,9 +108,8 @@ def train_smp(
     mean = stacked.mean(axis=(0, 1, 2))
     std = np.maximum(stacked.std(axis=(0, 1, 2)), 1e-3)
     del stacked
-    cfg = replace(
-        cfg, extra={**cfg.extra, "mean": [round(float(m), 5) for m in mean], "std": [round(float(s), 5) for s in std]}
-    )
+    rounded = (tuple(round(float(m), 5) for m in mean), tuple(round(float(s), 5) for s in std))
+    cfg = replace(cfg, smp=replace(cfg.smp, mean=rounded[0], std=rounded[1]))
     net = build_network(cfg)
     if opts.weights is not None:
         try:  # weights_only: a state dict of tensors, never a pickle that runs code
@@ -189,8 +117,8 @@ def train_smp(
             net.load_state_dict({k: v.float() for k, v in start.items()})
         except (RuntimeError, AttributeError, pickle.UnpicklingError) as e:
             raise TrainingError(
-                f"{opts.weights}: not weights of this network ({cfg.extra['arch']}, {cfg.extra['encoder']}, "
-                f"{cfg.extra.get('encoder_depth')} stages, {network_outputs(cfg)} outputs)"
+                f"{opts.weights}: not weights of this network ({cfg.smp.arch}, {cfg.smp.encoder}, "
+                f"{cfg.smp.encoder_depth or 5} stages, {network_outputs(cfg)} outputs)"
             ) from e
     net = net.to(device)
     sigmoid = activation(cfg) == "sigmoid"
@@ -253,8 +181,8 @@ def train_smp(
         cfg,
         weights=weights_path.resolve(),
         sha256=sha256_file(weights_path),
-        extra={
-            **cfg.extra,
+        record={
+            **cfg.record,
             "training": {
                 "base": start_weights(opts.weights) if opts.weights else "from scratch",
                 "epochs": opts.epochs,

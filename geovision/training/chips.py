@@ -1,0 +1,310 @@
+"""Cutting training chips from rasters and labels.
+
+Chips are cut with the same reader, resampling and normalisation as
+inference (:mod:`geovision.raster`), so the model sees at training time the
+very pixels it will see in ``geovision detect``. The validation split is
+spatial: whole blocks of each raster are held out, and a chip that touches a
+held-out block and a training block is dropped, so no pixel is in both.
+Detector chips are written as a YOLO dataset; segmenter chips stay in memory
+with masks rasterised by ``rasterio.features.rasterize``.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import rasterio
+import yaml
+from rasterio import features
+from shapely import affinity
+
+from geovision.labels import ImageLabels, ImageShapes
+from geovision.raster import Normalization, ReadPlan, TileData, open_raster, plan_read, read_tile
+from geovision.tiling import Tile, TileGrid
+
+
+@dataclass(frozen=True)
+class ChipOptions:
+    """How chips are cut; sizes in model-grid pixels."""
+
+    tile_size: int
+    resolution_m: float | None
+    in_channels: int = 3
+    bands: tuple[int, ...] | None = None
+    normalization: Normalization = field(default_factory=Normalization)
+    accept_grayscale: bool = False
+    stride: int | None = None
+    val_fraction: float = 0.2
+    min_visible: float = 0.4
+    max_empty_share: float = 0.1
+    native_resolution_m: float | None = None
+    seed: int = 0
+
+
+@dataclass
+class SplitLog:
+    """Where the validation blocks are, and how many chips straddled the split and were dropped."""
+
+    val_regions: list[tuple[str, tuple[float, float, float, float]]] = field(default_factory=list)
+    dropped_straddling: int = 0
+
+
+@dataclass
+class ChipSet:
+    """Counts of what chipping wrote."""
+
+    train: int = 0
+    val: int = 0
+    boxes_train: int = 0
+    boxes_val: int = 0
+    split: SplitLog = field(default_factory=SplitLog)
+
+
+def chip_plan(ds: rasterio.io.DatasetReader, opts: ChipOptions) -> ReadPlan:
+    """The read plan for chipping: inference's, accepting rasters without georeference."""
+    return plan_read(
+        ds,
+        opts.resolution_m,
+        opts.in_channels,
+        opts.bands,
+        opts.normalization,
+        opts.accept_grayscale,
+        pixel_coords=True,
+        native_resolution_m=opts.native_resolution_m,
+    )
+
+
+def cut_chips(
+    ds: rasterio.io.DatasetReader,
+    plan: ReadPlan,
+    label_centres: np.ndarray,
+    opts: ChipOptions,
+    rng: random.Random,
+    log: SplitLog,
+) -> Iterator[tuple[str, TileData]]:
+    """Chips of one raster as ('train' | 'val', tile), the split by held-out blocks.
+
+    ``label_centres`` (n, 2) are label centres in model-grid pixels: held-out
+    blocks are drawn among blocks holding labels, or validation would
+    measure nothing. Chips touching both splits, and chips without a valid
+    pixel, are left out.
+    """
+    t = opts.tile_size
+    blocks = TileGrid(plan.width, plan.height, t, 0)
+    cells = np.asarray(label_centres, dtype=np.float64).reshape(-1, 2) // t
+    labelled = {(int(r), int(c)) for c, r in cells if 0 <= r < blocks.n_rows and 0 <= c < blocks.n_cols}
+    held = val_blocks(list(labelled), opts.val_fraction, rng)
+    log.val_regions += [(Path(plan.path).name, b) for b in held_regions(plan, blocks, held)]
+    stride = opts.stride or t // 2
+    for r, y0 in enumerate(chip_starts(plan.height, t, stride)):
+        for c, x0 in enumerate(chip_starts(plan.width, t, stride)):
+            tile = Tile(r, c, x0, y0, t)
+            split = _split_of(tile, blocks, held)
+            if split is None:
+                log.dropped_straddling += 1
+                continue
+            td = read_tile(ds, plan, tile)
+            if td.valid.any():
+                yield split, td
+
+
+def chip_starts(length: int, tile: int, stride: int) -> list[int]:
+    """Chip offsets along one axis: evenly spaced, at most ``stride`` apart, the last one
+    ending at the image's edge, so no chip holds padding unless the image is smaller than a chip."""
+    if length <= tile:
+        return [0]
+    n = -(-(length - tile) // stride) + 1
+    return [round(i * (length - tile) / (n - 1)) for i in range(n)]
+
+
+def val_blocks(cells: Sequence[tuple[int, int]], fraction: float, rng: random.Random) -> set[tuple[int, int]]:
+    """Blocks (row, col) held out for validation: at least one when there are two or more.
+
+    An image of one labelled block (a small plot) goes to validation whole with
+    probability ``fraction``, so that sets of many small plots are split by plot.
+    """
+    cells = sorted(cells)
+    if len(cells) == 1 and fraction > 0:
+        return set(cells) if rng.random() < fraction else set()
+    if len(cells) < 2 or fraction <= 0:
+        return set()
+    k = max(1, round(fraction * len(cells)))
+    return set(rng.sample(cells, k))
+
+
+def chip_detection_dataset(
+    items: Sequence[ImageLabels], out_dir: Path, opts: ChipOptions, class_names: Sequence[str]
+) -> ChipSet:
+    """Write a YOLO-format chip dataset (images/, labels/, data.yaml) under ``out_dir``.
+
+    Each raster is cut into blocks of ``tile_size``; a seeded share of them is
+    held out. Training chips overlap (``stride``), and each is also written
+    transposed, which with YOLO's two flips gives all eight 90-degree
+    orientations of nadir imagery.
+    """
+    from PIL import Image
+
+    rng = random.Random(opts.seed)
+    stats = ChipSet()
+    empty_pool: dict[str, list[tuple[np.ndarray, str]]] = {"train": [], "val": []}
+    for split in ("train", "val"):
+        (out_dir / "images" / split).mkdir(parents=True, exist_ok=True)
+        (out_dir / "labels" / split).mkdir(parents=True, exist_ok=True)
+    counts = {"train": 0, "val": 0}
+
+    def write(split: str, name: str, image: np.ndarray, lines: list[str]) -> None:
+        Image.fromarray(image).save(out_dir / "images" / split / f"{name}.png")
+        (out_dir / "labels" / split / f"{name}.txt").write_text("".join(lines))
+        counts[split] += 1
+
+    for n, item in enumerate(items):
+        with open_raster(item.image) as ds:
+            plan = chip_plan(ds, opts)
+            boxes = item.boxes.copy()
+            boxes[:, [0, 2]] /= plan.scale_x
+            boxes[:, [1, 3]] /= plan.scale_y
+            centres = np.c_[(boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2]
+            for split, td in cut_chips(ds, plan, centres, opts, rng, stats.split):
+                tile = td.tile
+                lines = _yolo_lines(boxes, item.classes, tile, opts.min_visible)
+                name = f"{n:03d}_{item.image.stem}_{tile.y0}_{tile.x0}"
+                if not lines:
+                    empty_pool[split].append((td.image, name))
+                    continue
+                write(split, name, td.image, lines)
+                if split == "train":
+                    write(split, name + "_T", td.image.transpose(1, 0, 2), _transpose_lines(lines))
+                    stats.boxes_train += 2 * len(lines)
+                else:
+                    stats.boxes_val += len(lines)
+    for split, pool in empty_pool.items():
+        cap = int(opts.max_empty_share * counts[split] / max(1e-6, 1 - opts.max_empty_share))
+        rng.shuffle(pool)
+        for image, name in pool[:cap]:
+            write(split, name, image, [])
+    stats.train, stats.val = counts["train"], counts["val"]
+    data = {
+        "path": str(out_dir.resolve()),
+        "train": "images/train",
+        "val": "images/val",
+        "names": {i: c for i, c in enumerate(class_names)},
+    }
+    (out_dir / "data.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+    return stats
+
+
+def held_regions(
+    plan: ReadPlan, blocks: TileGrid, held: set[tuple[int, int]]
+) -> list[tuple[float, float, float, float]]:
+    """Bounds (minx, miny, maxx, maxy) of held-out blocks in the raster's CRS (or pixels without one)."""
+    t = blocks.tile_size
+    out = []
+    for r, c in sorted(held):
+        x0, y0 = plan.transform @ (c * t, r * t)
+        x1, y1 = plan.transform @ (min((c + 1) * t, plan.width), min((r + 1) * t, plan.height))
+        out.append((min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)))
+    return out
+
+
+def _split_of(tile: Tile, blocks: TileGrid, held: set[tuple[int, int]]) -> str | None:
+    """'val' if the chip lies only in held-out blocks, 'train' if in none, else None."""
+    t = blocks.tile_size
+    touched = {
+        (r, c)
+        for r in range(tile.y0 // t, (tile.y1 - 1) // t + 1)
+        for c in range(tile.x0 // t, (tile.x1 - 1) // t + 1)
+        if r < blocks.n_rows and c < blocks.n_cols
+    }
+    inside = touched & held
+    if not inside:
+        return "train"
+    return "val" if inside == touched else None
+
+
+def _yolo_lines(boxes: np.ndarray, classes: np.ndarray, tile: Tile, min_visible: float) -> list[str]:
+    """YOLO label lines for the boxes enough of which is visible in ``tile``."""
+    if len(boxes) == 0:
+        return []
+    x1 = np.clip(boxes[:, 0], tile.x0, tile.x1)
+    y1 = np.clip(boxes[:, 1], tile.y0, tile.y1)
+    x2 = np.clip(boxes[:, 2], tile.x0, tile.x1)
+    y2 = np.clip(boxes[:, 3], tile.y0, tile.y1)
+    full = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    seen = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
+    keep = (seen > 0) & (seen >= min_visible * full)
+    s = float(tile.size)
+    return [
+        f"{classes[i]} {((x1[i] + x2[i]) / 2 - tile.x0) / s:.6f} {((y1[i] + y2[i]) / 2 - tile.y0) / s:.6f} "
+        f"{(x2[i] - x1[i]) / s:.6f} {(y2[i] - y1[i]) / s:.6f}\n"
+        for i in np.flatnonzero(keep)
+    ]
+
+
+def _transpose_lines(lines: list[str]) -> list[str]:
+    out = []
+    for line in lines:
+        c, x, y, w, h = line.split()
+        out.append(f"{c} {y} {x} {h} {w}\n")
+    return out
+
+
+@dataclass
+class SegChips:
+    """Chips in memory: images (n, t, t, c) uint8 and masks (n, t, t) uint8 (0 = background)."""
+
+    train_images: list[np.ndarray] = field(default_factory=list)
+    train_masks: list[np.ndarray] = field(default_factory=list)
+    val_images: list[np.ndarray] = field(default_factory=list)
+    val_masks: list[np.ndarray] = field(default_factory=list)
+    split: SplitLog = field(default_factory=SplitLog)
+
+
+#: Mask value of pixels left out of the loss and the scores: no data in the raster.
+IGNORE = 255
+
+
+def chip_segmentation_dataset(
+    items: Sequence[ImageShapes], opts: ChipOptions, boundary_px: float = 0, n_classes: int = 1
+) -> SegChips:
+    """Cut image/mask chip pairs, held-out blocks chosen among blocks holding labels.
+
+    Masks hold 0 for background, 1.. for the classes, ``IGNORE`` where the
+    raster has no data, and with ``boundary_px`` a last class marking a band
+    of that half-width along every outline (see ``backends.smp.has_boundary``).
+    """
+    rng = random.Random(opts.seed)
+    chips = SegChips()
+    t = opts.tile_size
+    for item in items:
+        with open_raster(item.image) as ds:
+            plan = chip_plan(ds, opts)
+            # label geometries from source pixels to model-grid pixels
+            scale = (1 / plan.scale_x, 0, 0, 1 / plan.scale_y, 0, 0)
+            geoms = [affinity.affine_transform(g, scale) for g in item.geoms]
+            centres = [(g.centroid.x, g.centroid.y) for g in geoms if not g.is_empty]
+            shapes = list(zip(geoms, (int(c) + 1 for c in item.classes)))
+            rings = [(g.boundary.buffer(boundary_px), 1) for g in geoms] if boundary_px > 0 else []
+            for split, td in cut_chips(ds, plan, np.asarray(centres), opts, rng, chips.split):
+                x0, y0 = td.tile.x0, td.tile.y0
+                mask = np.zeros((t, t), np.uint8)
+                if shapes:
+                    mask = features.rasterize(
+                        shapes, out_shape=(t, t), transform=(1, 0, x0, 0, 1, y0), fill=0, dtype="uint8"
+                    )
+                    if rings:
+                        band = features.rasterize(
+                            rings, out_shape=(t, t), transform=(1, 0, x0, 0, 1, y0), fill=0, dtype="uint8"
+                        )
+                        mask[band > 0] = n_classes + 1
+                mask[~td.valid] = IGNORE
+                if split == "train":
+                    chips.train_images.append(td.image)
+                    chips.train_masks.append(mask)
+                else:
+                    chips.val_images.append(td.image)
+                    chips.val_masks.append(mask)
+    return chips

@@ -1,0 +1,246 @@
+"""The shape of the code: imports run one way, and library code changes no process-wide state.
+
+Both are read from the source with ``ast``, every import counted (inside
+functions and under TYPE_CHECKING too), so a cycle that only bites at run
+time, or a write to ``os.environ`` in a rarely taken branch, still fails here.
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _modules() -> dict[str, Path]:
+    """Every module of geovision/ and cli/ (installed as geovision.cli), by dotted name."""
+    found = {}
+    for path in [*(ROOT / "geovision").rglob("*.py"), *(ROOT / "cli").rglob("*.py")]:
+        parts = list(path.relative_to(ROOT).with_suffix("").parts)
+        if parts[0] == "cli":
+            parts = ["geovision", *parts]
+        if parts[-1] == "__init__":
+            parts.pop()
+        found[".".join(parts)] = path
+    return found
+
+
+def _imported(module: str, tree: ast.AST, modules: dict[str, Path]) -> set[str]:
+    """The project modules ``tree`` imports anywhere in it (``from pkg import mod`` is ``pkg.mod``)."""
+    package = module if modules[module].name == "__init__.py" else module.rpartition(".")[0]
+    out = set()
+    for node in ast.walk(tree):
+        names: list[str] = []
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:  # relative: from the package up
+                up = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join([*up, base] if base else up)
+            names = [f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base for a in node.names]
+        for name in names:
+            while name and name not in modules:
+                name = name.rpartition(".")[0]
+            if name and name != module:
+                out.add(name)
+    return out
+
+
+def import_graph() -> dict[str, set[str]]:
+    modules = _modules()
+    return {m: _imported(m, ast.parse(p.read_text()), modules) for m, p in modules.items()}
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected groups of more than one module (Tarjan), each sorted."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            group = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                group.append(w)
+                if w == v:
+                    break
+            if len(group) > 1:
+                found.append(sorted(group))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_the_cycle_finder_finds_a_cycle_through_a_function_level_import():
+    a = "import os\n\ndef f():\n    from geovision.b import g\n"
+    b = "from geovision.c import h\n"
+    c = "from geovision import a\n"
+    modules = {"geovision.a": Path("a.py"), "geovision.b": Path("b.py"), "geovision.c": Path("c.py")}
+    graph = {m: _imported(m, ast.parse(src), modules) for m, src in zip(modules, (a, b, c))}
+    assert cycles(graph) == [["geovision.a", "geovision.b", "geovision.c"]]
+    graph["geovision.c"] = set()
+    assert cycles(graph) == []
+
+
+def test_no_import_cycle_among_geovision_and_cli_modules():
+    graph = import_graph()
+    assert "geovision.backends.loader" in graph["geovision.detect"]  # the graph is read, not empty
+    assert cycles(graph) == []
+
+
+def test_the_cli_is_a_front_end_only_and_the_pipeline_never_imports_training():
+    graph = import_graph()
+    assert not any("geovision.cli.main" in deps for m, deps in graph.items() if m != "geovision.cli.main")
+    pipeline = ["geovision.detect", "geovision.batch", "geovision.merge", "geovision.vectorize", "geovision.writers"]
+    for m in pipeline:
+        assert not {d for d in graph[m] if d.startswith("geovision.training")}, m
+
+
+#: the runtimes only backends/ (and training) may import
+RUNTIMES = {"torch", "torchvision", "ultralytics", "segmentation_models_pytorch", "onnxruntime"}
+
+
+def test_only_backends_and_training_import_torch_ultralytics_or_onnxruntime():
+    offenders = []
+    for module, path in _modules().items():
+        if module.startswith(("geovision.backends", "geovision.training")):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                names = [node.module]
+            offenders += [f"{module}: {n}" for n in names if n.split(".")[0] in RUNTIMES]
+    assert offenders == []
+
+
+#: calls that switch something for the whole process, or for the user's machine
+SWITCHES = {
+    "os.environ.update",
+    "os.environ.setdefault",
+    "os.environ.pop",
+    "os.environ.clear",
+    "os.putenv",
+    "os.unsetenv",
+    "matplotlib.use",
+    "logging.disable",
+    "logging.basicConfig",
+    "settings.update",
+    "warnings.simplefilter",
+    "warnings.filterwarnings",
+}
+
+
+class _Changes(ast.NodeVisitor):
+    """Finds writes to os.environ and process-wide switches, with the function they are in;
+    warning filters inside ``with warnings.catch_warnings():`` end with the block and are not counted."""
+
+    def __init__(self, name: str) -> None:
+        self.name, self.functions, self.scoped, self.found = name, ["<module>"], 0, []
+
+    def visit_FunctionDef(self, node: ast.FunctionDef | ast.AsyncFunctionDef) -> None:
+        self.functions.append(node.name)
+        self.generic_visit(node)
+        self.functions.pop()
+
+    visit_AsyncFunctionDef = visit_FunctionDef
+
+    def visit_With(self, node: ast.With) -> None:
+        scoped = any("catch_warnings" in ast.unparse(item.context_expr) for item in node.items)
+        self.scoped += scoped
+        self.generic_visit(node)
+        self.scoped -= scoped
+
+    def _add(self, node: ast.AST, what: str) -> None:
+        self.found.append(f"{self.name}:{self.functions[-1]}:{node.lineno}: {what}")
+
+    def visit_Assign(self, node: ast.Assign | ast.AugAssign | ast.Delete) -> None:
+        if "os.environ[" in ast.unparse(node):
+            self._add(node, ast.unparse(node))
+        self.generic_visit(node)
+
+    visit_AugAssign = visit_Delete = visit_Assign
+
+    def visit_Call(self, node: ast.Call) -> None:
+        call = ast.unparse(node.func)
+        if call in SWITCHES and not (self.scoped and call.startswith("warnings.")):
+            self._add(node, call)
+        self.generic_visit(node)
+
+
+def _global_changes(path: Path) -> list[str]:
+    """Places in a file that change state of the whole process or of the user's machine."""
+    finder = _Changes(path.name)
+    finder.visit(ast.parse(path.read_text()))
+    return finder.found
+
+
+def test_the_change_finder_sees_environment_writes_and_switches(tmp_path):
+    bad = tmp_path / "bad.py"
+    bad.write_text(
+        "import os, logging, matplotlib\n"
+        "def f():\n"
+        "    os.environ['OMP_NUM_THREADS'] = '1'\n"
+        "    os.environ.setdefault('X', '1')\n"
+        "    matplotlib.use('Agg')\n"
+        "    logging.disable(logging.WARNING)\n"
+        "    import warnings\n"
+        "    with warnings.catch_warnings():\n"
+        "        warnings.simplefilter('ignore')\n"  # scoped: not counted
+        "    warnings.simplefilter('ignore')\n"
+    )
+    assert [c.split(": ")[1] for c in _global_changes(bad)] == [
+        "os.environ['OMP_NUM_THREADS'] = '1'",
+        "os.environ.setdefault",
+        "matplotlib.use",
+        "logging.disable",
+        "warnings.simplefilter",
+    ]
+
+
+#: the one explicit, scoped and documented place: ultralytics reads YOLO_OFFLINE once, at import,
+#: so it is set for the import alone and everything is put back (tested below)
+ALLOWED = ("yolo.py:_import_environment:",)
+
+
+def test_library_code_changes_no_process_wide_state_outside_its_scoped_place():
+    found = [c for p in _modules().values() for c in _global_changes(p)]
+    assert any(c.startswith(ALLOWED) for c in found)  # the finder does see the scoped place
+    assert [c for c in found if not c.startswith(ALLOWED)] == []
+
+
+def test_importing_ultralytics_leaves_the_environment_as_it_was():
+    pytest.importorskip("ultralytics")
+    code = (
+        "import os, json\n"
+        "from geovision.backends.yolo import import_ultralytics\n"
+        "import_ultralytics()\n"
+        "import ultralytics.utils as u\n"
+        "ours = ('YOLO_OFFLINE', 'YOLO_VERBOSE', 'OMP_NUM_THREADS')\n"
+        "print(json.dumps([[k for k in ours if k in os.environ], u.ONLINE]))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("YOLO_OFFLINE", "YOLO_VERBOSE", "OMP_NUM_THREADS")}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "[[], false]"  # nothing left behind, and offline all the same
