@@ -21,7 +21,6 @@ import numpy as np
 import shapely
 from affine import Affine
 from rasterio import features
-from scipy import ndimage
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
@@ -103,6 +102,8 @@ class StripVectorizer:
 
 def _polygonize(strip: Strip) -> Iterator[Shape]:
     """Polygons of a strip's connected regions (4-connected), per class, with score sums."""
+    from scipy import ndimage  # segmenters only: box detectors never load it
+
     transform = Affine.translation(0, strip.y0)
     for cls in np.unique(strip.classes):
         if cls == 0:

@@ -6,7 +6,6 @@ import numpy as np
 import shapely
 import shapely.geometry
 from rasterio import features
-from scipy import ndimage
 
 from geovision.backends.base import Detections
 from geovision.nms import Nms, batched_nms
@@ -62,6 +61,8 @@ def decode_instances(
     anchors, boxes, scores, classes = _kept(out, out.shape[0] - 4 - nm, confidence, iou, size, nms)
     polygons = np.empty(len(anchors), dtype=object)
     if len(anchors):
+        from scipy import ndimage  # instance outlines only: box detectors never load it
+
         logits = (out[-nm:, anchors].T @ proto.reshape(nm, -1)).reshape(-1, h, w)
         for i, (m, box) in enumerate(zip(logits, boxes)):
             # pixel-centre aligned, as the network was trained (not corner aligned)

@@ -93,11 +93,7 @@ def detect_command(
     device: str | None = None,
 ) -> list[str]:
     """The ``geovision detect`` command line for these settings (outputs replaced, as Processing does)."""
-    cmd = [executable, "detect", raster, "--model", model, "-o", output]
-    if confidence is not None:
-        cmd += ["--conf", f"{confidence:g}"]
-    if device and device != "auto":
-        cmd += ["--device", device]
+    cmd = [executable, "detect", raster, "--model", model, "-o", output, *_model_options(confidence, device)]
     if not output.lower().endswith(".gpkg"):  # GeoPackages carry their style inside
         cmd.append("--qml")
     return [*cmd, "--overwrite"]
@@ -112,12 +108,13 @@ def batch_command(
     device: str | None = None,
 ) -> list[str]:
     """The ``geovision batch`` command line (re-running it resumes where a run stopped)."""
-    cmd = [executable, "batch", folder, "--model", model, "-o", output_folder]
-    if confidence is not None:
-        cmd += ["--conf", f"{confidence:g}"]
-    if device and device != "auto":
-        cmd += ["--device", device]
-    return cmd
+    return [executable, "batch", folder, "--model", model, "-o", output_folder, *_model_options(confidence, device)]
+
+
+def _model_options(confidence: float | None, device: str | None) -> list[str]:
+    """--conf and --device when they differ from the command's defaults (the model's threshold, auto)."""
+    options = ["--conf", f"{confidence:g}"] if confidence is not None else []
+    return options + (["--device", device] if device and device != "auto" else [])
 
 
 def command_line(cmd: list[str]) -> str:
