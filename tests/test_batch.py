@@ -213,3 +213,19 @@ def test_every_object_layer_has_the_same_fields_in_the_same_order(tmp_path):
     empty = run_batch([SAMPLE_TREES], "trees", tmp_path / "none", confidence=1.0).merged
     assert list(gpd.read_file(merged).columns) == expected and len(gpd.read_file(merged)) == len(boxes)
     assert list(gpd.read_file(empty).columns) == expected and len(gpd.read_file(empty)) == 0
+
+
+def test_a_workers_share_of_the_cores_reaches_torch_without_touching_the_environment():
+    """A batch worker running the torch backend on the CPU gives torch its threads directly
+    (OMP_NUM_THREADS was written into the worker's environment before)."""
+    code = (
+        "import os, torch\n"
+        "from geovision.backends import load_backend\n"
+        "from geovision.registry import resolve_model\n"
+        "load_backend(resolve_model('trees'), 'cpu', 'torch', threads=1)\n"
+        "print(torch.get_num_threads(), os.environ.get('OMP_NUM_THREADS', 'unset'))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["1", "unset"]
