@@ -10,8 +10,7 @@ import os
 import zipfile
 from pathlib import Path
 
-from geovision.errors import OutputError
-from geovision.writers import atomic_output
+from geovision.writers import atomic_output, check_output
 
 PLUGIN_SOURCE = Path(__file__).resolve().parent / "qgis_plugin"
 #: the folder QGIS installs the plugin as (not "geovision": that would shadow the library in QGIS's Python)
@@ -26,13 +25,7 @@ def plugin_files() -> list[Path]:
 
 def build_plugin_zip(output: str | os.PathLike[str] = "geovision_qgis.zip", overwrite: bool = False) -> Path:
     """Write the plugin as a zip holding one folder, ``geovision_qgis/``, and return its path."""
-    out = Path(output)
-    if out.suffix.lower() != ".zip":
-        raise OutputError(f"{out}: the plugin is a .zip file; use a name ending in .zip")
-    if out.exists() and not overwrite:
-        raise OutputError(f"{out} already exists; pass --overwrite to replace it")
-    if not (out.parent if str(out.parent) else Path(".")).is_dir():
-        raise OutputError(f"{out}: folder {out.parent} does not exist")
+    out = check_output(output, overwrite, suffixes=(".zip",))
     with atomic_output(out) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
         for path in plugin_files():
             zf.write(path, f"{PLUGIN_FOLDER}/{path.name}")

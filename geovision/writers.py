@@ -158,8 +158,9 @@ def write_layer(
                 )
         except Exception as e:  # noqa: BLE001 - GDAL write errors come in several types
             raise OutputError(f"{p}: could not write layer ({e})") from e
-        names = classes if classes is not None else sorted(set(gdf["class"])) if "class" in gdf else []
-        look = style.qml(names)
+        if driver == "GPKG" or qml_file:  # the style is only made where it is written
+            names = classes if classes is not None else sorted(set(gdf["class"])) if "class" in gdf else []
+            look = style.qml(names)
         if driver == "GPKG":
             style.add_gpkg_style(tmp, p.stem, look)
         if qml_file:

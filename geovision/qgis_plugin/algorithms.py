@@ -153,13 +153,18 @@ class _GeovisionAlgorithm(QgsProcessingAlgorithm):
             raise QgsProcessingException("cancelled: geovision was stopped and left no output")
 
     @staticmethod
-    def _load_styled(path, name, output_name, context):
+    def _style_when_loaded(path, context):
+        """Apply geovision's style to ``path`` if Processing loads it when the run ends."""
+        if context.willLoadLayerOnCompletion(path):
+            context.layerToLoadOnCompletionDetails(path).setPostProcessor(_StyleOnLoad.create(path))
+
+    def _load_styled(self, path, name, output_name, context):
         """Have Processing load ``path`` when the run ends, with geovision's style applied."""
         if not context.willLoadLayerOnCompletion(path):
             context.addLayerToLoadOnCompletion(
                 path, QgsProcessingContext.LayerDetails(name, context.project(), output_name)
             )
-        context.layerToLoadOnCompletionDetails(path).setPostProcessor(_StyleOnLoad.create(path))
+        self._style_when_loaded(path, context)
 
 
 class DetectAlgorithm(_GeovisionAlgorithm):
@@ -197,8 +202,7 @@ class DetectAlgorithm(_GeovisionAlgorithm):
         executable, model, confidence, device = self._settings(parameters, context)
         cmd = runner.detect_command(executable, layer.source(), model, output, confidence, device)
         self._run(cmd, feedback)
-        if context.willLoadLayerOnCompletion(output):
-            context.layerToLoadOnCompletionDetails(output).setPostProcessor(_StyleOnLoad.create(output))
+        self._style_when_loaded(output, context)  # loaded only if the user asked for it
         return {"OUTPUT": output}
 
 
