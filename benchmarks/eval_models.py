@@ -136,10 +136,16 @@ def score(pred: gpd.GeoDataFrame, truth: gpd.GeoDataFrame, iou: float, boxes: bo
     return Counts(o.tp, o.fp, o.fn)
 
 
+def by_score(task: str) -> bool:
+    """Whether objects carry their own score (detectors, instance segmenters): one run at a low
+    threshold is then filtered for each threshold of the sweep."""
+    return task in ("detect", "instance")
+
+
 def thresholds_for(task: str) -> list[float]:
-    """Confidence thresholds swept: detectors filter one low-threshold run by score; for segmenters
-    the threshold is the per-pixel probability, so each one is its own run."""
-    return [float(t) for t in (THRESHOLDS if task == "detect" else SEG_THRESHOLDS)]
+    """Confidence thresholds swept: objects' scores, or for segmenters the per-pixel probability,
+    where each threshold is its own run."""
+    return [float(t) for t in (THRESHOLDS if by_score(task) else SEG_THRESHOLDS)]
 
 
 def cached_predict(
@@ -172,7 +178,7 @@ def score_site(
         image = spec.images[i]
         truth = truth_layer(spec, image, labels[i])
         res.truth += len(truth)
-        runs = [LOW_CONF] if spec.task == "detect" else sweep
+        runs = [LOW_CONF] if by_score(spec.task) else sweep
         for k, run_t in enumerate(runs):
             pred, info = cached_predict(model, spec, image, work / f"{i:03d}_{image.stem}_{run_t:.2f}.gpkg", run_t, tta)
             if k == 0:  # speed from the first run
@@ -180,8 +186,8 @@ def score_site(
                 res.megapixels += info["megapixels"]
             if truth.crs is not None and pred.crs is not None and truth.crs != pred.crs:
                 truth = truth.to_crs(pred.crs)
-            for t in sweep if spec.task == "detect" else [run_t]:
-                kept = pred[pred["score"] >= t] if spec.task == "detect" else pred
+            for t in sweep if by_score(spec.task) else [run_t]:
+                kept = pred[pred["score"] >= t] if by_score(spec.task) else pred
                 for name, iou, boxes in metrics:
                     res.counts[name][t].add(score(kept, truth, iou, boxes))
     return res

@@ -438,7 +438,7 @@ def batch(
 
 
 @main.command()
-@click.argument("task", required=False, type=click.Choice(["detect", "segment"]))
+@click.argument("task", required=False, type=click.Choice(["detect", "segment", "instance"]))
 @click.option(
     "--config",
     "config_file",

@@ -57,6 +57,8 @@ class VectorizeOptions:
     grow_m: float = 0.0
     #: square outlines up (:mod:`geovision.regularize`), for buildings
     regularize: bool = False
+    #: instance outlines: each less the better-scoring ones it overlaps, so none overlap (footprints)
+    disjoint: bool = False
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ import os
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, cast
 
@@ -41,7 +41,7 @@ from geovision.raster import (
 )
 from geovision.registry import resolve_model
 from geovision.tiling import Tile, TileGrid
-from geovision.vectorize import Shape, StripVectorizer, VectorizeOptions, clean, vectorize_options
+from geovision.vectorize import Shape, StripVectorizer, VectorizeOptions, carve_overlaps, clean, vectorize_options
 from geovision.writers import RasterSink, check_output, check_qml, object_layer, write_layer
 
 #: Called with (tiles done, tiles in total) as the run goes.
@@ -192,7 +192,7 @@ def detect(
         opts = vectorize_options(cfg, regularize)
         gdf = _segment(rows, plan, grid, cfg, opts, source_name, mask_out, prob_out, overwrite)
     else:
-        gdf = _to_features(_merge_rows(rows, grid, cfg), plan, cfg, source_name)
+        gdf = _to_features(_merge_rows(rows, grid, cfg), plan, cfg, source_name, vectorize_options(cfg, regularize))
     if stats.tiles_skipped == stats.tiles:
         raise RasterError(f"{source_name}: raster holds no valid pixels (all nodata)")
     stats.counts.update(gdf["class"].tolist())
@@ -297,7 +297,7 @@ def _segment(
             sink.write(strip)
             shapes.extend(vectorizer.add(strip))
         shapes.extend(vectorizer.finish())
-    kept = [(s, g) for s in shapes if (g := clean(s, opts, pixel_m, plan.pixel_area_m2)) is not None]
+    kept = [(s, g) for s in shapes if (g := clean(s.geom, opts, pixel_m, plan.pixel_area_m2)) is not None]
     if opts.grow_m > 0 or opts.regularize:  # grown or squared outlines stay on the raster
         grid_box = shapely.box(0, 0, grid.width, grid.height)
         kept = [(s, g if grid_box.contains(g) else g.intersection(grid_box)) for s, g in kept]
@@ -329,8 +329,27 @@ def _keep_on_data(td: TileData, dets: Detections, grid: TileGrid) -> Boxes:
     return boxes
 
 
-def _to_features(boxes: Boxes, plan: ReadPlan, cfg: ModelConfig, source: str) -> gpd.GeoDataFrame:
-    """Model-grid boxes (or instance outlines) to polygons in the raster's CRS."""
+def _clean_outlines(boxes: Boxes, polys: np.ndarray, plan: ReadPlan, opts: VectorizeOptions) -> Boxes:
+    """Instance outlines cleaned up as the model says (:func:`.vectorize.clean`), then with
+    ``disjoint`` carved apart; objects whose outline goes, or falls below the minimum area, go too."""
+    pixel_m = (plan.pixel_size_m[0] * plan.pixel_size_m[1]) ** 0.5
+    out = np.empty(len(polys), dtype=object)
+    out[:] = [clean(g, opts, pixel_m, plan.pixel_area_m2) for g in polys]
+    keep = np.flatnonzero([g is not None for g in out])
+    boxes, out = boxes.take(keep), out[keep]
+    if opts.disjoint and len(out):
+        out = carve_overlaps(out, boxes.scores)
+        keep = np.flatnonzero([g is not None and g.area * plan.pixel_area_m2 >= opts.min_area_m2 for g in out])
+        boxes, out = boxes.take(keep), out[keep]
+    return replace(boxes, polys=out)
+
+
+def _to_features(
+    boxes: Boxes, plan: ReadPlan, cfg: ModelConfig, source: str, opts: VectorizeOptions
+) -> gpd.GeoDataFrame:
+    """Model-grid boxes (or instance outlines, cleaned up by ``opts``) to polygons in the raster's CRS."""
+    if boxes.polys is not None:
+        boxes = _clean_outlines(boxes, boxes.polys, plan, opts)
     x1, y1, x2, y2 = boxes.xyxy.T
     if boxes.polys is not None:  # outlines, clipped to the raster like the boxes
         grid_box = shapely.box(0, 0, plan.width, plan.height)

@@ -7,7 +7,9 @@ see, they overlap by ``match_iou``: inside that shared region both tiles
 looked at the same pixels. A group of such boxes becomes one box: the best
 whole box if any tile saw the object whole, else the union of the cut pieces
 (an object larger than the overlap, or at a four-tile corner). A class-aware
-NMS (:mod:`geovision.nms`) then removes what duplicates remain.
+NMS (:mod:`geovision.nms`) then removes what duplicates remain; for instance
+outlines it compares the outlines themselves, so two L-shaped neighbours whose
+boxes overlap both stay, and two outlines of one building do not.
 
 Memory stays bounded: :class:`SeamMerger` takes detections one row of tiles
 at a time and finalises every group of boxes that no later row can touch,
@@ -150,7 +152,8 @@ def merge_boxes(b: Boxes, match_iou: float = 0.5, nms_iou: float = 0.5) -> Boxes
         iou = _iou_rows(_clip(b.xyxy[i], shared), _clip(b.xyxy[j], shared))
     else:  # instance outlines: compare the masks themselves inside the shared region
         region = shapely.box(*shared.T)
-        pi, pj = shapely.intersection(b.polys[i], region), shapely.intersection(b.polys[j], region)
+        pi = polygonal(shapely.intersection(b.polys[i], region))
+        pj = polygonal(shapely.intersection(b.polys[j], region))
         inter = shapely.area(shapely.intersection(pi, pj))
         union = shapely.area(pi) + shapely.area(pj) - inter
         iou = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
@@ -158,6 +161,17 @@ def merge_boxes(b: Boxes, match_iou: float = 0.5, nms_iou: float = 0.5) -> Boxes
     labels = _components(len(b), i[match], j[match])
     merged = _merge_groups(b, labels)
     return merged.take(_nms(merged, nms_iou))
+
+
+def polygonal(geoms: np.ndarray) -> np.ndarray:
+    """The polygonal part of each geometry (in place). An outline cut along a region's edge can come
+    back as a collection of a polygon and the edge's line, which GEOS cannot intersect with an empty
+    polygon; an invalid label repaired by ``make_valid`` can hold lines too."""
+    mixed = np.flatnonzero(shapely.get_type_id(geoms) == shapely.GeometryType.GEOMETRYCOLLECTION)
+    for k in mixed:
+        parts = shapely.get_parts(geoms[k])
+        geoms[k] = shapely.union_all(parts[shapely.get_dimensions(parts) == 2])
+    return geoms
 
 
 def _clip(xyxy: np.ndarray, region: np.ndarray) -> np.ndarray:
@@ -211,8 +225,25 @@ def largest_polygon(geom: shapely.Geometry) -> shapely.Polygon | None:
 
 
 def _nms(b: Boxes, iou: float) -> np.ndarray:
-    """Indexes kept by class-aware NMS, best score first."""
-    return batched_nms(b.xyxy, b.scores, b.classes, iou)
+    """Indexes kept by class-aware NMS, best score first: by box IoU, or by outline IoU for outlines."""
+    if b.polys is None:
+        return batched_nms(b.xyxy, b.scores, b.classes, iou)
+    i, j = _intersecting_pairs(b.xyxy)
+    same = b.classes[i] == b.classes[j]
+    i, j = i[same], j[same]
+    inter = shapely.area(shapely.intersection(b.polys[i], b.polys[j]))
+    union = shapely.area(b.polys[i]) + shapely.area(b.polys[j]) - inter
+    over = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0) > iou
+    i, j = i[over], j[over]
+    graph = coo_matrix((np.ones(2 * len(i), dtype=np.int8), (np.r_[i, j], np.r_[j, i])), shape=(len(b), len(b)))
+    neighbours = graph.tocsr()
+    suppressed = np.zeros(len(b), dtype=bool)
+    kept = []
+    for k in np.argsort(-b.scores, kind="stable"):
+        if not suppressed[k]:
+            kept.append(k)
+            suppressed[neighbours.indices[neighbours.indptr[k] : neighbours.indptr[k + 1]]] = True
+    return np.asarray(kept, dtype=np.int64)
 
 
 class SeamMerger:

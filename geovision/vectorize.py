@@ -121,9 +121,11 @@ def _polygonize(strip: Strip) -> Iterator[Shape]:
             yield Shape(shapely.geometry.shape(geom), int(cls), float(sums[k]), int(counts[k]))
 
 
-def clean(shape: Shape, opts: VectorizeOptions, pixel_m: float, pixel_area_m2: float) -> shapely.Polygon | None:
-    """Fill holes, simplify and filter by area (in model-grid pixels); None if it goes."""
-    geom = shape.geom
+def clean(
+    geom: shapely.Polygon, opts: VectorizeOptions, pixel_m: float, pixel_area_m2: float
+) -> shapely.Polygon | None:
+    """Fill holes, grow, square up or simplify, and filter by area, an outline in model-grid pixels
+    (a segmenter's region or an instance segmenter's mask); None if it goes."""
     if opts.fill_holes and geom.interiors:
         geom = shapely.Polygon(geom.exterior)
     if opts.grow_m > 0:
@@ -137,6 +139,26 @@ def clean(shape: Shape, opts: VectorizeOptions, pixel_m: float, pixel_area_m2: f
     if geom is None or geom.is_empty or geom.area * pixel_area_m2 < opts.min_area_m2:
         return None
     return geom
+
+
+def carve_overlaps(geoms: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """Each outline less the better-scoring outlines it overlaps (None where nothing polygonal is
+    left), best first: building footprints, which never overlap on the ground, as a map has them."""
+    out = geoms.copy()
+    order = np.argsort(-np.asarray(scores), kind="stable")
+    rank = np.empty(len(geoms), dtype=np.int64)
+    rank[order] = np.arange(len(geoms))
+    i, j = shapely.STRtree(geoms).query(geoms, predicate="intersects")
+    better = rank[j] < rank[i]
+    graph = coo_matrix((np.ones(int(better.sum()), dtype=np.int8), (i[better], j[better])), shape=(len(geoms),) * 2)
+    above = graph.tocsr()
+    for k in order:  # the better ones are final by the time k comes
+        for b in above.indices[above.indptr[k] : above.indptr[k + 1]]:
+            if out[k] is None:
+                break
+            if out[b] is not None and shapely.area(shapely.intersection(out[k], out[b])) > 0:
+                out[k] = largest_polygon(out[k].difference(out[b]))
+    return out
 
 
 def vectorize_options(cfg: ModelConfig, regularize: bool | None = None) -> VectorizeOptions:

@@ -286,11 +286,11 @@ def test_an_output_is_never_the_input_or_another_output(tmp_path):
     tile = tmp_path / "scene.tif"
     shutil.copy(SAMPLE_TREES, tile)
     before = tile.read_bytes()
-    r = run("detect", tile, "-m", "buildings", "-o", tmp_path / "b.gpkg", "--mask-out", tile, "--overwrite")
+    r = run("detect", tile, "-m", "buildings-unet", "-o", tmp_path / "b.gpkg", "--mask-out", tile, "--overwrite")
     assert_user_error(r, "input raster", tmp_path / "b.gpkg")
     assert tile.read_bytes() == before
     m = tmp_path / "m.tif"
-    r = run("detect", tile, "-m", "buildings", "-o", tmp_path / "b.gpkg", "--mask-out", m, "--prob-out", m)
+    r = run("detect", tile, "-m", "buildings-unet", "-o", tmp_path / "b.gpkg", "--mask-out", m, "--prob-out", m)
     assert_user_error(r, "another output", tmp_path / "b.gpkg", m)
 
 
@@ -328,7 +328,7 @@ def test_ctrl_c_and_sigterm_stop_with_one_line_and_no_temporary_files(tmp_path, 
     data = np.random.default_rng(0).integers(0, 255, (3, 4000, 4000), dtype=np.uint8)
     scene = write_raster(tmp_path / "big.tif", data, transform=Affine(0.3, 0, 500000, 0, -0.3, 4000000), tiled=True)
     out, mask = tmp_path / "o.gpkg", tmp_path / "m.tif"
-    cmd = [sys.executable, "-m", "geovision.cli.main", "detect", str(scene), "-m", "buildings"]
+    cmd = [sys.executable, "-m", "geovision.cli.main", "detect", str(scene), "-m", "buildings-unet"]
     # as from a terminal: a job started in the background (CI under nohup, say) inherits SIGINT ignored
     default_int = lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)  # noqa: E731
     args = [*cmd, "-o", str(out), "--mask-out", str(mask), "-q"]

@@ -28,12 +28,12 @@ def test_yolo_on_cuda_matches_cpu():
         assert np.abs(a - b).max() < 0.1
 
 
-def test_buildings_on_cuda_matches_cpu():
+def test_unet_segmenter_on_cuda_matches_cpu():
     from tests.conftest import ROOT
 
     tile = ROOT / "sample_tiles" / "spacenet_atlanta.tif"
-    cpu = geovision.detect(tile, "buildings", device="cpu")
-    gpu = geovision.detect(tile, "buildings", device="cuda")
+    cpu = geovision.detect(tile, "buildings-unet", device="cpu")
+    gpu = geovision.detect(tile, "buildings-unet", device="cuda")
     assert cpu.features.union_all().symmetric_difference(gpu.features.union_all()).area < 0.02 * max(
         cpu.features.area.sum(), 1
     )

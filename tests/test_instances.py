@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -128,3 +129,63 @@ def test_mask_decoding_by_hand():
     # the disc of radius 4 prototype pixels is radius 16 tile pixels around (32, 32)
     assert poly.centroid.distance(shapely.Point(32, 32)) < 1
     assert poly.area == pytest.approx(np.pi * 16**2, rel=0.1)
+
+
+def test_outlines_are_cleaned_up_as_the_model_says(tmp_path):
+    """An instance model's ``vectorize`` settings apply to its outlines: holes filled, small ones
+    dropped, stair-steps squared (and kept as traced with regularize and simplify off)."""
+    from geovision.config import VectorizeOptions
+
+    img = np.full((3, 200, 200), 40, np.uint8)
+    img[:, 20:80, 20:100] = 230  # a 60 x 80 px house with a courtyard
+    img[:, 40:50, 40:60] = 40
+    img[:, 150:156, 150:156] = 230  # a 6 x 6 px speck: 0.36 m2
+    yy, xx = np.mgrid[:200, :200]
+    diamond = np.abs(xx - 150) + np.abs(yy - 60) <= 30  # a rotated square, stair-stepped on the grid
+    img[:, diamond] = 230
+    path = write_raster(tmp_path / "h.tif", img, transform=T)
+    opts = VectorizeOptions(simplify_m=0.1, min_area_m2=1.0, fill_holes=True, regularize=True)
+    cfg = fake_config(tile_size=256, overlap=16).with_overrides(task="instance")
+    cfg = replace(cfg, vectorize=opts)
+    got = geovision.detect(path, cfg, backend=BlobOutliner()).features
+    assert len(got) == 2  # the speck is below 1 m2
+    house = got[got.intersects(shapely.Point(T @ (22, 22)))].geometry.iloc[0]
+    assert not house.interiors and house.area == pytest.approx(60 * 80 * 0.01, rel=0.01)
+    rotated = got[got.intersects(shapely.Point(T @ (150, 60)))].geometry.iloc[0]
+    assert len(rotated.exterior.coords) == 5  # four corners: squared, no stair-steps
+    cfg = replace(cfg, vectorize=replace(opts, simplify_m=0.0))
+    raw = geovision.detect(path, cfg, backend=BlobOutliner(), regularize=False).features
+    traced = raw[raw.intersects(shapely.Point(T @ (150, 60)))].geometry.iloc[0]
+    assert len(traced.exterior.coords) > 5
+
+
+class Overlapping:
+    """Three outlines in each tile: a house, a weaker one overlapping its side, a weaker one inside it."""
+
+    device = "cpu"
+
+    def fit_batch(self, base: int) -> int:
+        return base
+
+    def detect(self, images, confidence=None, iou=None) -> list[Detections]:
+        polys = np.empty(3, dtype=object)
+        polys[:] = [shapely.box(10, 10, 50, 50), shapely.box(40, 10, 80, 50), shapely.box(20, 20, 40, 40)]
+        boxes = np.asarray([p.bounds for p in polys], np.float32)
+        scores = np.array([0.9, 0.6, 0.5], np.float32)
+        return [Detections(boxes, scores, np.zeros(3, np.int64), polys) for _ in images]
+
+
+def test_disjoint_outlines_are_carved_apart_best_first(tmp_path):
+    from geovision.config import VectorizeOptions
+
+    path = write_raster(tmp_path / "o.tif", np.full((3, 100, 100), 90, np.uint8), transform=T)
+    cfg = fake_config(tile_size=128, overlap=16).with_overrides(task="instance", iou=0.3)
+    overlapping = geovision.detect(path, cfg, backend=Overlapping()).features
+    assert len(overlapping) == 3 and not overlapping.geometry.iloc[0].disjoint(overlapping.geometry.iloc[1])
+    cfg = replace(cfg, vectorize=VectorizeOptions(disjoint=True, min_area_m2=1.0))
+    got = geovision.detect(path, cfg, backend=Overlapping()).features.sort_values("score", ascending=False)
+    assert len(got) == 2  # the one inside the house has nothing left
+    house, side = got.geometry.iloc[0], got.geometry.iloc[1]
+    assert house.equals(shapely.box(*(T @ (10, 50)), *(T @ (50, 10))))
+    assert side.equals(shapely.box(*(T @ (50, 50)), *(T @ (80, 10)))) and house.intersection(side).area == 0
+    assert got["area_m2"].iloc[1] == pytest.approx(30 * 40 * 0.01, rel=0.01)  # ground m2 (UTM scale)

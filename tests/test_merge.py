@@ -90,3 +90,50 @@ def test_isolated_objects_come_out_once_with_full_extent(scene):
     merged = merge_boxes(Boxes.concat(list(per_row.values())))
     got = sorted(map(tuple, np.c_[merged.xyxy, merged.classes]))
     assert got == sorted(map(tuple, np.asarray(apart, dtype=float).reshape(-1, 5)))
+
+
+def test_outlines_cut_along_the_shared_region_edge_merge_without_geos_errors():
+    """An outline that only touches the tiles' shared corner along a line, next to one that misses it:
+    clipped, they are a polygon-and-line collection and an empty polygon, which GEOS cannot intersect."""
+    import shapely
+
+    a = shapely.union_all([shapely.box(40, 40, 60, 47), shapely.box(50, 47, 60, 60), shapely.box(40, 47, 48, 50)])
+    d = shapely.union_all([shapely.box(55, 65, 70, 70), shapely.box(65, 50, 70, 70)])
+    assert shapely.intersection(a, shapely.box(48, 48, 64, 64)).geom_type == "GeometryCollection"
+    polys = np.empty(2, dtype=object)
+    polys[:] = [a, d]
+    b = Boxes(
+        xyxy=np.array([a.bounds, d.bounds], float),
+        scores=np.array([0.9, 0.8], np.float32),
+        classes=np.zeros(2, np.int64),
+        tiles=np.array([[0, 0, 64, 64], [48, 48, 112, 112]], float),
+        cut=np.array([True, True]),
+        polys=polys,
+    )
+    merged = merge_boxes(b)
+    assert len(merged) == 2 and {p.area for p in merged.polys} == {a.area, d.area}
+
+
+def test_outlines_suppress_each_other_by_their_own_overlap_not_their_boxes():
+    """Two L-shaped neighbours interlock (boxes IoU 0.56, outlines apart): both stay; two outlines of
+    one building overlapping by 0.4 are one object at iou 0.3, two at 0.5."""
+    import shapely
+
+    left = shapely.union_all([shapely.box(0, 0, 10, 2), shapely.box(0, 2, 2, 10)])
+    right = shapely.union_all([shapely.box(2.5, 8, 10, 10), shapely.box(8, 2.5, 10, 8)])
+    assert not left.intersects(right)
+    assert shapely.box(*right.bounds).area / shapely.box(*left.bounds).area > 0.5  # the boxes' IoU
+    twin_a, twin_b = shapely.box(20, 0, 30, 10), shapely.box(24, 0, 34, 10)  # IoU 6/14 = 0.43
+    polys = np.empty(4, dtype=object)
+    polys[:] = [left, right, twin_a, twin_b]
+    b = Boxes(
+        xyxy=np.array([p.bounds for p in polys], float),
+        scores=np.array([0.9, 0.8, 0.7, 0.6], np.float32),
+        classes=np.zeros(4, np.int64),
+        tiles=np.array([[0, 0, 64, 64]] * 4, float),
+        cut=np.zeros(4, bool),
+        polys=polys,
+    )
+    assert len(merge_boxes(Boxes.concat([b]), nms_iou=0.5)) == 4
+    strict = merge_boxes(b, nms_iou=0.3)
+    assert len(strict) == 3 and twin_b not in list(strict.polys) and twin_a in list(strict.polys)

@@ -130,7 +130,7 @@ def test_a_misspelt_key_is_refused_in_one_line_naming_it(tmp_path):
 def test_backend_settings_are_typed_and_survive_a_round_trip():
     from geovision.config import PackagedOnnx, SmpOptions, VectorizeOptions, config_from_dict, config_to_dict
 
-    cfg = resolve_model("buildings")
+    cfg = resolve_model("buildings-unet")
     assert cfg.smp == SmpOptions(
         arch="Unet",
         encoder="resnet18",

@@ -78,10 +78,10 @@ def test_squared_outlines_are_valid_and_no_worse_than_the_trace(w, h, angle, dx,
 def test_clean_grows_regularises_and_filters_in_metres():
     inner = affinity.translate(affinity.rotate(L_SHAPE, 30, origin=(0, 0)), 20, 6).buffer(-1, join_style="mitre")
     shape = Shape(traced(inner), 1, 1.0, 1)
-    raw = clean(shape, VectorizeOptions(), 0.3, 0.09)
-    grown = clean(shape, VectorizeOptions(grow_m=0.3), 0.3, 0.09)
+    raw = clean(shape.geom, VectorizeOptions(), 0.3, 0.09)
+    grown = clean(shape.geom, VectorizeOptions(grow_m=0.3), 0.3, 0.09)
     assert raw is not None and grown is not None
     assert grown.area > raw.area + 0.9 * raw.length  # one pixel (0.3 m) all round
-    squared = clean(shape, VectorizeOptions(grow_m=0.3, regularize=True), 0.3, 0.09)
+    squared = clean(shape.geom, VectorizeOptions(grow_m=0.3, regularize=True), 0.3, 0.09)
     assert squared is not None and len(squared.exterior.coords) - 1 == 6
-    assert clean(shape, VectorizeOptions(min_area_m2=grown.area * 0.09 * 2), 0.3, 0.09) is None
+    assert clean(shape.geom, VectorizeOptions(min_area_m2=grown.area * 0.09 * 2), 0.3, 0.09) is None

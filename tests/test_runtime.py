@@ -52,7 +52,12 @@ def test_auto_picks_onnx_on_the_cpu_and_torch_on_a_gpu(monkeypatch):
 
 
 @pytest.mark.parametrize(
-    ("model", "tile", "n_min"), [("trees", "OSBS_029.tif", 30), ("buildings", "spacenet_atlanta.tif", 10)]
+    ("model", "tile", "n_min"),
+    [
+        ("trees", "OSBS_029.tif", 30),
+        ("buildings", "spacenet_rio.tif", 10),
+        ("buildings-unet", "spacenet_atlanta.tif", 10),
+    ],
 )
 def test_onnx_and_torch_find_the_same_objects(tmp_path, model, tile, n_min):
     outs = {}

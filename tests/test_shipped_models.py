@@ -15,6 +15,7 @@ from pathlib import Path
 import geopandas as gpd
 import numpy as np
 import pandas as pd
+import pytest
 import rasterio
 import shapely
 from click.testing import CliRunner
@@ -47,32 +48,49 @@ def test_trees_on_the_neon_tile_match_its_crowns(tmp_path):
     assert scores["precision"] >= 0.7 and scores["recall"] >= 0.45 and scores["f1"] >= 0.55
 
 
-def test_buildings_on_the_rio_tile_are_on_buildings_and_squared(tmp_path):
+def test_buildings_on_the_rio_tile_are_outlined_one_each_and_squared(tmp_path):
     out = tmp_path / "buildings.gpkg"
     cli("detect", str(SAMPLES / "spacenet_rio.tif"), "--model", "buildings", "-o", str(out), "-q")
-    pred = gpd.read_file(out)
+    pred = gpd.read_file(out, layer="buildings")
     truth = gpd.read_file(SAMPLES / "spacenet_rio.geojson")
-    assert pred.crs == truth.crs and len(pred) >= 10
-    assert (pred["class"] == "building").all() and pred["score"].between(0.6, 1).all()
-    # where the model says building there mostly is one (measured 0.75 of the area); it finds too
-    # few of them (docs/models.md), so recall has no floor here
+    assert pred.crs == truth.crs and len(pred) >= 50
+    assert (pred["class"] == "building").all() and pred["score"].between(0.1, 1).all()
+    r = cli("evaluate", str(out), str(SAMPLES / "spacenet_rio.geojson"), "--class-field", "", "--json")
+    scores = json.loads(r.stdout)["overall"]
+    # polygons at IoU 0.5 on this training tile: measured P 0.32, R 0.32, F1 0.32 (84 outlines, 85 footprints)
+    assert scores["precision"] >= 0.25 and scores["f1"] >= 0.25
+    # one polygon per building: no two outlines overlap (disjoint), and each is one polygon
     p = pred.to_crs(pred.estimate_utm_crs())
-    t = truth.to_crs(p.crs).union_all()
-    assert p.union_all().intersection(t).area / p.union_all().area >= 0.5
+    assert (p.geom_type == "Polygon").all()
+    assert p.geometry.area.sum() == pytest.approx(p.union_all().area, rel=1e-6)
     # outlines are squared up: fewer corners than the traced ones --no-regularize keeps
     raw = tmp_path / "raw.gpkg"
     cli("detect", str(SAMPLES / "spacenet_rio.tif"), "--model", "buildings", "-o", str(raw), "-q", "--no-regularize")
     corners = [len(g.exterior.coords) - 1 for g in p.geometry]
-    traced = [len(g.exterior.coords) - 1 for g in gpd.read_file(raw).geometry]
-    assert abs(len(traced) - len(corners)) <= 2 and np.median(corners) < np.median(traced)  # min area may drop one
+    traced = [len(g.exterior.coords) - 1 for g in gpd.read_file(raw, layer="raw").geometry]
+    assert len(traced) == len(corners) and np.median(corners) < np.median(traced)  # measured 13 against 20
 
 
 def test_buildings_read_a_one_band_16_bit_tile(tmp_path):
     """The SpaceNet Atlanta sample (1 band, uint16) goes through the RGB model, in its own CRS."""
     out = tmp_path / "buildings.gpkg"
+    cli("detect", str(SAMPLES / "spacenet_atlanta.tif"), "-m", "buildings", "-o", str(out), "-q")
+    pred = gpd.read_file(out, layer="buildings")
+    with rasterio.open(SAMPLES / "spacenet_atlanta.tif") as ds:
+        assert pred.crs == ds.crs and len(pred) >= 30
+        assert shapely.box(*ds.bounds).buffer(1).contains(pred.union_all())
+    r = cli("evaluate", str(out), str(SAMPLES / "spacenet_atlanta.geojson"), "--class-field", "", "--json")
+    scores = json.loads(r.stdout)["overall"]
+    assert scores["precision"] >= 0.1 and scores["f1"] >= 0.12  # measured 0.15 and 0.18 (60 outlines): weak on 1-band
+
+
+def test_the_unet_segmenter_writes_masks_of_a_one_band_tile(tmp_path):
+    """`buildings-unet`, the per-pixel segmenter, on the same tile: its class raster scored by pixel."""
+    out = tmp_path / "buildings.gpkg"
     mask = tmp_path / "mask.tif"
-    cli("detect", str(SAMPLES / "spacenet_atlanta.tif"), "-m", "buildings", "-o", str(out), "--mask-out", str(mask))
-    pred = gpd.read_file(out)
+    tile = str(SAMPLES / "spacenet_atlanta.tif")
+    cli("detect", tile, "-m", "buildings-unet", "-o", str(out), "--mask-out", str(mask))
+    pred = gpd.read_file(out, layer="buildings")
     with rasterio.open(SAMPLES / "spacenet_atlanta.tif") as ds:
         assert pred.crs == ds.crs and len(pred) >= 10
         assert shapely.box(*ds.bounds).buffer(1).contains(pred.union_all())

@@ -205,7 +205,8 @@ def test_train_segment_cli_to_package_that_detect_runs(tmp_path):
     assert r.exit_code == 2 and "not weights of this network" in r.stderr and not (tmp_path / "x").exists()
 
 
-def test_segmentation_needs_polygons(tmp_path):
+@pytest.mark.parametrize("task", ["segment", "instance"])
+def test_outline_models_need_polygons(tmp_path, task):
     img = write_raster(tmp_path / "s.tif", squares_image(64, 64, []), transform=T)
     voc = tmp_path / "boxes.xml"
     voc.write_text(
@@ -216,7 +217,7 @@ def test_segmentation_needs_polygons(tmp_path):
         main,
         [
             "train",
-            "segment",
+            task,
             "--images",
             str(img),
             "--labels",

@@ -21,7 +21,14 @@ from geovision.config import SmpOptions
 from geovision.errors import TrainingError
 from geovision.labels import LabelReport, read_vector_shapes
 from geovision.training import load_train_config, spec_from_mapping, without_sites
-from geovision.training.chips import IGNORE, ChipOptions, chip_segmentation_dataset, chip_starts, val_blocks
+from geovision.training.chips import (
+    IGNORE,
+    ChipOptions,
+    chip_detection_dataset,
+    chip_segmentation_dataset,
+    chip_starts,
+    val_blocks,
+)
 from geovision.training.smp import pixel_scores
 from tests.conftest import UTM_10CM, squares_image, write_raster
 
@@ -162,3 +169,72 @@ def test_train_a_boundary_segmenter_and_detect_separate_houses(tmp_path):
     with rasterio.open(img) as ds:
         footprint = shapely.box(*ds.bounds)
     assert len(result.features) >= 1 and all(footprint.contains(g) for g in result.features.geometry)
+
+
+def test_instance_chips_carry_each_outline_cut_to_the_chip(tmp_path):
+    img, labels = touching_houses(tmp_path)
+    items = read_vector_shapes(labels, [img], ["building"], LabelReport())
+    out = tmp_path / "chips"
+    opts = ChipOptions(tile_size=64, resolution_m=0.1, val_fraction=0, stride=32, max_empty_share=0.0)
+    stats = chip_detection_dataset(items, out, opts, ["building"])
+    assert stats.train > 0
+    corner = (out / "labels" / "train" / "000_houses_0_0.txt").read_text().splitlines()
+    outlines = []
+    for line in corner:  # class, then x y pairs of the outline in 0-1 of the chip
+        c, *xy = line.split()
+        outlines.append(shapely.Polygon(np.asarray(xy, float).reshape(-1, 2) * 64))
+        assert c == "0"
+    # the two houses sharing a wall are two outlines, each the house's rectangle
+    expected = [shapely.box(x1, y1, x2, y2) for x1, y1, x2, y2 in PAIRS]
+    assert len(outlines) == 2
+    for want in expected:
+        assert max(want.intersection(o).area / want.union(o).area for o in outlines) > 0.97
+    # the transposed copy carries the transposed outlines
+    flipped = (out / "labels" / "train" / "000_houses_0_0_T.txt").read_text().splitlines()
+    got = sorted(shapely.Polygon(np.asarray(line.split()[1:], float).reshape(-1, 2) * 64).bounds for line in flipped)
+    assert np.allclose(got, sorted((y1, x1, y2, x2) for x1, y1, x2, y2 in PAIRS), atol=0.2)
+    # a chip that cuts a house keeps the part it sees when enough of it is visible
+    cut = (out / "labels" / "train" / "000_houses_0_32.txt").read_text().splitlines()
+    parts = [shapely.Polygon(np.asarray(line.split()[1:], float).reshape(-1, 2) * 64) for line in cut]
+    assert all(0 <= v <= 64 for p in parts for v in p.bounds)
+    assert any(abs(p.bounds[0] - 0) < 0.1 and abs(p.bounds[2] - 12) < 0.1 for p in parts)  # house 24-44 seen from 32
+
+
+def test_train_an_instance_segmenter_and_detect_outlines(tmp_path):
+    img, labels = touching_houses(tmp_path)
+    pkg = tmp_path / "houses"
+    args = ["train", "instance", "--images", str(img), "--labels", str(labels), "--classes", "building"]
+    args += ["--resolution", "0.1", "--tile-size", "64", "--epochs", "1", "--batch", "4", "--val-fraction", "0.25"]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        r = CliRunner().invoke(main, [*args, "-o", str(pkg), "-q"])
+        # ultralytics sets torch to cores - 1 threads on the CPU (one core of two); training keeps ours
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
+    assert r.exit_code == 0, r.stderr
+    cfg = yaml.safe_load((pkg / "model.yaml").read_text())
+    assert cfg["task"] == "instance" and cfg["backend"] == "yolo" and "mAP50" in cfg["metrics"]
+    assert cfg["vectorize"]["simplify_m"] == pytest.approx(0.1)
+    # a segmentation head: the package runs as an instance segmenter (untrained: we check it runs)
+    result = geovision.detect(img, pkg / "model.yaml", confidence=0.0001)
+    assert result.stats.tiles > 0
+    assert all(g.geom_type == "Polygon" for g in result.features.geometry)
+
+
+def test_instance_chips_take_self_crossing_footprints(tmp_path):
+    """OpenStreetMap has footprints that cross themselves: they are repaired, not a crash."""
+    img, _ = touching_houses(tmp_path)
+    t = UTM_10CM
+    bowtie = shapely.Polygon([t @ (70, 70), t @ (100, 100), t @ (100, 70), t @ (70, 100)])
+    assert not bowtie.is_valid
+    labels = tmp_path / "bowtie.geojson"
+    gpd.GeoDataFrame(geometry=[bowtie, shapely.box(*(t @ (8, 40)), *(t @ (24, 8)))], crs="EPSG:32617").to_file(labels)
+    items = read_vector_shapes(labels, [img], ["building"], LabelReport())
+    opts = ChipOptions(tile_size=64, resolution_m=0.1, val_fraction=0, stride=64, max_empty_share=0.0)
+    stats = chip_detection_dataset(items, tmp_path / "chips", opts, ["building"])
+    lines = (tmp_path / "chips" / "labels" / "train" / "000_houses_64_64.txt").read_text().splitlines()
+    assert stats.train == 4 and len(lines) == 1  # the bowtie's larger triangle (both are equal: either)
+    xy = np.asarray(lines[0].split()[1:], float).reshape(-1, 2) * 64
+    assert shapely.Polygon(xy).area == pytest.approx(15 * 30 / 2, rel=0.02)

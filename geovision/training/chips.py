@@ -5,24 +5,27 @@ inference (:mod:`geovision.raster`), so the model sees at training time the
 very pixels it will see in ``geovision detect``. The validation split is
 spatial: whole blocks of each raster are held out, and a chip that touches a
 held-out block and a training block is dropped, so no pixel is in both.
-Detector chips are written as a YOLO dataset; segmenter chips stay in memory
-with masks rasterised by ``rasterio.features.rasterize``.
+Detector chips are written as a YOLO dataset (boxes, or outline polygons for
+instance segmenters); segmenter chips stay in memory with masks rasterised by
+``rasterio.features.rasterize``.
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import rasterio
+import shapely
 import yaml
 from rasterio import features
 from shapely import affinity
 
 from geovision.labels import ImageLabels, ImageShapes
+from geovision.merge import polygonal
 from geovision.raster import Normalization, ReadPlan, TileData, open_raster, plan_read, read_tile
 from geovision.tiling import Tile, TileGrid
 
@@ -137,14 +140,16 @@ def val_blocks(cells: Sequence[tuple[int, int]], fraction: float, rng: random.Ra
 
 
 def chip_detection_dataset(
-    items: Sequence[ImageLabels], out_dir: Path, opts: ChipOptions, class_names: Sequence[str]
+    items: Sequence[ImageLabels | ImageShapes], out_dir: Path, opts: ChipOptions, class_names: Sequence[str]
 ) -> ChipSet:
     """Write a YOLO-format chip dataset (images/, labels/, data.yaml) under ``out_dir``.
 
     Each raster is cut into blocks of ``tile_size``; a seeded share of them is
     held out. Training chips overlap (``stride``), and each is also written
     transposed, which with YOLO's two flips gives all eight 90-degree
-    orientations of nadir imagery.
+    orientations of nadir imagery. Boxes (:class:`ImageLabels`) give detector
+    labels; polygons (:class:`ImageShapes`) give YOLO-seg outlines, each cut
+    to the chip.
     """
     from PIL import Image
 
@@ -164,13 +169,10 @@ def chip_detection_dataset(
     for n, item in enumerate(items):
         with open_raster(item.image) as ds:
             plan = chip_plan(ds, opts)
-            boxes = item.boxes.copy()
-            boxes[:, [0, 2]] /= plan.scale_x
-            boxes[:, [1, 3]] /= plan.scale_y
-            centres = np.c_[(boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2]
+            lines_of, centres = _label_lines(item, plan, opts.min_visible)
             for split, td in cut_chips(ds, plan, centres, opts, rng, stats.split):
                 tile = td.tile
-                lines = _yolo_lines(boxes, item.classes, tile, opts.min_visible)
+                lines = lines_of(tile)
                 name = f"{n:03d}_{item.image.stem}_{tile.y0}_{tile.x0}"
                 if not lines:
                     empty_pool[split].append((td.image, name))
@@ -244,11 +246,52 @@ def _yolo_lines(boxes: np.ndarray, classes: np.ndarray, tile: Tile, min_visible:
     ]
 
 
+def _label_lines(
+    item: ImageLabels | ImageShapes, plan: ReadPlan, min_visible: float
+) -> tuple[Callable[[Tile], list[str]], np.ndarray]:
+    """A tile's YOLO label lines (boxes or outlines) of one image, and its label centres, on the model grid."""
+    if isinstance(item, ImageShapes):
+        scale = (1 / plan.scale_x, 0, 0, 1 / plan.scale_y, 0, 0)
+        geoms = np.empty(len(item.geoms), dtype=object)
+        geoms[:] = [affinity.affine_transform(g, scale) for g in item.geoms]
+        geoms = polygonal(shapely.make_valid(geoms))  # OSM footprints can cross themselves
+        centres = np.asarray([(g.centroid.x, g.centroid.y) for g in geoms]).reshape(-1, 2)
+        return (lambda tile: _outline_lines(geoms, item.classes, tile, min_visible)), centres
+    boxes = item.boxes.copy()
+    boxes[:, [0, 2]] /= plan.scale_x
+    boxes[:, [1, 3]] /= plan.scale_y
+    centres = np.c_[(boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2]
+    return (lambda tile: _yolo_lines(boxes, item.classes, tile, min_visible)), centres
+
+
+def _outline_lines(geoms: np.ndarray, classes: np.ndarray, tile: Tile, min_visible: float) -> list[str]:
+    """YOLO-seg lines (class, then the outline's x y pairs, 0-1 of the tile) for the polygons enough
+    of which is visible in ``tile``; a polygon the tile cuts in parts keeps its largest part."""
+    if len(geoms) == 0:
+        return []
+    frame = shapely.box(tile.x0, tile.y0, tile.x1, tile.y1)
+    s = float(tile.size)
+    lines = []
+    for i in np.flatnonzero(shapely.intersects(geoms, frame)):
+        part = shapely.intersection(geoms[i], frame)
+        parts = [g for g in getattr(part, "geoms", [part]) if isinstance(g, shapely.Polygon) and not g.is_empty]
+        if not parts or sum(g.area for g in parts) < min_visible * geoms[i].area:
+            continue
+        ring = np.asarray(max(parts, key=lambda g: g.area).exterior.coords)[:-1]
+        if len(ring) < 3:
+            continue
+        xy = np.clip((ring - (tile.x0, tile.y0)) / s, 0, 1)
+        lines.append(f"{classes[i]} " + " ".join(f"{v:.6f}" for v in xy.ravel()) + "\n")
+    return lines
+
+
 def _transpose_lines(lines: list[str]) -> list[str]:
+    """Label lines of the transposed chip: x and y swapped in every pair (box centre and size, or outline)."""
     out = []
     for line in lines:
-        c, x, y, w, h = line.split()
-        out.append(f"{c} {y} {x} {h} {w}\n")
+        c, *values = line.split()
+        swapped = [v for x, y in zip(values[0::2], values[1::2]) for v in (y, x)]
+        out.append(" ".join([c, *swapped]) + "\n")
     return out
 
 

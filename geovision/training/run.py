@@ -23,7 +23,14 @@ import yaml
 
 from geovision.config import ModelConfig, SmpOptions, VectorizeOptions, load_config, settings
 from geovision.errors import OutputError, TrainingError, require
-from geovision.labels import ImageLabels, LabelReport, read_pixel_labels, read_vector_labels, read_vector_shapes
+from geovision.labels import (
+    ImageLabels,
+    ImageShapes,
+    LabelReport,
+    read_pixel_labels,
+    read_vector_labels,
+    read_vector_shapes,
+)
 from geovision.raster import ground_pixel_size_m, open_raster
 from geovision.training.chips import ChipOptions, chip_detection_dataset, chip_segmentation_dataset
 from geovision.training.smp import SegTrainOptions, train_smp
@@ -40,7 +47,7 @@ class TrainSpec:
     image has no georeference and the model's resolution differs.
     """
 
-    task: Literal["detect", "segment"]
+    task: Literal["detect", "segment", "instance"]
     images: tuple[Path, ...]
     labels: tuple[Path, ...]
     output: Path
@@ -60,6 +67,8 @@ class TrainSpec:
     seed: int = 0
     name: str | None = None
     confidence: float | None = None
+    #: duplicate-removal IoU of the model (boxes, or outlines for instance segmenters); None: 0.5
+    iou: float | None = None
     overwrite: bool = False
     # segmentation
     arch: str = "Unet"
@@ -199,7 +208,7 @@ def train(spec: TrainSpec, log: Callable[[str], None] = lambda s: None) -> Model
     The package is built in a temporary folder beside ``spec.output`` and
     renamed into place at the end, so a failed run leaves nothing behind.
     """
-    network = "ultralytics" if spec.task == "detect" else "segmentation_models_pytorch"
+    network = "segmentation_models_pytorch" if spec.task == "segment" else "ultralytics"
     require("training", "torch", "torch", "albumentations", network)
     out = spec.output
     if out.exists() and not spec.overwrite:
@@ -211,7 +220,7 @@ def train(spec: TrainSpec, log: Callable[[str], None] = lambda s: None) -> Model
             raise TrainingError(f"{p}: no such file")
     if len(spec.labels) not in (1, len(spec.images)):
         raise TrainingError(f"give one labels file, or one per image ({len(spec.images)}), not {len(spec.labels)}")
-    if spec.task == "detect" and spec.weights and spec.weights.suffix == ".pt" and not spec.trust_weights:
+    if spec.task != "segment" and spec.weights and spec.weights.suffix == ".pt" and not spec.trust_weights:
         from geovision.backends.yolo import check_checkpoint
 
         check_checkpoint(spec.weights)  # before any work: a start that would run code is refused
@@ -312,12 +321,14 @@ def _no_chips(train: int, val: int) -> TrainingError:
 def _train_detector(
     spec: TrainSpec, report: LabelReport, staging: Path, package: Path, log: Callable[[str], None]
 ) -> None:
-    items = read_labels(spec, report)
+    instance = spec.task == "instance"
+    items: Sequence[ImageLabels | ImageShapes]
+    items = _read_polygons(spec, report) if instance else read_labels(spec, report)
     _check_labels(report, log)
     overlap = spec.overlap if spec.overlap is not None else spec.tile_size // 10
     cfg = ModelConfig(
         name=spec.name or spec.output.name,
-        task="detect",
+        task=spec.task,
         backend="yolo",
         weights=Path("weights.pt"),
         classes=spec.classes,
@@ -325,14 +336,16 @@ def _train_detector(
         overlap=overlap,
         resolution_m=spec.resolution,
         confidence=spec.confidence if spec.confidence is not None else 0.25,
+        iou=spec.iou if spec.iou is not None else 0.5,
         accept_grayscale=spec.grayscale,
-        description=f"YOLO11{spec.model_size} trained by geovision on {_data_summary(spec)}",
+        description=f"YOLO11{spec.model_size}{'-seg' * instance} trained by geovision on {_data_summary(spec)}",
+        vectorize=_vectorize_options(spec, VectorizeOptions(simplify_m=spec.resolution or 0.0)),
     )
     chips = chip_detection_dataset(items, staging / "chips", _chip_options(spec), spec.classes)
     log(f"chips: {chips.train} train ({chips.boxes_train} boxes), {chips.val} validation ({chips.boxes_val} boxes)")
     if chips.train == 0 or chips.boxes_val == 0:
         raise _no_chips(chips.train, chips.boxes_val)
-    base = str(spec.weights) if spec.weights else f"yolo11{spec.model_size}.yaml"
+    base = str(spec.weights) if spec.weights else f"yolo11{spec.model_size}{'-seg' * instance}.yaml"
     opts = DetectTrainOptions(
         epochs=spec.epochs,
         batch=spec.batch,
@@ -349,11 +362,7 @@ def _train_detector(
 
 
 def _train_segmenter(spec: TrainSpec, report: LabelReport, package: Path, log: Callable[[str], None]) -> None:
-    if any(p.suffix.lower() in {".xml", ".csv"} for p in spec.labels):
-        raise TrainingError("segmentation needs polygon labels (GeoJSON, GeoPackage, Shapefile), not boxes")
-    items = []
-    for image, labels in zip(spec.images, spec.labels if len(spec.labels) > 1 else spec.labels * len(spec.images)):
-        items += read_vector_shapes(labels, [image], spec.classes, report, spec.class_field)
+    items = _read_polygons(spec, report)
     _check_labels(report, log)
     chips = chip_segmentation_dataset(items, _chip_options(spec), spec.boundary_px, len(spec.classes))
     n_val_fg = sum(int(m.any()) for m in chips.val_masks)
@@ -361,12 +370,8 @@ def _train_segmenter(spec: TrainSpec, report: LabelReport, package: Path, log: C
     if not chips.train_images or n_val_fg == 0:
         raise _no_chips(len(chips.train_images), n_val_fg)
     depth = spec.encoder_depth
-    vectorize = VectorizeOptions(simplify_m=spec.resolution or 0.0, grow_m=spec.boundary_px * (spec.resolution or 0.0))
-    if spec.vectorize:
-        try:
-            vectorize = settings(VectorizeOptions, spec.vectorize, "vectorize")
-        except ValueError as e:
-            raise TrainingError(str(e)) from e
+    res = spec.resolution or 0.0
+    vectorize = _vectorize_options(spec, VectorizeOptions(simplify_m=res, grow_m=spec.boundary_px * res))
     cfg = ModelConfig(
         name=spec.name or spec.output.name,
         task="segment",
@@ -402,6 +407,24 @@ def _train_segmenter(spec: TrainSpec, report: LabelReport, package: Path, log: C
     info = _data_info(spec, report, chips_train=len(chips.train_images), chips_val=len(chips.val_images))
     info["val_regions"] = _regions_yaml(chips.split.val_regions)
     train_smp(chips, cfg, package, opts, log, info={"data": info})
+
+
+def _vectorize_options(spec: TrainSpec, default: VectorizeOptions) -> VectorizeOptions:
+    """The config's ``vectorize`` mapping, or ``default`` without one."""
+    try:
+        return settings(VectorizeOptions, spec.vectorize, "vectorize") if spec.vectorize else default
+    except ValueError as e:
+        raise TrainingError(str(e)) from e
+
+
+def _read_polygons(spec: TrainSpec, report: LabelReport) -> list[ImageShapes]:
+    """Outline labels (segmenters, instance segmenters) of each image, in its pixel coordinates."""
+    if any(p.suffix.lower() in {".xml", ".csv"} for p in spec.labels):
+        raise TrainingError(f"task {spec.task} needs polygon labels (GeoJSON, GeoPackage, Shapefile), not boxes")
+    items = []
+    for image, labels in zip(spec.images, spec.labels if len(spec.labels) > 1 else spec.labels * len(spec.images)):
+        items += read_vector_shapes(labels, [image], spec.classes, report, spec.class_field)
+    return items
 
 
 def read_labels(spec: TrainSpec, report: LabelReport) -> list[ImageLabels]:

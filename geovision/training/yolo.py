@@ -47,7 +47,7 @@ def train_yolo(
     log: Callable[[str], None] = lambda s: None,
     info: dict[str, Any] | None = None,
 ) -> ModelConfig:
-    """Train a YOLO detector on a chip dataset and write a model package to ``out_dir``.
+    """Train a YOLO detector (or YOLO-seg instance segmenter) on a chip dataset; write a package to ``out_dir``.
 
     ``cfg`` carries everything but the weights (classes, tile size, resolution,
     bands, normalisation); the returned config is the package's model.yaml.
@@ -103,14 +103,14 @@ def train_yolo(
             # random ground resolution around the model's (+-50 %) and stronger colour changes
             args.update(scale=0.5, hsv_h=0.02, hsv_s=0.5, hsv_v=0.4, augmentations=aerial_augmentations())
         args.update(opts.extra)
-        with _amp_check_offline():
+        with _amp_check_offline(), _cpu_threads_kept(model, device):
             model.train(**args)
         seconds = time.perf_counter() - started
         run = Path(tmp) / "run"
         best = run / "weights" / "best.pt"
         if not best.exists():
             best = run / "weights" / "last.pt"
-        metrics = _last_metrics(run / "results.csv")
+        metrics = _last_metrics(run / "results.csv", "M" if cfg.task == "instance" else "B")
         out_dir.mkdir(parents=True, exist_ok=True)
         weights = out_dir / "weights.pt"
         shutil.copyfile(best, weights)
@@ -119,7 +119,6 @@ def train_yolo(
         weights=weights.resolve(),
         sha256=sha256_file(weights),
         backend="yolo",
-        task="detect",
         record={
             **cfg.record,
             "training": {
@@ -136,6 +135,31 @@ def train_yolo(
     write_model_yaml(packaged, out_dir / "model.yaml")
     log(f"validation: {json.dumps(metrics)}")
     return packaged
+
+
+@contextlib.contextmanager
+def _cpu_threads_kept(model: Any, device: str) -> Iterator[None]:
+    """Keep the threads torch had through a CPU training run, and after it.
+
+    ultralytics' device selection sets torch to one thread fewer than the
+    machine's cores (``NUM_THREADS``), in the trainer and again in the final
+    validation: on a 2-core machine, training ran on one core and left the
+    process so. A callback restores the count before the first batch, and it
+    is restored when the run ends.
+    """
+    import torch
+
+    threads = torch.get_num_threads()
+
+    def restore(trainer: Any = None) -> None:
+        if device == "cpu":
+            torch.set_num_threads(threads)
+
+    model.add_callback("on_pretrain_routine_start", restore)
+    try:
+        yield
+    finally:
+        restore()
 
 
 @contextlib.contextmanager
@@ -156,18 +180,19 @@ def _amp_check_offline() -> Iterator[None]:
         trainer.check_amp = saved
 
 
-def _last_metrics(results_csv: Path) -> dict[str, float]:
-    """Best-epoch validation metrics from ultralytics' results.csv."""
+def _last_metrics(results_csv: Path, kind: str = "B") -> dict[str, float]:
+    """Best-epoch validation metrics from ultralytics' results.csv: of boxes (``B``) or masks (``M``)."""
     if not results_csv.exists():
         return {}
     with open(results_csv) as f:
         rows = [{k.strip(): v for k, v in r.items()} for r in csv.DictReader(f)]
     if not rows:
         return {}
-    key = "metrics/mAP50-95(B)"
+    key = f"metrics/mAP50-95({kind})"
     best = max(rows, key=lambda r: float(r.get(key, 0) or 0))
     out: dict[str, float] = {"epoch": int(float(best["epoch"]))}
-    for k in ("metrics/precision(B)", "metrics/recall(B)", "metrics/mAP50(B)", key):
+    for name in ("precision", "recall", "mAP50", "mAP50-95"):
+        k = f"metrics/{name}({kind})"
         if k in best:
-            out[k.split("/")[1].replace("(B)", "")] = round(float(best[k]), 4)
+            out[name] = round(float(best[k]), 4)
     return out
