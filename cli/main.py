@@ -197,7 +197,7 @@ def main() -> None:
     "regularize",
     flag_value=False,
     default=None,
-    help="Segmenters: keep raw traced outlines (building models square them up by default).",
+    help="Segmenters and instance segmenters: keep outlines as traced (building models square them up).",
 )
 @click.option(
     "--qml", is_flag=True, help="Also write the layer's QGIS style as a .qml beside it (GeoPackages carry it inside)."
