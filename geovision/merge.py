@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import shapely
-from scipy.sparse import coo_matrix
+from scipy.sparse import coo_matrix, csr_matrix
 from scipy.sparse.csgraph import connected_components
 
 from geovision.nms import batched_nms
@@ -131,10 +131,26 @@ def _intersecting_pairs(xyxy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return i[keep], j[keep]
 
 
-def _components(n: int, i: np.ndarray, j: np.ndarray) -> np.ndarray:
+def _graph(n: int, i: np.ndarray, j: np.ndarray) -> csr_matrix:
+    return coo_matrix((np.ones(len(i), dtype=np.int8), (i, j)), shape=(n, n)).tocsr()
+
+
+def components(n: int, i: np.ndarray, j: np.ndarray) -> np.ndarray:
     """Connected-component label of each of ``n`` nodes given edges (i, j)."""
-    graph = coo_matrix((np.ones(len(i), dtype=np.int8), (i, j)), shape=(n, n))
-    return connected_components(graph, directed=False)[1]
+    return connected_components(_graph(n, np.asarray(i, np.int64), np.asarray(j, np.int64)), directed=False)[1]
+
+
+def neighbours(n: int, i: np.ndarray, j: np.ndarray) -> list[np.ndarray]:
+    """For each of ``n`` nodes, the nodes its edges (i -> j) lead to."""
+    graph = _graph(n, i, j)
+    return np.split(graph.indices, graph.indptr[1:-1])
+
+
+def _outline_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of outline a[k] with b[k] for each k; 0 where both are empty."""
+    inter = shapely.area(shapely.intersection(a, b))
+    union = shapely.area(a) + shapely.area(b) - inter
+    return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
 
 
 def merge_boxes(b: Boxes, match_iou: float = 0.5, nms_iou: float = 0.5) -> Boxes:
@@ -154,11 +170,9 @@ def merge_boxes(b: Boxes, match_iou: float = 0.5, nms_iou: float = 0.5) -> Boxes
         region = shapely.box(*shared.T)
         pi = polygonal(shapely.intersection(b.polys[i], region))
         pj = polygonal(shapely.intersection(b.polys[j], region))
-        inter = shapely.area(shapely.intersection(pi, pj))
-        union = shapely.area(pi) + shapely.area(pj) - inter
-        iou = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+        iou = _outline_iou(pi, pj)
     match = iou >= match_iou
-    labels = _components(len(b), i[match], j[match])
+    labels = components(len(b), i[match], j[match])
     merged = _merge_groups(b, labels)
     return merged.take(_nms(merged, nms_iou))
 
@@ -230,19 +244,15 @@ def _nms(b: Boxes, iou: float) -> np.ndarray:
         return batched_nms(b.xyxy, b.scores, b.classes, iou)
     i, j = _intersecting_pairs(b.xyxy)
     same = b.classes[i] == b.classes[j]
-    i, j = i[same], j[same]
-    inter = shapely.area(shapely.intersection(b.polys[i], b.polys[j]))
-    union = shapely.area(b.polys[i]) + shapely.area(b.polys[j]) - inter
-    over = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0) > iou
-    i, j = i[over], j[over]
-    graph = coo_matrix((np.ones(2 * len(i), dtype=np.int8), (np.r_[i, j], np.r_[j, i])), shape=(len(b), len(b)))
-    neighbours = graph.tocsr()
+    over = _outline_iou(b.polys[i[same]], b.polys[j[same]]) > iou
+    i, j = i[same][over], j[same][over]
+    overlapping = neighbours(len(b), np.r_[i, j], np.r_[j, i])
     suppressed = np.zeros(len(b), dtype=bool)
     kept = []
     for k in np.argsort(-b.scores, kind="stable"):
         if not suppressed[k]:
             kept.append(k)
-            suppressed[neighbours.indices[neighbours.indptr[k] : neighbours.indptr[k + 1]]] = True
+            suppressed[overlapping[k]] = True
     return np.asarray(kept, dtype=np.int64)
 
 
@@ -265,7 +275,7 @@ class SeamMerger:
             return self.finish()
         boundary = self.grid.row_start(row + 1)
         p = self.pending
-        labels = _components(len(p), *_intersecting_pairs(p.xyxy))
+        labels = components(len(p), *_intersecting_pairs(p.xyxy))
         reach = np.full(labels.max() + 1 if len(labels) else 0, -np.inf)
         np.maximum.at(reach, labels, p.xyxy[:, 3])
         done = reach[labels] <= boundary

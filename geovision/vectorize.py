@@ -21,12 +21,10 @@ import numpy as np
 import shapely
 from affine import Affine
 from rasterio import features
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
 
 from geovision.blend import Strip
 from geovision.config import ModelConfig, VectorizeOptions
-from geovision.merge import largest_polygon
+from geovision.merge import components, largest_polygon, neighbours
 from geovision.regularize import regularize
 
 
@@ -82,9 +80,7 @@ class StripVectorizer:
                     if new[b].cls == s.cls and s.geom.intersection(new[b].geom).length > 0:
                         edges_i.append(a)
                         edges_j.append(n_open + b)
-        n = len(shapes)
-        graph = coo_matrix((np.ones(len(edges_i)), (edges_i, edges_j)), shape=(n, n))
-        _, labels = connected_components(graph, directed=False)
+        labels = components(len(shapes), np.asarray(edges_i, np.int64), np.asarray(edges_j, np.int64))
         out = []
         for label in np.unique(labels):
             members = [shapes[i] for i in np.flatnonzero(labels == label)]
@@ -150,10 +146,9 @@ def carve_overlaps(geoms: np.ndarray, scores: np.ndarray) -> np.ndarray:
     rank[order] = np.arange(len(geoms))
     i, j = shapely.STRtree(geoms).query(geoms, predicate="intersects")
     better = rank[j] < rank[i]
-    graph = coo_matrix((np.ones(int(better.sum()), dtype=np.int8), (i[better], j[better])), shape=(len(geoms),) * 2)
-    above = graph.tocsr()
+    above = neighbours(len(geoms), i[better], j[better])
     for k in order:  # the better ones are final by the time k comes
-        for b in above.indices[above.indptr[k] : above.indptr[k + 1]]:
+        for b in above[k]:
             if out[k] is None:
                 break
             if out[b] is not None and shapely.area(shapely.intersection(out[k], out[b])) > 0:

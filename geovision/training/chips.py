@@ -25,7 +25,7 @@ from rasterio import features
 from shapely import affinity
 
 from geovision.labels import ImageLabels, ImageShapes
-from geovision.merge import polygonal
+from geovision.merge import largest_polygon, polygonal
 from geovision.raster import Normalization, ReadPlan, TileData, open_raster, plan_read, read_tile
 from geovision.tiling import Tile, TileGrid
 
@@ -270,14 +270,14 @@ def _outline_lines(geoms: np.ndarray, classes: np.ndarray, tile: Tile, min_visib
     if len(geoms) == 0:
         return []
     frame = shapely.box(tile.x0, tile.y0, tile.x1, tile.y1)
+    hits = np.flatnonzero(shapely.intersects(geoms, frame))
+    seen = polygonal(shapely.intersection(geoms[hits], frame))
+    enough = shapely.area(seen) >= np.maximum(min_visible * shapely.area(geoms[hits]), 1e-12)
     s = float(tile.size)
     lines = []
-    for i in np.flatnonzero(shapely.intersects(geoms, frame)):
-        part = shapely.intersection(geoms[i], frame)
-        parts = [g for g in getattr(part, "geoms", [part]) if isinstance(g, shapely.Polygon) and not g.is_empty]
-        if not parts or sum(g.area for g in parts) < min_visible * geoms[i].area:
-            continue
-        ring = np.asarray(max(parts, key=lambda g: g.area).exterior.coords)[:-1]
+    for i, part in zip(hits[enough], seen[enough]):
+        largest = largest_polygon(part)
+        ring = np.asarray(largest.exterior.coords)[:-1] if largest is not None else np.zeros((0, 2))
         if len(ring) < 3:
             continue
         xy = np.clip((ring - (tile.x0, tile.y0)) / s, 0, 1)

@@ -149,11 +149,12 @@ def _cpu_threads_kept(model: Any, device: str) -> Iterator[None]:
     """
     import torch
 
+    from geovision.backends.device import torch_threads
+
     threads = torch.get_num_threads()
 
     def restore(trainer: Any = None) -> None:
-        if device == "cpu":
-            torch.set_num_threads(threads)
+        torch_threads(device, threads)
 
     model.add_callback("on_pretrain_routine_start", restore)
     try:
