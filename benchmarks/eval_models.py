@@ -11,8 +11,10 @@ scored against the site's labels over a sweep of confidence thresholds:
 boxes at IoU 0.4 and 0.5 for detectors (DeepForest reports 0.4), polygons
 at IoU 0.5 for segmenters (SpaceNet's metric). The threshold with the best
 pooled F1 over all held-out sites is the one to ship in the final model's
-YAML. Runs are resumable: a fold whose model and detections exist is not
-redone. Prints Markdown tables and writes ``results.json`` in ``--work``.
+YAML. ``--tta`` and ``--set FIELD=VALUE`` (a model setting such as ``iou``
+or ``resolution_m``) score the same fold models run otherwise. Runs are
+resumable: a fold whose model and detections exist is not redone. Prints
+Markdown tables and writes ``results.json`` in ``--work``.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +30,7 @@ import geopandas as gpd
 import numpy as np
 import rasterio
 import shapely
+import yaml
 
 import geovision
 from geovision.evaluate import Scores, evaluate
@@ -201,8 +204,9 @@ def fold(spec: TrainSpec, held: list[str], work: Path, epochs: int | None) -> ge
         return geovision.resolve_model(out / "model.yaml")
     out.parent.mkdir(parents=True, exist_ok=True)
     fold_spec = without_sites(spec, held, out)
-    if epochs:
-        fold_spec = replace(fold_spec, epochs=epochs)
+    if epochs:  # a fixed number of epochs, in place of the config's and of its time budget
+        options = {k: v for k, v in fold_spec.options.items() if k != "time"}
+        fold_spec = replace(fold_spec, epochs=epochs, options=options)
     print(f"[{site}] training on {len(fold_spec.images)} images of {sorted(set(fold_spec.sites or ()))}", flush=True)
     t0 = time.perf_counter()
     model = train(fold_spec, log=lambda s: print(f"[{site}] {s}", flush=True))
@@ -210,8 +214,10 @@ def fold(spec: TrainSpec, held: list[str], work: Path, epochs: int | None) -> ge
     return model
 
 
-def report(results: list[SiteResult], metrics: list[tuple[str, float, bool]], model_name: str) -> dict[str, Any]:
-    """Markdown tables on stdout; the chosen threshold and every number as a mapping."""
+def report(
+    results: list[SiteResult], metrics: list[tuple[str, float, bool]], model_name: str, at: float | None = None
+) -> dict[str, Any]:
+    """Markdown tables on stdout, per site at the best pooled threshold (or ``at``); every number as a mapping."""
     primary = metrics[0][0]
     pooled = {m: {t: Counts() for t in results[0].counts[m]} for m, _, _ in metrics}
     for r in results:
@@ -220,7 +226,12 @@ def report(results: list[SiteResult], metrics: list[tuple[str, float, bool]], mo
                 pooled[m][t].add(r.counts[m][t])
     best_t = max(pooled[primary], key=lambda t: pooled[primary][t].prf()[2])
     out: dict[str, Any] = {"model": model_name, "threshold": best_t, "sites": {}, "pooled": {}}
-    print(f"\n### {model_name}: leave-one-site-out, confidence {best_t} (best pooled F1 at {primary})\n")
+    print(f"\n### {model_name}: leave-one-site-out, best pooled F1 at {primary} with confidence {best_t}\n")
+    if at is not None:
+        if at not in pooled[primary]:
+            raise SystemExit(f"--at {at}: not one of the thresholds swept ({', '.join(map(str, pooled[primary]))})")
+        best_t = at
+        print(f"Per site at confidence {at}:\n")
     head = " | ".join(f"{m} P / R / F1" for m, _, _ in metrics)
     print(f"| held-out site | images | objects | {head} | CPU s/MP |")
     print("|---|---|---|" + "---|" * len(metrics) + "---|")
@@ -249,29 +260,55 @@ def main() -> None:
     ap.add_argument(
         "--sites", nargs="*", help="held-out sites to run, each its own fold; a+b holds both out at once (default: all)"
     )
-    ap.add_argument("--epochs", type=int, help="override the config's epochs for the fold models")
+    ap.add_argument("--epochs", type=int, help="fold models train this many epochs (not the config's, nor its time)")
     ap.add_argument(
         "--not-scored", nargs="*", default=[], help="sites held out of training but not scored (seen by start weights)"
     )
     ap.add_argument("--model", help="score this model on every site instead of training folds (not held out!)")
-    ap.add_argument("--tta", action="store_true", help="detectors: score with mirrored views merged (detect --tta)")
+    ap.add_argument(
+        "--tta", action="store_true", help="detectors and instance segmenters: score with mirrored views merged (--tta)"
+    )
+    ap.add_argument("--at", type=float, help="per-site table at this confidence (the shipped one), not the best")
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="score with this model setting changed (iou=0.5, resolution_m=0.25, overlap=96; repeatable)",
+    )
     args = ap.parse_args()
     spec = spec_from_mapping(load_train_config(args.config))
     if not spec.sites:
         raise SystemExit(f"{args.config}: no sites (list the data under datasets: with a site each)")
     sites = args.sites or sorted(set(spec.sites))
     metrics = metrics_for(spec.task)
+    settings = model_settings(args.set)
+    suffix = "".join(f"-{k}{v}" for k, v in settings.items()) + ("-tta" if args.tta else "")
     results = []
     for entry in sites:
         held = entry.split("+")
         model = geovision.resolve_model(args.model) if args.model else fold(spec, held, args.work, args.epochs)
+        model = model.with_overrides(**settings)
         for site in (s for s in held if s not in args.not_scored):
-            dets = args.work / entry / f"detections-{model.name}-{site}{'-tta' if args.tta else ''}"
+            dets = args.work / entry / f"detections-{model.name}-{site}{suffix}"
             dets.mkdir(parents=True, exist_ok=True)
             results.append(score_site(site, model, spec, dets, metrics, args.tta))
     name = (args.model or f"{spec.output.name} (folds)") + (" with --tta" if args.tta else "")
-    summary = report(results, metrics, name)
-    (args.work / f"results{'-tta' if args.tta else ''}.json").write_text(json.dumps(summary, indent=2))
+    name += "".join(f", {k} {v}" for k, v in settings.items())
+    summary = report(results, metrics, name, args.at)
+    (args.work / f"results{suffix}.json").write_text(json.dumps(summary, indent=2))
+
+
+def model_settings(pairs: list[str]) -> dict[str, Any]:
+    """``FIELD=VALUE`` pairs as model config overrides (values read as YAML scalars)."""
+    names = {f.name for f in fields(geovision.ModelConfig)}
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or key not in names:
+            raise SystemExit(f"--set {pair}: give FIELD=VALUE with a model config field ({', '.join(sorted(names))})")
+        out[key] = yaml.safe_load(value)
+    return out
 
 
 if __name__ == "__main__":

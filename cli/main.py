@@ -190,7 +190,8 @@ def main() -> None:
 @click.option(
     "--tta",
     is_flag=True,
-    help="Detectors: also run each tile mirrored left-right and top-bottom and merge (3x the model time).",
+    help="Detectors and instance segmenters: also run each tile mirrored left-right and top-bottom and merge "
+    "(3x the model time).",
 )
 @click.option(
     "--no-regularize",

@@ -28,7 +28,7 @@ from geovision.backends.tta import FlipTTA
 from geovision.blend import BandBlender
 from geovision.config import ModelConfig
 from geovision.errors import ModelError, OutputError, RasterError
-from geovision.merge import Boxes, SeamMerger, tile_boxes
+from geovision.merge import Boxes, SeamMerger, largest_polygon, polygonal, tile_boxes
 from geovision.raster import (
     ReadPlan,
     TileData,
@@ -124,8 +124,9 @@ def detect(
     (detectors, below the confidence threshold) also keeps the objects
     scoring between it and the threshold, marked ``review`` = 1 (0 for the
     confident ones), for checking by eye.
-    ``tta`` (box detectors) also runs each tile mirrored left-right and
-    top-bottom and merges the three views: three times the model time.
+    ``tta`` (detectors and instance segmenters) also runs each tile mirrored
+    left-right and top-bottom and merges the three views: three times the
+    model time.
     A GeoPackage ``output`` carries a default QGIS style (an outline per
     class, no fill); ``qml`` also writes it as a ``.qml`` beside the layer.
     ``runtime`` is ``auto`` (ONNX Runtime on the CPU, torch on a GPU),
@@ -145,8 +146,8 @@ def detect(
         if not 0 <= review_confidence < threshold:
             raise ModelError(f"--review-conf must be below the confidence threshold ({threshold:g})")
         cfg = cfg.with_overrides(confidence=review_confidence)
-    if tta and cfg.task != "detect":
-        raise ModelError(f"model '{cfg.name}' is not a box detector; --tta merges mirrored boxes only")
+    if tta and cfg.task == "segment":
+        raise ModelError(f"model '{cfg.name}' is a segmenter; --tta merges mirrored objects of detectors")
     if cfg.task != "segment" and (mask_out or prob_out):
         raise ModelError(f"model '{cfg.name}' is a detector; --mask-out and --prob-out need a segmentation model")
     _check_distinct(raster, [p for p in (output, mask_out, prob_out) if p is not None])
@@ -353,7 +354,9 @@ def _to_features(
     x1, y1, x2, y2 = boxes.xyxy.T
     if boxes.polys is not None:  # outlines, clipped to the raster like the boxes
         grid_box = shapely.box(0, 0, plan.width, plan.height)
-        outlines = shapely.intersection(boxes.polys, grid_box)
+        outlines = polygonal(shapely.intersection(boxes.polys, grid_box))
+        split = np.flatnonzero(shapely.get_type_id(outlines) != shapely.GeometryType.POLYGON)
+        outlines[split] = [largest_polygon(g) or shapely.Polygon() for g in outlines[split]]  # one polygon each
         areas_px = shapely.area(outlines)
         polygons = shapely.transform(outlines, lambda xy: _apply(plan, xy))
     else:

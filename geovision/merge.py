@@ -174,7 +174,7 @@ def merge_boxes(b: Boxes, match_iou: float = 0.5, nms_iou: float = 0.5) -> Boxes
     match = iou >= match_iou
     labels = components(len(b), i[match], j[match])
     merged = _merge_groups(b, labels)
-    return merged.take(_nms(merged, nms_iou))
+    return merged.take(object_nms(merged.xyxy, merged.scores, merged.classes, merged.polys, nms_iou))
 
 
 def polygonal(geoms: np.ndarray) -> np.ndarray:
@@ -238,18 +238,21 @@ def largest_polygon(geom: shapely.Geometry) -> shapely.Polygon | None:
     return max(parts, key=lambda g: g.area) if parts else None
 
 
-def _nms(b: Boxes, iou: float) -> np.ndarray:
-    """Indexes kept by class-aware NMS, best score first: by box IoU, or by outline IoU for outlines."""
-    if b.polys is None:
-        return batched_nms(b.xyxy, b.scores, b.classes, iou)
-    i, j = _intersecting_pairs(b.xyxy)
-    same = b.classes[i] == b.classes[j]
-    over = _outline_iou(b.polys[i[same]], b.polys[j[same]]) > iou
+def object_nms(
+    xyxy: np.ndarray, scores: np.ndarray, classes: np.ndarray, polys: np.ndarray | None, iou: float
+) -> np.ndarray:
+    """Indexes kept by class-aware NMS, best score first: by box IoU, or by the outlines' IoU where
+    ``polys`` are given (interlocking L-shaped neighbours have overlapping boxes, not outlines)."""
+    if polys is None:
+        return batched_nms(xyxy, scores, classes, iou)
+    i, j = _intersecting_pairs(xyxy)
+    same = classes[i] == classes[j]
+    over = _outline_iou(polys[i[same]], polys[j[same]]) > iou
     i, j = i[same][over], j[same][over]
-    overlapping = neighbours(len(b), np.r_[i, j], np.r_[j, i])
-    suppressed = np.zeros(len(b), dtype=bool)
+    overlapping = neighbours(len(scores), np.r_[i, j], np.r_[j, i])
+    suppressed = np.zeros(len(scores), dtype=bool)
     kept = []
-    for k in np.argsort(-b.scores, kind="stable"):
+    for k in np.argsort(-scores, kind="stable"):
         if not suppressed[k]:
             kept.append(k)
             suppressed[overlapping[k]] = True

@@ -14,7 +14,7 @@ from scipy import ndimage
 
 import geovision
 from geovision.backends import Detections
-from tests.conftest import fake_config, write_raster
+from tests.conftest import fake_config, left_half_only, write_raster
 
 T = Affine(0.1, 0, 500000, 0, -0.1, 4000000)
 
@@ -189,3 +189,63 @@ def test_disjoint_outlines_are_carved_apart_best_first(tmp_path):
     assert house.equals(shapely.box(*(T @ (10, 50)), *(T @ (50, 10))))
     assert side.equals(shapely.box(*(T @ (50, 50)), *(T @ (80, 10)))) and house.intersection(side).area == 0
     assert got["area_m2"].iloc[1] == pytest.approx(30 * 40 * 0.01, rel=0.01)  # ground m2 (UTM scale)
+
+
+class LeftHalfOutliner(BlobOutliner):
+    """A one-sided instance segmenter: it misses every blob whose box centre is in the tile's right half."""
+
+    def detect(self, images, confidence=None, iou=None):
+        return left_half_only(images, super().detect(images, confidence, iou))
+
+
+def test_tta_outlines_from_mirrored_tiles_come_back_in_place_once_each(tmp_path):
+    """L-shaped houses (no mirror symmetry): an outline mapped back the wrong way would not fit."""
+    ells = [
+        shapely.Polygon([(4, 4), (20, 4), (20, 10), (10, 10), (10, 24), (4, 24)]),
+        shapely.Polygon([(40, 6), (58, 6), (58, 26), (50, 26), (50, 14), (40, 14)]),
+        shapely.Polygon([(36, 36), (60, 36), (60, 44), (44, 44), (44, 58), (36, 58)]),
+    ]
+    img = np.full((3, 64, 64), 40, np.uint8)
+    img[:, features.rasterize(ells, out_shape=(64, 64)) > 0] = 230
+    path = write_raster(tmp_path / "l.tif", img, transform=T)
+    cfg = fake_config(tile_size=64, overlap=0).with_overrides(task="instance")
+    plain = geovision.detect(path, cfg, backend=LeftHalfOutliner())
+    assert len(plain.features) == 1  # only the left one
+    both = geovision.detect(path, cfg, backend=LeftHalfOutliner(), tta=True)
+    assert len(both.features) == 3  # left one seen plain and top-bottom mirrored: merged into one
+    found = both.features.to_crs("EPSG:32617").geometry
+    for ell in ells:
+        truth = shapely.affinity.affine_transform(ell, [T.a, T.b, T.d, T.e, T.xoff, T.yoff])
+        hits = found[found.intersects(truth.representative_point())]
+        assert len(hits) == 1
+        assert hits.iloc[0].is_valid
+        assert hits.iloc[0].symmetric_difference(truth).area / truth.area < 0.01
+
+
+class FixedOutline(BlobOutliner):
+    """Always one outline, as given, in tile pixels (a network's mask can reach past the raster's edge)."""
+
+    def __init__(self, outline: shapely.Polygon) -> None:
+        self.outline = outline
+
+    def detect(self, images, confidence=None, iou=None):
+        polys = np.array([self.outline], dtype=object)
+        return [
+            Detections(
+                np.asarray([self.outline.bounds], np.float32), np.ones(1, np.float32), np.zeros(1, np.int64), polys
+            )
+            for _ in images
+        ]
+
+
+def test_an_outline_cut_in_two_by_the_raster_edge_stays_one_polygon(tmp_path):
+    """A U-shape whose bar lies past the raster's right edge: clipped to the raster it is two pieces;
+    the object keeps its larger piece, a Polygon like every other outline in the layer."""
+    path = write_raster(tmp_path / "u.tif", disc_image(40, 40, [(20, 20, 5)]), transform=T)
+    u = shapely.box(25, 5, 45, 35).difference(shapely.box(25, 14, 42, 31))
+    r = geovision.detect(
+        path, fake_config(tile_size=64, overlap=0).with_overrides(task="instance"), backend=FixedOutline(u)
+    )
+    assert list(r.features.geom_type) == ["Polygon"]
+    want = shapely.affinity.affine_transform(shapely.box(25, 5, 40, 14), [T.a, T.b, T.d, T.e, T.xoff, T.yoff])
+    assert r.features.to_crs("EPSG:32617").geometry.iloc[0].symmetric_difference(want).area < 1e-6

@@ -262,3 +262,28 @@ def test_training_from_weights_starts_from_them(tmp_path):
     assert np.abs(first_conv(start)).max() > 0.01  # a real filter, not zeros that any start would match
     made = yaml.safe_load((tmp_path / "tuned" / "model.yaml").read_text())["training"]
     assert made["epochs"] == 1 and made["base"].startswith("trees-fast/weights.pt (sha256 ")
+
+
+def test_a_box_detector_starts_an_instance_segmenter(tmp_path):
+    """Detector weights start a YOLO-seg run: backbone, neck and box head carry over, a mask head is added."""
+    img, _ = scene(tmp_path)
+    start = Path(__file__).parent.parent / "configs" / "models" / "trees-fast" / "weights.pt"
+    options = {"optimizer": "SGD", "lr0": 0.0, "warmup_bias_lr": 0.0, "warmup_epochs": 0}
+    cfg = train_config(
+        tmp_path,
+        task="instance",
+        epochs=1,
+        batch=4,
+        val_fraction=0.25,
+        weights=str(start),
+        augment="none",
+        options=options,
+    )
+    r = CliRunner().invoke(main, ["train", "--config", str(cfg), "-q"])
+    assert r.exit_code == 0, r.stderr
+    np.testing.assert_allclose(first_conv(tmp_path / "tuned" / "weights.pt"), first_conv(start), atol=1e-3)
+    made = yaml.safe_load((tmp_path / "tuned" / "model.yaml").read_text())
+    assert made["task"] == "instance" and made["training"]["base"].startswith("trees-fast/weights.pt (sha256 ")
+    result = geovision.detect(img, tmp_path / "tuned" / "model.yaml", confidence=0.0001)
+    assert result.stats.tiles > 0
+    assert all(g.geom_type == "Polygon" for g in result.features.geometry)

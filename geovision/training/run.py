@@ -345,7 +345,8 @@ def _train_detector(
     log(f"chips: {chips.train} train ({chips.boxes_train} boxes), {chips.val} validation ({chips.boxes_val} boxes)")
     if chips.train == 0 or chips.boxes_val == 0:
         raise _no_chips(chips.train, chips.boxes_val)
-    base = str(spec.weights) if spec.weights else f"yolo11{spec.model_size}{'-seg' * instance}.yaml"
+    network = f"yolo11{spec.model_size}{'-seg' * instance}.yaml"
+    base = str(spec.weights) if spec.weights else network
     opts = DetectTrainOptions(
         epochs=spec.epochs,
         batch=spec.batch,
@@ -355,6 +356,7 @@ def _train_detector(
         augment=spec.augment,
         extra=dict(spec.options),
         trusted=spec.trust_weights,
+        network=network,
     )
     info = _data_info(spec, report, chips_train=chips.train, chips_val=chips.val, val_boxes=chips.boxes_val)
     info["val_regions"] = _regions_yaml(chips.split.val_regions)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from geovision.config import ModelConfig, sha256_file
+from geovision.errors import TrainingError
 from geovision.training.common import aerial_augmentations, start_weights, write_model_yaml
 
 
@@ -37,6 +38,8 @@ class DetectTrainOptions:
     extra: dict[str, Any] = field(default_factory=dict)
     #: load a ``.pt`` start even if it names more than network classes (see backends.yolo.check_checkpoint)
     trusted: bool = False
+    #: the network YAML to build when ``model`` is weights of another task (detector weights for a YOLO-seg)
+    network: str | None = None
 
 
 def train_yolo(
@@ -59,6 +62,12 @@ def train_yolo(
     device = pick_device(opts.device)
     start = Path(opts.model) if opts.model.endswith(".pt") else None  # weights to start from, else a network YAML
     model = load_yolo(start, opts.trusted) if start else ultralytics.YOLO(opts.model)
+    wanted = "segment" if cfg.task == "instance" else "detect"
+    if start and model.task != wanted:
+        if not opts.network:
+            raise TrainingError(f"{start.name}: a {model.task} model cannot start a {wanted} run")
+        # another task's weights (a box detector starting a YOLO-seg): its backbone, neck and box head carry over
+        model = ultralytics.YOLO(opts.network).load(str(start))
 
     ran = {"epochs": 0}  # a time limit (options: time) changes the number of epochs on the way
 
