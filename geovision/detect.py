@@ -28,7 +28,7 @@ from geovision.backends.tta import FlipTTA
 from geovision.blend import BandBlender
 from geovision.config import ModelConfig
 from geovision.errors import ModelError, OutputError, RasterError
-from geovision.merge import Boxes, SeamMerger, largest_polygon, polygonal, tile_boxes
+from geovision.merge import Boxes, SeamMerger, largest_polygons, tile_boxes
 from geovision.raster import (
     ReadPlan,
     TileData,
@@ -331,8 +331,9 @@ def _keep_on_data(td: TileData, dets: Detections, grid: TileGrid) -> Boxes:
 
 
 def _clean_outlines(boxes: Boxes, polys: np.ndarray, plan: ReadPlan, opts: VectorizeOptions) -> Boxes:
-    """Instance outlines cleaned up as the model says (:func:`.vectorize.clean`), then with
-    ``disjoint`` carved apart; objects whose outline goes, or falls below the minimum area, go too."""
+    """Instance outlines (``boxes.polys``) cleaned up as the model says (:func:`.vectorize.clean`),
+    then with ``disjoint`` carved apart; objects whose outline goes, or falls below the minimum
+    area, go too."""
     pixel_m = (plan.pixel_size_m[0] * plan.pixel_size_m[1]) ** 0.5
     out = np.empty(len(polys), dtype=object)
     out[:] = [clean(g, opts, pixel_m, plan.pixel_area_m2) for g in polys]
@@ -349,17 +350,15 @@ def _to_features(
     boxes: Boxes, plan: ReadPlan, cfg: ModelConfig, source: str, opts: VectorizeOptions
 ) -> gpd.GeoDataFrame:
     """Model-grid boxes (or instance outlines, cleaned up by ``opts``) to polygons in the raster's CRS."""
-    if boxes.polys is not None:
+    if boxes.polys is not None:  # outlines cleaned up, then clipped to the raster like the boxes
         boxes = _clean_outlines(boxes, boxes.polys, plan, opts)
-    x1, y1, x2, y2 = boxes.xyxy.T
-    if boxes.polys is not None:  # outlines, clipped to the raster like the boxes
         grid_box = shapely.box(0, 0, plan.width, plan.height)
-        outlines = polygonal(shapely.intersection(boxes.polys, grid_box))
-        split = np.flatnonzero(shapely.get_type_id(outlines) != shapely.GeometryType.POLYGON)
-        outlines[split] = [largest_polygon(g) or shapely.Polygon() for g in outlines[split]]  # one polygon each
+        outlines = largest_polygons(shapely.intersection(boxes.polys, grid_box))  # one polygon each
+        outlines[[g is None for g in outlines]] = shapely.Polygon()
         areas_px = shapely.area(outlines)
         polygons = shapely.transform(outlines, lambda xy: _apply(plan, xy))
     else:
+        x1, y1, x2, y2 = boxes.xyxy.T
         areas_px = (x2 - x1) * (y2 - y1)
         corners = np.stack([np.stack([x1, x2, x2, x1], axis=1), np.stack([y1, y1, y2, y2], axis=1)], axis=2)
         coords = _apply(plan, corners.reshape(-1, 2)).reshape(-1, 4, 2)

@@ -229,6 +229,15 @@ def _merge_groups(b: Boxes, labels: np.ndarray) -> Boxes:
     return out
 
 
+def largest_polygons(geoms: np.ndarray) -> np.ndarray:
+    """Each geometry's largest polygon, None where it holds none: an outline clipped to a frame
+    can come back in pieces, or with a piece of the frame's edge as a line."""
+    out = polygonal(np.array(geoms, dtype=object))
+    split = np.flatnonzero(shapely.get_type_id(out) != shapely.GeometryType.POLYGON)
+    out[split] = [largest_polygon(g) for g in out[split]]
+    return out
+
+
 def largest_polygon(geom: shapely.Geometry) -> shapely.Polygon | None:
     """The largest polygon of a geometry that came out in pieces (a union whose pieces do not
     quite touch, a repaired self-intersection); ``geom`` itself if a polygon, None if it holds none."""

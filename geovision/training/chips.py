@@ -25,7 +25,7 @@ from rasterio import features
 from shapely import affinity
 
 from geovision.labels import ImageLabels, ImageShapes
-from geovision.merge import largest_polygon, polygonal
+from geovision.merge import largest_polygons, polygonal
 from geovision.raster import Normalization, ReadPlan, TileData, open_raster, plan_read, read_tile
 from geovision.tiling import Tile, TileGrid
 
@@ -275,8 +275,7 @@ def _outline_lines(geoms: np.ndarray, classes: np.ndarray, tile: Tile, min_visib
     enough = shapely.area(seen) >= np.maximum(min_visible * shapely.area(geoms[hits]), 1e-12)
     s = float(tile.size)
     lines = []
-    for i, part in zip(hits[enough], seen[enough]):
-        largest = largest_polygon(part)
+    for i, largest in zip(hits[enough], largest_polygons(seen[enough])):
         ring = np.asarray(largest.exterior.coords)[:-1] if largest is not None else np.zeros((0, 2))
         if len(ring) < 3:
             continue
