@@ -33,6 +33,7 @@ import shapely
 import yaml
 
 import geovision
+from geovision.config import VectorizeOptions
 from geovision.evaluate import Scores, evaluate
 from geovision.labels import LabelReport, read_pixel_labels
 from geovision.raster import open_raster
@@ -196,14 +197,26 @@ def score_site(
     return res
 
 
-def fold(spec: TrainSpec, held: list[str], work: Path, epochs: int | None) -> geovision.ModelConfig:
-    """The model trained without the ``held`` sites (trained now unless ``work`` already holds it)."""
+def fold(
+    spec: TrainSpec, held: list[str], work: Path, epochs: int | None, start: Path | None = None
+) -> geovision.ModelConfig:
+    """The model trained without the ``held`` sites (trained now unless ``work`` already holds it).
+
+    With ``start``, a folder of earlier fold models, training starts from the
+    same fold's weights there (the config's own start would have seen the
+    held-out sites).
+    """
     site = "+".join(held)
     out = work / site / "model"
     if (out / "model.yaml").exists():
         return geovision.resolve_model(out / "model.yaml")
-    out.parent.mkdir(parents=True, exist_ok=True)
     fold_spec = without_sites(spec, held, out)
+    if start is not None:
+        weights = start / site / "model" / "weights.pt"
+        if not weights.is_file():
+            raise SystemExit(f"--start {start}: no fold model {weights}")
+        fold_spec = replace(fold_spec, weights=weights)
+    out.parent.mkdir(parents=True, exist_ok=True)
     if epochs:  # a fixed number of epochs, in place of the config's and of its time budget
         options = {k: v for k, v in fold_spec.options.items() if k != "time"}
         fold_spec = replace(fold_spec, epochs=epochs, options=options)
@@ -264,6 +277,9 @@ def main() -> None:
     ap.add_argument(
         "--not-scored", nargs="*", default=[], help="sites held out of training but not scored (seen by start weights)"
     )
+    ap.add_argument(
+        "--start", type=Path, help="folder of earlier fold models: each fold continues from its own (a second stage)"
+    )
     ap.add_argument("--model", help="score this model on every site instead of training folds (not held out!)")
     ap.add_argument(
         "--tta", action="store_true", help="detectors and instance segmenters: score with mirrored views merged (--tta)"
@@ -274,7 +290,7 @@ def main() -> None:
         action="append",
         default=[],
         metavar="FIELD=VALUE",
-        help="score with this model setting changed (iou=0.5, resolution_m=0.25, overlap=96; repeatable)",
+        help="score with a model setting changed (iou=0.5, resolution_m=0.25, vectorize.grow_m=-0.3; repeatable)",
     )
     args = ap.parse_args()
     spec = spec_from_mapping(load_train_config(args.config))
@@ -287,8 +303,11 @@ def main() -> None:
     results = []
     for entry in sites:
         held = entry.split("+")
-        model = geovision.resolve_model(args.model) if args.model else fold(spec, held, args.work, args.epochs)
-        model = model.with_overrides(**settings)
+        if args.model:
+            model = geovision.resolve_model(args.model)
+        else:
+            model = fold(spec, held, args.work, args.epochs, args.start)
+        model = with_settings(model, settings)
         for site in (s for s in held if s not in args.not_scored):
             dets = args.work / entry / f"detections-{model.name}-{site}{suffix}"
             dets.mkdir(parents=True, exist_ok=True)
@@ -300,8 +319,9 @@ def main() -> None:
 
 
 def model_settings(pairs: list[str]) -> dict[str, Any]:
-    """``FIELD=VALUE`` pairs as model config overrides (values read as YAML scalars)."""
-    names = {f.name for f in fields(geovision.ModelConfig)}
+    """``FIELD=VALUE`` pairs as model config overrides (values read as YAML scalars); ``vectorize.FIELD``
+    sets one of the polygon clean-up options."""
+    names = {f.name for f in fields(geovision.ModelConfig)} | {f"vectorize.{f.name}" for f in fields(VectorizeOptions)}
     out: dict[str, Any] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
@@ -309,6 +329,13 @@ def model_settings(pairs: list[str]) -> dict[str, Any]:
             raise SystemExit(f"--set {pair}: give FIELD=VALUE with a model config field ({', '.join(sorted(names))})")
         out[key] = yaml.safe_load(value)
     return out
+
+
+def with_settings(model: geovision.ModelConfig, settings: dict[str, Any]) -> geovision.ModelConfig:
+    """``model`` with the ``--set`` overrides applied."""
+    nested = {k.removeprefix("vectorize."): v for k, v in settings.items() if k.startswith("vectorize.")}
+    plain = {k: v for k, v in settings.items() if not k.startswith("vectorize.")}
+    return replace(model.with_overrides(**plain), vectorize=replace(model.vectorize, **nested))
 
 
 if __name__ == "__main__":

@@ -53,7 +53,7 @@ class VectorizeOptions:
     simplify_m: float = 0.0
     min_area_m2: float = 0.0
     fill_holes: bool = False
-    #: outward growth, for models whose objects come out shrunk by an outline band
+    #: outward growth, for models whose objects come out shrunk by an outline band (negative: inward)
     grow_m: float = 0.0
     #: square outlines up (:mod:`geovision.regularize`), for buildings
     regularize: bool = False

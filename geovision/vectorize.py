@@ -124,8 +124,10 @@ def clean(
     (a segmenter's region or an instance segmenter's mask); None if it goes."""
     if opts.fill_holes and geom.interiors:
         geom = shapely.Polygon(geom.exterior)
-    if opts.grow_m > 0:
-        geom = geom.buffer(opts.grow_m / pixel_m, join_style="mitre")
+    if opts.grow_m:  # out, or in where negative: a model whose outlines come out too fat
+        geom = largest_polygon(geom.buffer(opts.grow_m / pixel_m, join_style="mitre"))
+        if geom is None:
+            return None
     if opts.regularize:
         geom = regularize(geom, tolerance=max(1.0, opts.simplify_m / pixel_m))
     elif opts.simplify_m > 0:

@@ -26,12 +26,10 @@ from geovision.backends import Detections
 from geovision.config import ModelConfig
 
 os.environ.setdefault("YOLO_OFFLINE", "1")
-# Models exported to ONNX on first use go to a cache of this run's own, not the user's.
-TEST_CACHE = Path(tempfile.mkdtemp(prefix="geovision-test-cache-"))
-os.environ["GEOVISION_CACHE"] = str(TEST_CACHE)
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE_TREES = ROOT / "sample_tiles" / "OSBS_029.tif"
+CACHE_KEY = pytest.StashKey[Path]()
 
 
 class BlobDetector:
@@ -185,8 +183,20 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
-def pytest_sessionfinish(session, exitstatus):
-    shutil.rmtree(TEST_CACHE, ignore_errors=True)
+def pytest_configure(config):
+    """Models exported to ONNX on first use go to a cache of this run's own, not the user's.
+
+    Made here, not on import: tests that import helpers from ``tests.conftest``
+    load this file a second time under that name, and each import would leave
+    a folder behind.
+    """
+    config.stash[CACHE_KEY] = Path(tempfile.mkdtemp(prefix="geovision-test-cache-"))
+    os.environ["GEOVISION_CACHE"] = str(config.stash[CACHE_KEY])
+
+
+def pytest_unconfigure(config):
+    if CACHE_KEY in config.stash:
+        shutil.rmtree(config.stash[CACHE_KEY], ignore_errors=True)
 
 
 def without_onnx(model: str, folder: Path) -> Path:

@@ -85,3 +85,14 @@ def test_clean_grows_regularises_and_filters_in_metres():
     squared = clean(shape.geom, VectorizeOptions(grow_m=0.3, regularize=True), 0.3, 0.09)
     assert squared is not None and len(squared.exterior.coords) - 1 == 6
     assert clean(shape.geom, VectorizeOptions(min_area_m2=grown.area * 0.09 * 2), 0.3, 0.09) is None
+
+
+def test_negative_growth_shrinks_keeps_the_larger_part_and_drops_what_vanishes():
+    square = shapely.box(0, 0, 20, 20)  # 6 m a side at 0.3 m
+    shrunk = clean(square, VectorizeOptions(grow_m=-0.3), 0.3, 0.09)
+    assert shrunk is not None and shrunk.bounds == pytest.approx((1, 1, 19, 19))
+    # two rooms joined by a corridor one pixel wide: shrinking cuts it, the larger room stays
+    rooms = [shapely.box(0, 0, 20, 20), shapely.box(20, 9.5, 30, 10.5), shapely.box(30, 5, 40, 15)]
+    part = clean(shapely.union_all(rooms), VectorizeOptions(grow_m=-0.3), 0.3, 0.09)
+    assert part is not None and part.geom_type == "Polygon" and part.bounds == pytest.approx((1, 1, 19, 19))
+    assert clean(square, VectorizeOptions(grow_m=-3.0), 0.3, 0.09) is None  # 10 px in from each side: nothing

@@ -32,6 +32,7 @@ from geovision.training.chips import (
 from geovision.training.smp import pixel_scores
 from tests.conftest import UTM_10CM, squares_image, write_raster
 
+ROOT = Path(__file__).resolve().parents[1]
 VOC = (
     "<annotation><object><name>Tree</name><bndbox><xmin>{}</xmin><ymin>{}</ymin><xmax>{}</xmax><ymax>{}</ymax>"
     "</bndbox></object></annotation>"
@@ -238,3 +239,19 @@ def test_instance_chips_take_self_crossing_footprints(tmp_path):
     assert stats.train == 4 and len(lines) == 1  # the bowtie's larger triangle (both are equal: either)
     xy = np.asarray(lines[0].split()[1:], float).reshape(-1, 2) * 64
     assert shapely.Polygon(xy).area == pytest.approx(15 * 30 / 2, rel=0.02)
+
+
+@pytest.mark.skipif(not (ROOT.parent / "shared" / "data").is_dir(), reason="needs the project's shared data")
+def test_every_training_config_reads_and_each_stage_starts_from_another_stage():
+    configs = sorted((ROOT / "configs" / "training").glob("*.yaml"))
+    specs = {p.stem: spec_from_mapping(load_train_config(p)) for p in configs}
+    written = {s.output.resolve() / "weights.pt": name for name, s in specs.items()}
+    for name, spec in specs.items():
+        assert spec.images and all(p.is_file() for p in (*spec.images, *spec.labels)), name
+        if spec.weights is not None:  # a second stage: the weights are what a first stage writes
+            assert written.get(spec.weights.resolve()) not in (None, name), name
+        package = ROOT / "configs" / "models" / name
+        if package.is_dir():  # a shipped model is written by the config of its name
+            assert spec.output.resolve() == package.resolve(), name
+    shipped = {p.name for p in (ROOT / "configs/models").iterdir() if (p / "model.yaml").is_file()}
+    assert shipped <= specs.keys()
