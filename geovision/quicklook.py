@@ -21,7 +21,6 @@ import rasterio
 import shapely
 from affine import Affine
 from rasterio.enums import Resampling
-from shapely import affinity
 
 from geovision.errors import RasterError
 from geovision.evaluate import evaluate, read_layer
@@ -63,9 +62,7 @@ def quicklook(
         scale = max(1.0, max(ds.width, ds.height) / size)
         width, height = max(1, round(ds.width / scale)), max(1, round(ds.height / scale))
         image = _read_stretched(ds, width, height, bands)
-        t, sx, sy = ds.transform, ds.width / width, ds.height / height
-        # the overview's pixel grid, written out: affine 3 warns on `*` and affine 2 has no `@`
-        i = ~Affine(t.a * sx, t.b * sy, t.c, t.d * sx, t.e * sy, t.f)
+        to_pixels = ~(ds.transform @ Affine.scale(ds.width / width, ds.height / height))
         crs = ds.crs
     canvas = Image.fromarray(image)
     draw = ImageDraw.Draw(canvas)
@@ -76,8 +73,9 @@ def quicklook(
         counts[name] = len(gdf)
         for geom in gdf.geometry:
             for ring in _rings(geom):
-                pixels = shapely.get_coordinates(affinity.affine_transform(ring, (i.a, i.b, i.d, i.e, i.c, i.f)))
-                draw.line([tuple(p) for p in pixels.tolist()], fill=colour, width=line)
+                xy = shapely.get_coordinates(ring)
+                cols, rows = to_pixels @ (xy[:, 0], xy[:, 1])
+                draw.line(list(zip(cols.tolist(), rows.tolist())), fill=colour, width=line)
     _legend(draw, {f"{k} ({counts[k]})": c for k, (_, c) in layers.items()})
     with atomic_output(out) as tmp:
         canvas.save(tmp, format="PNG")

@@ -19,11 +19,6 @@ SAMPLES = Path(__file__).resolve().parents[1] / "sample_tiles"
 CRS = "EPSG:32617"
 
 
-def corner(transform, col: float, row: float) -> tuple[float, float]:
-    """Map coordinates of a pixel corner."""
-    return rasterio.transform.xy(transform, row, col, offset="ul")
-
-
 def colour_near(png: Path, col: int, row: int, colour, radius: int = 2) -> bool:
     """Whether ``colour`` is drawn within ``radius`` px of (col, row)."""
     rgb = np.asarray(Image.open(png).convert("RGB")).astype(int)
@@ -36,7 +31,7 @@ def test_sample_tile_with_predictions_drawn_in_place(tmp_path):
     with rasterio.open(tile) as ds:
         t, crs, w, h = ds.transform, ds.crs, ds.width, ds.height
     # a box over source pixels 200..260 x 150..210, away from the legend
-    box = shapely.box(*corner(t, 200, 210), *corner(t, 260, 150))
+    box = shapely.box(*(t @ (200, 210)), *(t @ (260, 150)))
     gpd.GeoDataFrame({"class": ["tree"]}, geometry=[box], crs=crs).to_crs("EPSG:4326").to_file(tmp_path / "p.geojson")
     r = CliRunner().invoke(
         main, ["quicklook", str(tile), str(tmp_path / "p.geojson"), "-o", str(tmp_path / "look.png"), "--size", "200"]
@@ -59,7 +54,7 @@ def test_truth_colours_tp_fp_fn(tmp_path):
         t, crs = ds.transform, ds.crs
 
     def px_box(c0, r0, c1, r1):
-        return shapely.box(*corner(t, c0, r1), *corner(t, c1, r0))
+        return shapely.box(*(t @ (c0, r1)), *(t @ (c1, r0)))
 
     truth = gpd.GeoDataFrame(geometry=[px_box(100, 100, 140, 140), px_box(300, 300, 340, 340)], crs=crs)
     pred = gpd.GeoDataFrame(geometry=[px_box(102, 100, 142, 140), px_box(200, 300, 240, 340)], crs=crs)
@@ -90,7 +85,7 @@ def test_wide_raster_is_read_at_quicklook_size(tmp_path):
         ramp = np.broadcast_to(np.linspace(0, 255, 1000, dtype=np.uint8), (3, 600, 1000))
         for k in range(20):
             ds.write(ramp, window=rasterio.windows.Window(k * 1000, 0, 1000, 600))
-    target = shapely.box(*corner(transform, 15000, 400), *corner(transform, 15400, 200))
+    target = shapely.box(*(transform @ (15000, 400)), *(transform @ (15400, 200)))
     pred = gpd.GeoDataFrame(geometry=[target], crs=CRS)
     look = quicklook(path, tmp_path / "wide.png", pred, size=1000)
     assert (look.width, look.height) == (1000, 30)
