@@ -1,8 +1,10 @@
 """Score models on imagery they never trained on: leave one site out.
 
     python benchmarks/eval_models.py configs/training/trees.yaml --work runs/trees-loso
-    python benchmarks/eval_models.py configs/training/buildings.yaml --work runs/buildings-loso \\
-        --sites kampala rio
+    python benchmarks/eval_models.py configs/training/buildings-base.yaml --work runs/buildings-loso \\
+        --sites kampala+rio-b
+    python benchmarks/eval_models.py configs/training/buildings.yaml --work runs/buildings-2 \\
+        --start runs/buildings-loso --sites kampala+rio-b     # a second stage, from each fold's first
 
 For each site of the training config (its ``datasets``), a model is trained
 with ``geovision train`` on every other site, then ``geovision detect`` runs
@@ -197,6 +199,15 @@ def score_site(
     return res
 
 
+def sites_seen_by(weights: Path | None) -> set[str]:
+    """The sites a package's weights trained on, from the model.yaml beside them (none if unknown)."""
+    record = weights.parent / "model.yaml" if weights is not None else None
+    if record is None or not record.is_file():
+        return set()
+    data = yaml.safe_load(record.read_text()) or {}
+    return set(data.get("training", {}).get("data", {}).get("sites") or ())
+
+
 def fold(
     spec: TrainSpec, held: list[str], work: Path, epochs: int | None, start: Path | None = None
 ) -> geovision.ModelConfig:
@@ -216,6 +227,11 @@ def fold(
         if not weights.is_file():
             raise SystemExit(f"--start {start}: no fold model {weights}")
         fold_spec = replace(fold_spec, weights=weights)
+    elif seen := sorted(set(held) & sites_seen_by(fold_spec.weights)):
+        raise SystemExit(
+            f"[{site}] the config starts from {fold_spec.weights}, which trained on {', '.join(seen)}: "
+            "give --start with the first stage's fold models"
+        )
     out.parent.mkdir(parents=True, exist_ok=True)
     if epochs:  # a fixed number of epochs, in place of the config's and of its time budget
         options = {k: v for k, v in fold_spec.options.items() if k != "time"}

@@ -311,9 +311,7 @@ def _segment(
 
 def _apply(plan: ReadPlan, xy: np.ndarray) -> np.ndarray:
     """Model-grid pixel coordinates (n, 2) to the raster's CRS."""
-    a = plan.transform
-    x, y = xy[:, 0], xy[:, 1]
-    return np.c_[a.a * x + a.b * y + a.c, a.d * x + a.e * y + a.f]
+    return np.column_stack(plan.transform @ (xy[:, 0], xy[:, 1]))
 
 
 def _keep_on_data(td: TileData, dets: Detections, grid: TileGrid) -> Boxes:

@@ -54,11 +54,11 @@ def test_buildings_on_the_rio_tile_are_outlined_one_each_and_squared(tmp_path):
     pred = gpd.read_file(out, layer="buildings")
     truth = gpd.read_file(SAMPLES / "spacenet_rio.geojson")
     assert pred.crs == truth.crs and len(pred) >= 50
-    assert (pred["class"] == "building").all() and pred["score"].between(0.15, 1).all()
+    assert (pred["class"] == "building").all() and pred["score"].between(0.2, 1).all()
     r = cli("evaluate", str(out), str(SAMPLES / "spacenet_rio.geojson"), "--class-field", "", "--json")
     scores = json.loads(r.stdout)["overall"]
-    # polygons at IoU 0.5 on this training tile: measured P 0.33, R 0.26, F1 0.29 (67 outlines, 85 footprints)
-    assert scores["precision"] >= 0.25 and scores["f1"] >= 0.25
+    # polygons at IoU 0.5 on this training tile: measured P 0.41, R 0.29, F1 0.34 (61 outlines, 85 footprints)
+    assert scores["precision"] >= 0.33 and scores["f1"] >= 0.28
     # one polygon per building: no two outlines overlap (disjoint), and each is one polygon
     p = pred.to_crs(pred.estimate_utm_crs())
     assert (p.geom_type == "Polygon").all()
@@ -77,11 +77,11 @@ def test_buildings_read_a_one_band_16_bit_tile(tmp_path):
     cli("detect", str(SAMPLES / "spacenet_atlanta.tif"), "-m", "buildings", "-o", str(out), "-q")
     pred = gpd.read_file(out, layer="buildings")
     with rasterio.open(SAMPLES / "spacenet_atlanta.tif") as ds:
-        assert pred.crs == ds.crs and len(pred) >= 20
+        assert pred.crs == ds.crs and len(pred) >= 10
         assert shapely.box(*ds.bounds).buffer(1).contains(pred.union_all())
     r = cli("evaluate", str(out), str(SAMPLES / "spacenet_atlanta.geojson"), "--class-field", "", "--json")
     scores = json.loads(r.stdout)["overall"]
-    assert scores["precision"] >= 0.15 and scores["f1"] >= 0.15  # measured 0.25 and 0.20 (28 outlines): weak on 1-band
+    assert scores["precision"] >= 0.35 and scores["f1"] >= 0.18  # measured 0.54 and 0.25 (13 outlines): weak on 1-band
 
 
 def test_the_unet_segmenter_writes_masks_of_a_one_band_tile(tmp_path):

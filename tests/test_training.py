@@ -118,6 +118,9 @@ def test_train_cli_to_package_that_detect_and_onnx_run(tmp_path):
     assert cfg["classes"] == ["hut"] and cfg["tile_size"] == 64 and cfg["resolution"] == 0.1
     assert len(cfg["sha256"]) == 64 and (pkg / cfg["weights"]).is_file()
     assert "metrics" in cfg and cfg["training"]["data"]["labels_dropped"] == {"outside every image": 1}
+    # the data is recorded relative to the package, so the record holds wherever the project is cloned
+    assert cfg["training"]["data"]["images"] == ["../" + img.name]
+    assert (pkg / cfg["training"]["data"]["labels"][0]).resolve() == labels.resolve()
     assert not list(tmp_path.glob(".huts*")), "staging folder left behind"
     # the package runs in detect (untrained after one epoch: we check it runs, not what it finds)
     torch_result = geovision.detect(img, pkg / "model.yaml", confidence=0.001)

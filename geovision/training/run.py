@@ -282,16 +282,27 @@ def _data_summary(spec: TrainSpec) -> str:
 
 
 def _data_info(spec: TrainSpec, report: LabelReport, **counts: int) -> dict[str, Any]:
-    """What the model was trained on, recorded in its model.yaml."""
+    """What the model was trained on, recorded in its model.yaml.
+
+    Paths are relative to the package, so that the record holds in any clone of a project.
+    """
     return {
-        "images": [str(p) for p in spec.images],
-        "labels": [str(p) for p in spec.labels],
+        "images": [_relative(p, spec.output) for p in spec.images],
+        "labels": [_relative(p, spec.output) for p in spec.labels],
         "sites": sorted(set(spec.sites)) if spec.sites else None,
         "labels_used": report.used,
         "labels_dropped": dict(report.dropped),
         **counts,
         "split": f"spatial blocks of {spec.tile_size} px, {spec.val_fraction:.0%} held out, seed {spec.seed}",
     }
+
+
+def _relative(path: Path, start: Path) -> str:
+    """``path`` relative to the folder ``start``, or as given where it cannot be (another drive)."""
+    try:
+        return Path(os.path.relpath(path.resolve(), start.resolve())).as_posix()
+    except ValueError:
+        return str(path)
 
 
 def _regions_yaml(regions: list[tuple[str, tuple[float, float, float, float]]]) -> list[dict[str, Any]]:
