@@ -311,7 +311,8 @@ def _segment(
 
 def _apply(plan: ReadPlan, xy: np.ndarray) -> np.ndarray:
     """Model-grid pixel coordinates (n, 2) to the raster's CRS."""
-    return np.column_stack(plan.transform @ (xy[:, 0], xy[:, 1]))
+    # affine's type hints give @ one point; it maps arrays of coordinates as well
+    return np.column_stack(plan.transform @ (xy[:, 0], xy[:, 1]))  # type: ignore[operator, arg-type]
 
 
 def _keep_on_data(td: TileData, dets: Detections, grid: TileGrid) -> Boxes:

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import importlib.util
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import yaml
 
+import geovision
+from geovision.nms import batched_nms
 from tests.test_training import scene
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "eval_models.py"
@@ -35,3 +39,30 @@ def test_a_second_stage_is_not_scored_from_weights_that_saw_the_held_out_site(tm
     assert r.returncode != 0
     assert "trained on east" in r.stderr and "--start" in r.stderr, r.stderr
     assert not (work / "east" / "model").exists(), "a fold model was trained from weights that saw its site"
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("eval_models", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_union_of_reading_scales_is_each_scale_once(tmp_path):
+    """--scales pools a detector's runs at several resolutions: a scale given twice adds nothing, and
+    a second scale adds what the first did not find (no box twice)."""
+    em = load_script()
+    model = geovision.resolve_model("trees-fast")
+    tile = Path(__file__).resolve().parents[1] / "sample_tiles" / "OSBS_029.tif"
+    site = SimpleNamespace(image_resolution=None)  # a georeferenced tile needs nothing else of the config
+    single, _ = em.cached_predict(model, site, tile, tmp_path / "single.gpkg", 0.1)
+    twice, _ = em.union_predict(model, site, tile, tmp_path / "twice", "osbs.gpkg", 0.1, [0.2, 0.2])
+    assert len(single) > 20 and len(twice) == len(single)
+    assert sorted(twice["score"].round(4)) == sorted(single["score"].round(4))
+    coarse, _ = em.cached_predict(model.with_overrides(resolution_m=0.3), site, tile, tmp_path / "c.gpkg", 0.1)
+    both, _ = em.union_predict(model, site, tile, tmp_path / "both", "osbs.gpkg", 0.1, [0.2, 0.3])
+    assert max(len(single), len(coarse)) <= len(both) < len(single) + len(coarse)
+    bounds = both.geometry.bounds.to_numpy()
+    keep = batched_nms(bounds, both["score"].to_numpy(), both["class_id"].to_numpy(), model.iou)
+    assert len(keep) == len(both)  # nothing left to deduplicate

@@ -15,7 +15,7 @@ from PIL import Image
 
 import geovision
 from geovision.cli.main import main
-from geovision.labels import LabelReport, read_vector_labels
+from geovision.labels import LabelReport, read_vector_labels, read_vector_shapes
 from geovision.training.chips import ChipOptions, chip_detection_dataset
 from tests.conftest import squares_image, write_raster
 
@@ -80,6 +80,35 @@ def test_chips_and_their_labels_line_up_and_split_leaks_nothing(tmp_path):
         return cover[:256, :256]
 
     assert not (footprint("train") & footprint("val")).any()
+
+
+@pytest.mark.parametrize("outlines", [False, True], ids=["boxes", "outlines"])
+def test_labels_on_no_data_are_not_taught(tmp_path, outlines):
+    """A footprint mapped where the raster holds no data (a mosaic's empty part) is no label of any
+    chip; one half on imagery is kept only while that half is enough of it (min_visible 0.4)."""
+    squares = [(10, 10, 30, 30), (80, 10, 100, 30), (40, 40, 60, 60), (20, 70, 30, 90)]
+    data = squares_image(128, 128, squares)
+    data[:, :, 70:] = 0  # no data east of column 70: the second square is OSM's, not the image's
+    data[:, 75:, :] = 0  # and south of row 75: the fourth square is three quarters on no data
+    img = write_raster(tmp_path / "mosaic.tif", data, transform=T, nodata=0)
+    polys = [shapely.box(*(T @ (x1, y2)), *(T @ (x2, y1))) for x1, y1, x2, y2 in squares]
+    labels = tmp_path / "labels.gpkg"
+    gpd.GeoDataFrame({"kind": ["hut"] * 4}, geometry=polys, crs="EPSG:32617").to_file(labels)
+    read = read_vector_shapes if outlines else read_vector_labels
+    [item] = read(labels, [img], ["hut"], LabelReport(), class_field="kind")
+    out = tmp_path / "chips"
+    opts = ChipOptions(tile_size=128, resolution_m=0.1, val_fraction=0.0, max_empty_share=0.0)
+    stats = chip_detection_dataset([item], out, opts, ["hut"])
+    assert stats.train == 2  # the chip and its transpose
+    [txt] = [t for t in (out / "labels" / "train").glob("*.txt") if not t.stem.endswith("_T")]
+    centres = []
+    for line in txt.read_text().splitlines():
+        values = np.asarray(line.split()[1:], float) * 128
+        if outlines:  # x y pairs of the outline
+            xy = values.reshape(-1, 2)
+            values = np.r_[(xy.min(0) + xy.max(0)) / 2]
+        centres.append(tuple(np.round(values[:2])))  # a box's centre x, y come first
+    assert sorted(centres) == [(20.0, 20.0), (50.0, 50.0)]
 
 
 def test_train_cli_to_package_that_detect_and_onnx_run(tmp_path):

@@ -172,7 +172,7 @@ def chip_detection_dataset(
             lines_of, centres = _label_lines(item, plan, opts.min_visible)
             for split, td in cut_chips(ds, plan, centres, opts, rng, stats.split):
                 tile = td.tile
-                lines = lines_of(tile)
+                lines = lines_of(tile, td.valid)
                 name = f"{n:03d}_{item.image.stem}_{tile.y0}_{tile.x0}"
                 if not lines:
                     empty_pool[split].append((td.image, name))
@@ -227,8 +227,23 @@ def _split_of(tile: Tile, blocks: TileGrid, held: set[tuple[int, int]]) -> str |
     return "val" if inside == touched else None
 
 
-def _yolo_lines(boxes: np.ndarray, classes: np.ndarray, tile: Tile, min_visible: float) -> list[str]:
-    """YOLO label lines for the boxes enough of which is visible in ``tile``."""
+def valid_share(valid: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """Share of each box (x1, y1, x2, y2 in the chip's pixels) that lies on valid pixels (not no data)."""
+    if len(boxes) == 0:
+        return np.zeros(0)
+    h, w = valid.shape
+    boxes = np.nan_to_num(boxes)  # the bounds of an empty outline
+    table = np.pad(valid.astype(np.int64).cumsum(0).cumsum(1), ((1, 0), (1, 0)))  # summed-area table
+    x1 = np.clip(np.floor(boxes[:, 0]).astype(int), 0, w)
+    y1 = np.clip(np.floor(boxes[:, 1]).astype(int), 0, h)
+    x2 = np.clip(np.ceil(boxes[:, 2]).astype(int), 0, w)
+    y2 = np.clip(np.ceil(boxes[:, 3]).astype(int), 0, h)
+    count = table[y2, x2] - table[y1, x2] - table[y2, x1] + table[y1, x1]
+    return count / np.maximum((x2 - x1) * (y2 - y1), 1)
+
+
+def _yolo_lines(boxes: np.ndarray, classes: np.ndarray, tile: Tile, min_visible: float, valid: np.ndarray) -> list[str]:
+    """YOLO label lines for the boxes enough of which is visible in ``tile`` on imagery (not no data)."""
     if len(boxes) == 0:
         return []
     x1 = np.clip(boxes[:, 0], tile.x0, tile.x1)
@@ -237,6 +252,7 @@ def _yolo_lines(boxes: np.ndarray, classes: np.ndarray, tile: Tile, min_visible:
     y2 = np.clip(boxes[:, 3], tile.y0, tile.y1)
     full = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
     seen = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
+    seen = seen * valid_share(valid, np.c_[x1 - tile.x0, y1 - tile.y0, x2 - tile.x0, y2 - tile.y0])
     keep = (seen > 0) & (seen >= min_visible * full)
     s = float(tile.size)
     return [
@@ -248,31 +264,40 @@ def _yolo_lines(boxes: np.ndarray, classes: np.ndarray, tile: Tile, min_visible:
 
 def _label_lines(
     item: ImageLabels | ImageShapes, plan: ReadPlan, min_visible: float
-) -> tuple[Callable[[Tile], list[str]], np.ndarray]:
-    """A tile's YOLO label lines (boxes or outlines) of one image, and its label centres, on the model grid."""
+) -> tuple[Callable[[Tile, np.ndarray], list[str]], np.ndarray]:
+    """A tile's YOLO label lines (boxes or outlines) of one image, and its label centres, on the model grid.
+
+    The lines are of the labels enough of which lies in the tile on imagery (its valid pixels, the
+    second argument): a footprint that OpenStreetMap has where a mosaic holds no data is no
+    building the network could see, so it is not taught as one.
+    """
     if isinstance(item, ImageShapes):
         scale = (1 / plan.scale_x, 0, 0, 1 / plan.scale_y, 0, 0)
         geoms = np.empty(len(item.geoms), dtype=object)
         geoms[:] = [affinity.affine_transform(g, scale) for g in item.geoms]
         geoms = polygonal(shapely.make_valid(geoms))  # OSM footprints can cross themselves
         centres = np.asarray([(g.centroid.x, g.centroid.y) for g in geoms]).reshape(-1, 2)
-        return (lambda tile: _outline_lines(geoms, item.classes, tile, min_visible)), centres
+        return (lambda tile, valid: _outline_lines(geoms, item.classes, tile, min_visible, valid)), centres
     boxes = item.boxes.copy()
     boxes[:, [0, 2]] /= plan.scale_x
     boxes[:, [1, 3]] /= plan.scale_y
     centres = np.c_[(boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2]
-    return (lambda tile: _yolo_lines(boxes, item.classes, tile, min_visible)), centres
+    return (lambda tile, valid: _yolo_lines(boxes, item.classes, tile, min_visible, valid)), centres
 
 
-def _outline_lines(geoms: np.ndarray, classes: np.ndarray, tile: Tile, min_visible: float) -> list[str]:
+def _outline_lines(
+    geoms: np.ndarray, classes: np.ndarray, tile: Tile, min_visible: float, valid: np.ndarray
+) -> list[str]:
     """YOLO-seg lines (class, then the outline's x y pairs, 0-1 of the tile) for the polygons enough
-    of which is visible in ``tile``; a polygon the tile cuts in parts keeps its largest part."""
+    of which is visible in ``tile`` on imagery (the valid share of the visible part's bounding box);
+    a polygon the tile cuts in parts keeps its largest part."""
     if len(geoms) == 0:
         return []
     frame = shapely.box(tile.x0, tile.y0, tile.x1, tile.y1)
     hits = np.flatnonzero(shapely.intersects(geoms, frame))
     seen = polygonal(shapely.intersection(geoms[hits], frame))
-    enough = shapely.area(seen) >= np.maximum(min_visible * shapely.area(geoms[hits]), 1e-12)
+    on_imagery = valid_share(valid, shapely.bounds(seen) - (tile.x0, tile.y0, tile.x0, tile.y0))
+    enough = shapely.area(seen) * on_imagery >= np.maximum(min_visible * shapely.area(geoms[hits]), 1e-12)
     s = float(tile.size)
     lines = []
     for i, largest in zip(hits[enough], largest_polygons(seen[enough])):
