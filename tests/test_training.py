@@ -85,7 +85,7 @@ def test_chips_and_their_labels_line_up_and_split_leaks_nothing(tmp_path):
 @pytest.mark.parametrize("outlines", [False, True], ids=["boxes", "outlines"])
 def test_labels_on_no_data_are_not_taught(tmp_path, outlines):
     """A footprint mapped where the raster holds no data (a mosaic's empty part) is no label of any
-    chip; one half on imagery is kept only while that half is enough of it (min_visible 0.4)."""
+    chip, nor is one of which only a quarter lies on imagery (under min_visible, 0.4)."""
     squares = [(10, 10, 30, 30), (80, 10, 100, 30), (40, 40, 60, 60), (20, 70, 30, 90)]
     data = squares_image(128, 128, squares)
     data[:, :, 70:] = 0  # no data east of column 70: the second square is OSM's, not the image's
