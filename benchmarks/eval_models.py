@@ -182,13 +182,14 @@ def union_predict(
 ) -> tuple[gpd.GeoDataFrame, dict[str, float]]:
     """A detector's boxes read at each of ``scales`` (m/px), pooled and deduplicated by box NMS at the
     model's IoU: a multi-scale test-time augmentation, scored without changing ``detect``."""
-    parts, info = [], {"seconds": 0.0, "megapixels": 0.0}
+    parts, seconds = [], 0.0
     for r in scales:
         cache = work / f"res{r:g}" / name
         cache.parent.mkdir(parents=True, exist_ok=True)
-        pred, i = cached_predict(model.with_overrides(resolution_m=r), spec, image, cache, confidence)
+        pred, info = cached_predict(model.with_overrides(resolution_m=r), spec, image, cache, confidence)
         parts.append(pred)
-        info = {k: info[k] + i[k] for k in info}
+        seconds += info["seconds"]
+    info = {"seconds": seconds, "megapixels": info["megapixels"]}  # the image's pixels, read once per scale
     pooled = gpd.GeoDataFrame(pd.concat(parts, ignore_index=True), geometry="geometry", crs=parts[0].crs)
     keep = batched_nms(pooled.geometry.bounds.to_numpy(), pooled["score"].to_numpy(), pooled["class_id"], model.iou)
     return pooled.iloc[np.sort(keep)], info
@@ -356,8 +357,9 @@ def main() -> None:
     settings = model_settings(args.set)
     if args.scales and (spec.task != "detect" or args.tta):
         raise SystemExit("--scales is for box detectors, without --tta")
+    scales = "+".join(f"{r:g}" for r in args.scales or ())
     suffix = "".join(f"-{k}{v}" for k, v in settings.items()) + ("-tta" if args.tta else "")
-    suffix += "-scales" + "+".join(f"{r:g}" for r in args.scales) if args.scales else ""
+    suffix += f"-scales{scales}" if scales else ""
     results = []
     for entry in sites:
         held = entry.split("+")
@@ -372,7 +374,7 @@ def main() -> None:
             results.append(score_site(site, model, spec, dets, metrics, args.tta, args.scales or ()))
     name = (args.model or f"{spec.output.name} (folds)") + (" with --tta" if args.tta else "")
     name += "".join(f", {k} {v}" for k, v in settings.items())
-    name += f", union of reads at {' + '.join(f'{r:g}' for r in args.scales)} m" if args.scales else ""
+    name += f", union of reads at {scales.replace('+', ' + ')} m" if scales else ""
     summary = report(results, metrics, name, args.at)
     (args.work / f"results{suffix}.json").write_text(json.dumps(summary, indent=2))
 

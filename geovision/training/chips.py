@@ -227,7 +227,7 @@ def _split_of(tile: Tile, blocks: TileGrid, held: set[tuple[int, int]]) -> str |
     return "val" if inside == touched else None
 
 
-def valid_share(valid: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+def _valid_share(valid: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     """Share of each box (x1, y1, x2, y2 in the chip's pixels) that lies on valid pixels (not no data)."""
     if len(boxes) == 0:
         return np.zeros(0)
@@ -252,7 +252,7 @@ def _yolo_lines(boxes: np.ndarray, classes: np.ndarray, tile: Tile, min_visible:
     y2 = np.clip(boxes[:, 3], tile.y0, tile.y1)
     full = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
     seen = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
-    seen = seen * valid_share(valid, np.c_[x1 - tile.x0, y1 - tile.y0, x2 - tile.x0, y2 - tile.y0])
+    seen = seen * _valid_share(valid, np.c_[x1 - tile.x0, y1 - tile.y0, x2 - tile.x0, y2 - tile.y0])
     keep = (seen > 0) & (seen >= min_visible * full)
     s = float(tile.size)
     return [
@@ -296,7 +296,7 @@ def _outline_lines(
     frame = shapely.box(tile.x0, tile.y0, tile.x1, tile.y1)
     hits = np.flatnonzero(shapely.intersects(geoms, frame))
     seen = polygonal(shapely.intersection(geoms[hits], frame))
-    on_imagery = valid_share(valid, shapely.bounds(seen) - (tile.x0, tile.y0, tile.x0, tile.y0))
+    on_imagery = _valid_share(valid, shapely.bounds(seen) - (tile.x0, tile.y0, tile.x0, tile.y0))
     enough = shapely.area(seen) * on_imagery >= np.maximum(min_visible * shapely.area(geoms[hits]), 1e-12)
     s = float(tile.size)
     lines = []
