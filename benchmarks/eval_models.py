@@ -39,7 +39,7 @@ import yaml
 
 import geovision
 from geovision.config import VectorizeOptions
-from geovision.evaluate import Scores, evaluate
+from geovision.evaluate import Scores, evaluate, inside, read_layer
 from geovision.labels import LabelReport, read_pixel_labels
 from geovision.nms import batched_nms
 from geovision.raster import open_raster
@@ -208,11 +208,16 @@ def score_site(
     with ``scales``, the union of its runs at those reading resolutions (see :func:`union_predict`)."""
     idx = [i for i, s in enumerate(spec.sites or ()) if s == site]
     labels = spec.labels * len(spec.images) if len(spec.labels) == 1 else spec.labels
+    areas = (spec.areas * len(spec.images) if len(spec.areas) == 1 else spec.areas) if spec.areas else None
     sweep = thresholds_for(spec.task)
     res = SiteResult(site, len(idx), 0, 0.0, 0.0, {m: {t: Counts() for t in sweep} for m, _, _ in metrics})
     for i in idx:
         image = spec.images[i]
         truth = truth_layer(spec, image, labels[i])
+        area = read_layer(areas[i], "area").to_crs(truth.crs).union_all() if areas and areas[i] else None
+        area_crs = truth.crs
+        if area is not None:  # the labels are complete there only: objects outside count on neither side
+            truth = inside(truth, area)
         res.truth += len(truth)
         runs = [LOW_CONF] if by_score(spec.task) else sweep
         for k, run_t in enumerate(runs):
@@ -226,6 +231,8 @@ def score_site(
                 res.megapixels += info["megapixels"]
             if truth.crs is not None and pred.crs is not None and truth.crs != pred.crs:
                 truth = truth.to_crs(pred.crs)
+            if area is not None:
+                pred = pred.loc[inside(pred.to_crs(area_crs), area).index]
             for t in sweep if by_score(spec.task) else [run_t]:
                 kept = pred[pred["score"] >= t] if by_score(spec.task) else pred
                 for name, iou, boxes in metrics:

@@ -85,7 +85,7 @@ def _log_to_stderr(quiet: bool) -> None:
 
 
 #: Options that take several values after one flag (``--images a.tif b.tif``).
-LIST_OPTIONS = ("--images", "--labels", "--classes")
+LIST_OPTIONS = ("--images", "--labels", "--classes", "--areas")
 
 
 def expand_list_options(args: list[str]) -> list[str]:
@@ -453,6 +453,11 @@ def batch(
     help="Labels: one vector layer for all images, or one file per image (.xml/.csv pixel boxes).",
 )
 @click.option("--classes", multiple=True, help="Class names, in class-id order.")
+@click.option(
+    "--areas",
+    multiple=True,
+    help="Polygons of where the labels are complete (one layer, or one per image); outside them is no data.",
+)
 @click.option("--class-field", help="Field of the vector labels holding the class name.")
 @click.option("--resolution", type=float, help="Model ground resolution in m/px.")
 @click.option("--image-resolution", type=float, help="m/px of images without georeference.")
@@ -559,6 +564,9 @@ def export(
 @click.option("--iou", type=click.FloatRange(0, 1), default=0.5, show_default=True, help="IoU for a match.")
 @click.option("--class-field", default="class", show_default=True, help="Field with class names ('' for one class).")
 @click.option("--boxes", is_flag=True, help="Compare envelopes (box precision/recall, as DeepForest reports).")
+@click.option(
+    "--area", type=click.Path(path_type=str), help="Polygons of where TRUTH is complete: objects outside do not count."
+)
 @click.option("--classes", multiple=True, help="Class raster: names of values 1, 2, ... (default: from its tags).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON.")
 @click.option("--report", type=click.Path(path_type=str), help="Also write a Markdown report (and its PR curve PNG).")
@@ -571,6 +579,7 @@ def evaluate(
     iou: float,
     class_field: str,
     boxes: bool,
+    area: str | None,
     classes: tuple[str, ...],
     as_json: bool,
     report: str | None,
@@ -584,6 +593,7 @@ def evaluate(
     `detect --mask-out` (pixel metrics; TRUTH a vector layer or a class raster
     on the same grid).
     """
+    from geovision.errors import EvaluationError
     from geovision.raster import RASTER_INPUT_SUFFIXES
     from geovision.report import summary_line, table_rows, text_table, write_report
 
@@ -591,11 +601,14 @@ def evaluate(
         if Path(pred).suffix.lower() in RASTER_INPUT_SUFFIXES:  # a class raster: pixel metrics
             from geovision.pixel_eval import evaluate_pixels
 
+            if area:
+                raise EvaluationError("--area applies to vector predictions (object metrics), not a class raster")
+
             ev: Any = evaluate_pixels(pred, truth, class_field or None, list(classes) or None)
         else:
             from geovision.evaluate import evaluate as evaluate_objects
 
-            ev = evaluate_objects(pred, truth, iou=iou, class_field=class_field or None, boxes=boxes)
+            ev = evaluate_objects(pred, truth, iou=iou, class_field=class_field or None, boxes=boxes, area=area)
         if report:
             write_report(ev, report, pred, truth, overwrite=overwrite)
         return ev

@@ -6,7 +6,8 @@ objects of the same class, greedily by score, when their IoU reaches the
 threshold; candidate pairs come from an STRtree. From the matches:
 precision, recall and F1 per class and overall (SpaceNet's polygon F1 at
 IoU 0.5), and with scores, COCO-style average precision (101-point
-interpolation) at 0.5 and averaged over IoU 0.50:0.95.
+interpolation) at 0.5 and averaged over IoU 0.50:0.95. With an ``area`` (where
+the truth is complete), only objects inside it count on either side.
 """
 
 from __future__ import annotations
@@ -93,6 +94,12 @@ def _names(values: Any) -> str:
     return ", ".join(sorted({str(v) for v in values})) or "none"
 
 
+def inside(gdf: gpd.GeoDataFrame, area: Any) -> gpd.GeoDataFrame:
+    """The features of ``gdf`` whose inner point (on the feature, unlike a centroid) lies in ``area``."""
+    points = shapely.point_on_surface(gdf.geometry.to_numpy())
+    return gdf[shapely.contains_xy(area, shapely.get_x(points), shapely.get_y(points))]
+
+
 def read_layer(path: str | os.PathLike[str], role: str) -> gpd.GeoDataFrame:
     """A predicted or truth layer, less its empty geometries."""
     gdf = read_vector(path, EvaluationError, role)
@@ -106,12 +113,15 @@ def evaluate(
     class_field: str | None = "class",
     score_field: str | None = "score",
     boxes: bool = False,
+    area: str | os.PathLike[str] | gpd.GeoDataFrame | None = None,
 ) -> Evaluation:
     """Compare ``pred`` with ``truth``; see the module docstring.
 
     ``class_field`` missing from a layer means one class for it; with
     ``boxes`` both layers are compared by their envelopes (as DeepForest
-    reports box precision and recall).
+    reports box precision and recall). ``area``: polygons of where the truth
+    is complete (OpenStreetMap mapped one district); objects whose inner
+    point lies outside are left out of both layers.
     """
     p = pred if isinstance(pred, gpd.GeoDataFrame) else read_layer(pred, "predictions")
     t = truth if isinstance(truth, gpd.GeoDataFrame) else read_layer(truth, "truth")
@@ -119,6 +129,12 @@ def evaluate(
         raise EvaluationError("truth layer holds no features")
     crs = t.crs if t.crs.is_projected else t.estimate_utm_crs()
     p, t = _valid(p.to_crs(crs)), _valid(t.to_crs(crs))
+    if area is not None:
+        a = area if isinstance(area, gpd.GeoDataFrame) else read_layer(area, "area")
+        where = shapely.union_all(_valid(a.to_crs(crs)).geometry.to_numpy())
+        p, t = inside(p, where), inside(t, where)
+        if len(t) == 0:
+            raise EvaluationError("no truth feature lies inside the area")
     if len(p) and not shapely.box(*p.total_bounds).intersects(shapely.box(*t.total_bounds)):
         raise EvaluationError("predictions and truth do not overlap; are they of the same place (and CRS)?")
     p_cls = _classes(p, class_field)

@@ -31,6 +31,8 @@ class ImageLabels:
     image: Path
     boxes: np.ndarray
     classes: np.ndarray
+    #: where the labels are complete, a polygon in the same coordinates; None: the whole image
+    area: Any = None
 
 
 @dataclass
@@ -118,6 +120,8 @@ class ImageShapes:
     image: Path
     geoms: list[Any]
     classes: np.ndarray
+    #: where the labels are complete, a polygon in the same coordinates; None: the whole image
+    area: Any = None
 
 
 def read_vector_shapes(
@@ -221,6 +225,27 @@ def read_vector_labels(
         boxes = shapely.bounds(np.asarray(item.geoms, dtype=object)).reshape(-1, 4).astype(np.float32)
         out.append(ImageLabels(item.image, boxes, item.classes))
     return out
+
+
+def read_area(path: Path, image: Path) -> Any:
+    """The polygons of a vector layer (any CRS) that cover ``image``, merged, in its pixel coordinates:
+    the area where a user's labels are complete (OpenStreetMap mapped one district of an orthophoto)."""
+    import shapely
+
+    from geovision.merge import polygonal
+
+    gdf = read_vector(path, LabelError, "labelled area")
+    with rasterio.open(image) as ds:
+        if ds.crs is None:
+            raise LabelError(f"{image}: a labelled area needs a georeferenced image")
+        inv, frame = ~ds.transform, shapely.box(0, 0, ds.width, ds.height)
+        geoms = gdf.to_crs(ds.crs).geometry.dropna().to_numpy()
+    pixel = shapely.transform(geoms, lambda xy: np.column_stack(inv @ (xy[:, 0], xy[:, 1])))
+    pixel = polygonal(shapely.make_valid(pixel))
+    area = shapely.intersection(shapely.union_all(pixel[shapely.get_dimensions(pixel) == 2]), frame)
+    if area.is_empty or area.area == 0:
+        raise LabelError(f"labelled area {path}: no polygon of it covers {image.name}")
+    return area
 
 
 def _to_image_labels(

@@ -66,3 +66,32 @@ def test_a_union_of_reading_scales_is_each_scale_once(tmp_path):
     bounds = both.geometry.bounds.to_numpy()
     keep = batched_nms(bounds, both["score"].to_numpy(), both["class_id"].to_numpy(), model.iou)
     assert len(keep) == len(both)  # nothing left to deduplicate
+
+
+def test_a_site_scored_inside_its_labelled_area_only(tmp_path):
+    """Labels complete in part of an image (a dataset's ``area``): crowns and detections outside it
+    count on neither side, so a crown nobody labelled is no false positive."""
+    import csv
+
+    import geopandas as gpd
+    import shapely
+
+    em = load_script()
+    model = geovision.resolve_model("trees-fast")
+    tile = Path(__file__).resolve().parents[1] / "sample_tiles" / "OSBS_029.tif"
+    labels = tile.with_suffix(".csv")
+    area = tmp_path / "west.gpkg"  # the western 200 of 400 px (0.1 m): x below 404231.9
+    gpd.GeoDataFrame(geometry=[shapely.box(404211.9, 3285102.9, 404231.9, 3285142.9)], crs="EPSG:32617").to_file(area)
+    spec = SimpleNamespace(
+        sites=("OSBS",), images=(tile,), labels=(labels,), task="detect", classes=("tree",), image_resolution=None
+    )
+    metrics = em.metrics_for("detect")
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    whole = em.score_site("OSBS", model, SimpleNamespace(**vars(spec), areas=None), tmp_path / "a", metrics)
+    west = em.score_site("OSBS", model, SimpleNamespace(**vars(spec), areas=(area,)), tmp_path / "b", metrics)
+    rows = list(csv.DictReader(labels.open()))
+    centred_west = sum((float(r["xmin"]) + float(r["xmax"])) / 2 < 200 for r in rows)
+    assert whole.truth == len(rows) and west.truth == centred_west and 0 < centred_west < len(rows)
+    for t in (0.1, 0.3):
+        a, b = whole.counts["box IoU 0.4"][t], west.counts["box IoU 0.4"][t]
+        assert b.tp + b.fn == centred_west and b.tp + b.fp < a.tp + a.fp and b.tp <= a.tp

@@ -104,3 +104,24 @@ def test_labels_truth_and_predictions_are_read_alike(tmp_path):
             evaluate(path, path)
         with pytest.raises(LabelError, match=message):
             read_vector_labels(path, [], ["tree"], LabelReport())
+
+
+def test_only_objects_inside_the_area_where_truth_is_complete_count(tmp_path):
+    """OSM mapped the west only: a found house in the unmapped east is no false positive there."""
+    truth = layer([b(0, 0), b(30, 0), b(60, 0)])  # the west, x < 100 m, is mapped
+    pred = layer([b(1, 0), b(31, 1), b(150, 0), b(180, 0)], scores=[0.9, 0.8, 0.7, 0.6])  # two in the east
+    west = gpd.GeoDataFrame(geometry=[shapely.box(X0 - 10, Y0 - 10, X0 + 100, Y0 + 20)], crs=CRS)
+    everywhere = evaluate(pred, truth).overall
+    assert (everywhere.tp, everywhere.fp, everywhere.fn) == (2, 2, 1)
+    mapped = evaluate(pred, truth, area=west.to_crs("EPSG:4326")).overall  # any CRS
+    assert (mapped.tp, mapped.fp, mapped.fn) == (2, 0, 1)
+    # the CLI, with the layers as files; an area off the truth is one clear line
+    paths = {name: tmp_path / f"{name}.gpkg" for name in ("pred", "truth", "west", "east")}
+    pred.to_file(paths["pred"]), truth.to_file(paths["truth"]), west.to_file(paths["west"])
+    gpd.GeoDataFrame(geometry=[shapely.box(X0 + 140, Y0 - 10, X0 + 200, Y0 + 20)], crs=CRS).to_file(paths["east"])
+    args = ["evaluate", str(paths["pred"]), str(paths["truth"]), "--json", "--area"]
+    r = CliRunner().invoke(main, [*args, str(paths["west"])])
+    assert r.exit_code == 0, r.stderr
+    assert '"fp": 0' in r.stdout and '"n_pred": 2' in r.stdout
+    r = CliRunner().invoke(main, [*args, str(paths["east"])])
+    assert r.exit_code != 0 and r.stderr.strip() == "error: no truth feature lies inside the area"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import geopandas as gpd
@@ -15,8 +16,8 @@ from PIL import Image
 
 import geovision
 from geovision.cli.main import main
-from geovision.labels import LabelReport, read_vector_labels, read_vector_shapes
-from geovision.training.chips import ChipOptions, chip_detection_dataset
+from geovision.labels import LabelReport, read_area, read_vector_labels, read_vector_shapes
+from geovision.training.chips import IGNORE, ChipOptions, chip_detection_dataset, chip_segmentation_dataset
 from tests.conftest import squares_image, write_raster
 
 T = Affine(0.1, 0, 500000, 0, -0.1, 4000000)
@@ -109,6 +110,77 @@ def test_labels_on_no_data_are_not_taught(tmp_path, outlines):
             values = np.r_[(xy.min(0) + xy.max(0)) / 2]
         centres.append(tuple(np.round(values[:2])))  # a box's centre x, y come first
     assert sorted(centres) == [(20.0, 20.0), (50.0, 50.0)]
+
+
+def partly_mapped(tmp_path: Path) -> tuple[Path, Path, Path]:
+    """A 256 x 128 px raster with four huts; only the two in its western 100 px are labelled, and an
+    area layer (in EPSG:4326, as users draw it) says the labels are complete there only."""
+    squares = [(10, 10, 30, 30), (70, 70, 90, 90), (105, 100, 125, 120), (180, 20, 200, 40)]
+    img = write_raster(tmp_path / "ortho.tif", squares_image(128, 256, squares), transform=T)
+    polys = [shapely.box(*(T @ (x1, y2)), *(T @ (x2, y1))) for x1, y1, x2, y2 in squares[:2]]
+    labels = tmp_path / "huts.gpkg"
+    gpd.GeoDataFrame({"kind": ["hut", "hut"]}, geometry=polys, crs="EPSG:32617").to_file(labels)
+    area = tmp_path / "mapped.geojson"
+    west = shapely.box(*(T @ (0, 128)), *(T @ (100, 0)))
+    gpd.GeoDataFrame(geometry=[west], crs="EPSG:32617").to_crs("EPSG:4326").to_file(area)
+    return img, labels, area
+
+
+@pytest.mark.parametrize("outlines", [False, True], ids=["boxes", "outlines"])
+def test_outside_the_labelled_area_is_no_data(tmp_path, outlines):
+    """Where the labels are known to be missing, an unlabelled hut is not taught as background: its
+    pixels are blanked as no data, and a chip wholly outside the area is not cut."""
+    img, labels, area = partly_mapped(tmp_path)
+    read = read_vector_shapes if outlines else read_vector_labels
+    [item] = read(labels, [img], ["hut"], LabelReport(), class_field="kind")
+    item = dataclasses.replace(item, area=read_area(area, img))
+    out = tmp_path / "chips"
+    opts = ChipOptions(tile_size=128, resolution_m=0.1, val_fraction=0.0, max_empty_share=1.0)
+    chip_detection_dataset([item], out, opts, ["hut"])
+    names = sorted(p.stem for p in (out / "images" / "train").glob("*.png") if not p.stem.endswith("_T"))
+    assert names == ["000_ortho_0_0", "000_ortho_0_64"]  # the chip at column 128 lies outside the area
+    chip = np.asarray(Image.open(out / "images" / "train" / "000_ortho_0_0.png"))
+    assert (chip[105:115, 110:120] == 0).all() and (chip[:, 101:] == 0).all()  # the unlabelled hut is gone
+    assert (chip[15:25, 15:25] == 230).all() and (chip[40:60, 40:60] == 40).all()  # the area is as read
+    assert len((out / "labels" / "train" / "000_ortho_0_0.txt").read_text().splitlines()) == 2
+    # the second chip holds imagery from column 64 to 100, with the second hut
+    [line] = (out / "labels" / "train" / "000_ortho_0_64.txt").read_text().splitlines()
+    values = np.asarray(line.split()[1:], float) * 128
+    centre = values.reshape(-1, 2).mean(0) if outlines else values[:2]  # an outline's corners, or a box's centre
+    assert np.allclose(centre, (16, 80), atol=1)
+
+
+def test_segmenter_chips_leave_out_what_lies_outside_the_labelled_area(tmp_path):
+    img, labels, area = partly_mapped(tmp_path)
+    [item] = read_vector_shapes(labels, [img], ["hut"], LabelReport(), class_field="kind")
+    item = dataclasses.replace(item, area=read_area(area, img))
+    opts = ChipOptions(tile_size=128, resolution_m=0.1, val_fraction=0.0)
+    chips = chip_segmentation_dataset([item], opts)
+    assert len(chips.train_masks) == 2  # of three chip places, one lies outside the area
+    mask = chips.train_masks[0]
+    assert (mask[15:25, 15:25] == 1).all() and (mask[105:115, 110:120] == IGNORE).all()
+    assert (mask[:, :100] != IGNORE).all() and (mask[:, 100:] == IGNORE).all()
+
+
+def test_train_cli_records_the_labelled_area_and_refuses_one_off_the_image(tmp_path):
+    img, labels, area = partly_mapped(tmp_path)
+    huts = gpd.read_file(labels)  # and one hut east of the area, mapped there by chance
+    huts.loc[len(huts)] = ["hut", shapely.box(*(T @ (180, 40)), *(T @ (200, 20)))]
+    huts.to_file(labels)
+    args = ["train", "detect", "--images", str(img), "--labels", str(labels), "--classes", "hut"]
+    args += ["--resolution", "0.1", "--tile-size", "64", "--epochs", "1", "--batch", "4", "--val-fraction", "0.5"]
+    r = CliRunner().invoke(main, [*args, "-q", "--areas", str(area), "-o", str(tmp_path / "pkg")])
+    assert r.exit_code == 0, r.stderr
+    cfg = yaml.safe_load((tmp_path / "pkg" / "model.yaml").read_text())
+    assert cfg["training"]["data"]["areas"] == ["../mapped.geojson"]
+    assert cfg["training"]["data"]["labels_used"] == 2
+    assert cfg["training"]["data"]["labels_dropped"] == {"outside the labelled area": 1}
+    elsewhere = tmp_path / "elsewhere.geojson"
+    gpd.GeoDataFrame(geometry=[shapely.box(10, 10, 11, 11)], crs="EPSG:4326").to_file(elsewhere)
+    r = CliRunner().invoke(main, [*args, "-q", "--areas", str(elsewhere), "-o", str(tmp_path / "pkg2")])
+    assert r.exit_code != 0 and "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines()[-1].endswith("no polygon of it covers ortho.tif")
+    assert not (tmp_path / "pkg2").exists() and not list(tmp_path.glob(".pkg2*"))
 
 
 def test_train_cli_to_package_that_detect_and_onnx_run(tmp_path):

@@ -86,6 +86,19 @@ def test_a_dataset_matching_no_image_is_an_error(tmp_path):
     assert r.exit_code == 2 and "no image matches" in r.stderr and "Traceback" not in r.stderr
 
 
+def test_a_datasets_labelled_area_follows_its_images_into_a_fold(tmp_path):
+    cfg = plots(tmp_path)
+    raw = yaml.safe_load(cfg.read_text())
+    raw["datasets"][1]["area"] = "b/mapped.gpkg"  # site b's labels are complete only there
+    cfg.write_text(yaml.safe_dump(raw))
+    spec = spec_from_mapping(load_train_config(cfg))
+    assert spec.areas == (None, None, tmp_path / "b" / "mapped.gpkg", tmp_path / "b" / "mapped.gpkg")
+    assert without_sites(spec, ["a"], tmp_path / "fold").areas == spec.areas[2:]
+    assert without_sites(spec, ["b"], tmp_path / "fold").areas is None
+    with pytest.raises(TrainingError, match="one per image \\(4\\), not 3"):
+        spec_from_mapping({**load_train_config(cfg), "areas": ["x.gpkg"] * 3})
+
+
 @pytest.mark.parametrize("length, tile, stride", [(400, 320, 160), (400, 416, 208), (2299, 416, 208), (64, 64, 32)])
 def test_chips_cover_the_image_without_padding(length, tile, stride):
     starts = chip_starts(length, tile, stride)

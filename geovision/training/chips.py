@@ -16,6 +16,7 @@ import random
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import rasterio
@@ -88,13 +89,15 @@ def cut_chips(
     opts: ChipOptions,
     rng: random.Random,
     log: SplitLog,
+    area: Any = None,
 ) -> Iterator[tuple[str, TileData]]:
     """Chips of one raster as ('train' | 'val', tile), the split by held-out blocks.
 
     ``label_centres`` (n, 2) are label centres in model-grid pixels: held-out
     blocks are drawn among blocks holding labels, or validation would
-    measure nothing. Chips touching both splits, and chips without a valid
-    pixel, are left out.
+    measure nothing. Outside ``area`` (a polygon in model-grid pixels, where
+    the labels are complete), pixels are no data. Chips touching both
+    splits, and chips without a valid pixel, are left out.
     """
     t = opts.tile_size
     blocks = TileGrid(plan.width, plan.height, t, 0)
@@ -111,8 +114,32 @@ def cut_chips(
                 log.dropped_straddling += 1
                 continue
             td = read_tile(ds, plan, tile)
+            if area is not None:
+                td = within_area(td, area)
             if td.valid.any():
                 yield split, td
+
+
+def within_area(td: TileData, area: Any) -> TileData:
+    """``td`` with its pixels outside ``area`` (model-grid pixels) made no data, as ``detect`` reads a
+    mosaic's empty part: where labels are missing, an unlabelled object is neither taught as
+    background (the chip shows no imagery there) nor counted in a segmenter's loss."""
+    t = td.tile
+    frame = shapely.box(t.x0, t.y0, t.x1, t.y1)
+    if area.contains(frame):
+        return td
+    inside = np.zeros((t.size, t.size), bool)
+    if area.intersects(frame):
+        burnt = features.rasterize([(area, 1)], out_shape=inside.shape, transform=(1, 0, t.x0, 0, 1, t.y0), fill=0)
+        inside = burnt > 0
+    return TileData(t, np.where(inside[..., None], td.image, 0).astype(td.image.dtype), td.valid & inside)
+
+
+def on_model_grid(geom: Any, plan: ReadPlan) -> Any:
+    """A geometry in source pixel coordinates on the model grid (None stays None)."""
+    if geom is None:
+        return None
+    return affinity.affine_transform(geom, (1 / plan.scale_x, 0, 0, 1 / plan.scale_y, 0, 0))
 
 
 def chip_starts(length: int, tile: int, stride: int) -> list[int]:
@@ -170,7 +197,8 @@ def chip_detection_dataset(
         with open_raster(item.image) as ds:
             plan = chip_plan(ds, opts)
             lines_of, centres = _label_lines(item, plan, opts.min_visible)
-            for split, td in cut_chips(ds, plan, centres, opts, rng, stats.split):
+            area = on_model_grid(item.area, plan)
+            for split, td in cut_chips(ds, plan, centres, opts, rng, stats.split, area):
                 tile = td.tile
                 lines = lines_of(tile, td.valid)
                 name = f"{n:03d}_{item.image.stem}_{tile.y0}_{tile.x0}"
@@ -272,9 +300,8 @@ def _label_lines(
     building the network could see, so it is not taught as one.
     """
     if isinstance(item, ImageShapes):
-        scale = (1 / plan.scale_x, 0, 0, 1 / plan.scale_y, 0, 0)
         geoms = np.empty(len(item.geoms), dtype=object)
-        geoms[:] = [affinity.affine_transform(g, scale) for g in item.geoms]
+        geoms[:] = [on_model_grid(g, plan) for g in item.geoms]
         geoms = polygonal(shapely.make_valid(geoms))  # OSM footprints can cross themselves
         centres = np.asarray([(g.centroid.x, g.centroid.y) for g in geoms]).reshape(-1, 2)
         return (lambda tile, valid: _outline_lines(geoms, item.classes, tile, min_visible, valid)), centres
@@ -349,13 +376,12 @@ def chip_segmentation_dataset(
     for item in items:
         with open_raster(item.image) as ds:
             plan = chip_plan(ds, opts)
-            # label geometries from source pixels to model-grid pixels
-            scale = (1 / plan.scale_x, 0, 0, 1 / plan.scale_y, 0, 0)
-            geoms = [affinity.affine_transform(g, scale) for g in item.geoms]
+            geoms = [on_model_grid(g, plan) for g in item.geoms]  # source pixels to model-grid pixels
             centres = [(g.centroid.x, g.centroid.y) for g in geoms if not g.is_empty]
             shapes = list(zip(geoms, (int(c) + 1 for c in item.classes)))
             rings = [(g.boundary.buffer(boundary_px), 1) for g in geoms] if boundary_px > 0 else []
-            for split, td in cut_chips(ds, plan, np.asarray(centres), opts, rng, chips.split):
+            area = on_model_grid(item.area, plan)
+            for split, td in cut_chips(ds, plan, np.asarray(centres), opts, rng, chips.split, area):
                 x0, y0 = td.tile.x0, td.tile.y0
                 mask = np.zeros((t, t), np.uint8)
                 if shapes:

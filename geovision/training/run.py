@@ -16,9 +16,10 @@ import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import numpy as np
+import shapely
 import yaml
 
 from geovision.config import ModelConfig, SmpOptions, VectorizeOptions, load_config, settings
@@ -27,6 +28,7 @@ from geovision.labels import (
     ImageLabels,
     ImageShapes,
     LabelReport,
+    read_area,
     read_pixel_labels,
     read_vector_labels,
     read_vector_shapes,
@@ -35,6 +37,8 @@ from geovision.raster import ground_pixel_size_m, open_raster
 from geovision.training.chips import ChipOptions, chip_detection_dataset, chip_segmentation_dataset
 from geovision.training.smp import SegTrainOptions, train_smp
 from geovision.training.yolo import DetectTrainOptions, train_yolo
+
+_Item = TypeVar("_Item", bound=ImageLabels | ImageShapes)
 
 
 @dataclass(frozen=True)
@@ -90,6 +94,9 @@ class TrainSpec:
     options: dict[str, Any] = field(default_factory=dict)
     #: start from a pickled ``weights`` file that names more than network classes (``--trust-model``)
     trust_weights: bool = False
+    #: where the labels are complete: a polygon layer for all images, or one per image (None: the whole
+    #: image); outside, pixels are no data, so objects nobody labelled are not taught as background
+    areas: tuple[Path | None, ...] | None = None
 
 
 TRAIN_SPEC_FIELDS = {f for f in TrainSpec.__dataclass_fields__}
@@ -103,6 +110,8 @@ def load_train_config(path: str | os.PathLike[str]) -> dict[str, Any]:
     ``labels``: one layer for all its images, or a folder holding one labels
     file per image, named like the image (``PLOT.tif`` -> ``PLOT.xml``).
     Images with no labels file in such a folder are unlabelled and left out.
+    A dataset's optional ``area`` is a polygon layer of where its labels are
+    complete (``areas``, one per image, in the flat form).
     """
     p = Path(path)
     try:
@@ -112,7 +121,7 @@ def load_train_config(path: str | os.PathLike[str]) -> dict[str, Any]:
     if not isinstance(raw, dict):
         raise TrainingError(f"{p}: training config must be a mapping")
     base = p.resolve().parent
-    for key in ("images", "labels", "output", "weights"):
+    for key in ("images", "labels", "output", "weights", "areas"):
         v = raw.get(key)
         if isinstance(v, str):
             raw[key] = os.path.normpath(base / v)
@@ -121,21 +130,24 @@ def load_train_config(path: str | os.PathLike[str]) -> dict[str, Any]:
     if "datasets" in raw:
         if raw.get("images") or raw.get("labels"):
             raise TrainingError(f"{p}: give either datasets or images/labels, not both")
-        images, labels, sites = expand_datasets(raw.pop("datasets"), base)
+        images, labels, sites, areas = expand_datasets(raw.pop("datasets"), base)
         raw["images"], raw["labels"], raw["sites"] = images, labels, sites
+        if any(areas):
+            raw["areas"] = areas
     return raw
 
 
 LABEL_SUFFIXES = (".xml", ".csv", ".geojson", ".gpkg", ".shp", ".json")
 
 
-def expand_datasets(datasets: Any, base: Path) -> tuple[list[str], list[str], list[str]]:
-    """(images, labels, sites), one entry per image, from a config's ``datasets`` list."""
+def expand_datasets(datasets: Any, base: Path) -> tuple[list[str], list[str], list[str], list[str | None]]:
+    """(images, labels, sites, areas), one entry per image, from a config's ``datasets`` list."""
     if not isinstance(datasets, list) or not datasets:
         raise TrainingError("datasets must be a list of {site, images, labels}")
     images: list[str] = []
     labels: list[str] = []
     sites: list[str] = []
+    areas: list[str | None] = []
     for n, d in enumerate(datasets):
         if not isinstance(d, dict) or not d.get("images") or not d.get("labels"):
             raise TrainingError(f"datasets[{n}] needs images and labels")
@@ -145,6 +157,7 @@ def expand_datasets(datasets: Any, base: Path) -> tuple[list[str], list[str], li
         if not found:
             raise TrainingError(f"datasets[{n}] ({site}): no image matches {', '.join(map(str, patterns))}")
         lab = Path(os.path.normpath(base / d["labels"]))
+        area = os.path.normpath(base / d["area"]) if d.get("area") else None
         folder = lab.is_dir()
         for image in found:
             match: Path | None = lab
@@ -156,9 +169,10 @@ def expand_datasets(datasets: Any, base: Path) -> tuple[list[str], list[str], li
             labels.append(str(match))
             images.append(image)
             sites.append(site)
+            areas.append(area)
         if site not in sites:
             raise TrainingError(f"datasets[{n}] ({site}): no image has a labels file in {lab}")
-    return images, labels, sites
+    return images, labels, sites, areas
 
 
 def spec_from_mapping(raw: dict[str, Any]) -> TrainSpec:
@@ -182,6 +196,13 @@ def spec_from_mapping(raw: dict[str, Any]) -> TrainSpec:
         raw["sites"] = tuple(str(x) for x in raw["sites"])
         if len(raw["sites"]) != len(raw["images"]):
             raise TrainingError(f"give one site per image ({len(raw['images'])}), not {len(raw['sites'])}")
+    if raw.get("areas"):
+        areas = [raw["areas"]] if isinstance(raw["areas"], (str, Path)) else raw["areas"]
+        raw["areas"] = tuple(Path(a) if a else None for a in areas)
+        if len(raw["areas"]) not in (1, len(raw["images"])):
+            raise TrainingError(
+                f"give one labelled-area layer, or one per image ({len(raw['images'])}), not {len(raw['areas'])}"
+            )
     return TrainSpec(**raw)
 
 
@@ -193,10 +214,13 @@ def without_sites(spec: TrainSpec, sites: Sequence[str], output: Path) -> TrainS
         raise TrainingError(f"no site {', '.join(map(repr, unknown))} in this training config")
     keep = [i for i, s in enumerate(all_sites) if s not in sites]
     labels = spec.labels if len(spec.labels) == 1 else tuple(spec.labels[i] for i in keep)
+    areas = spec.areas if not spec.areas or len(spec.areas) == 1 else tuple(spec.areas[i] for i in keep)
+    areas = areas if areas and any(areas) else None  # no image left with an area: all labelled whole
     return replace(
         spec,
         images=tuple(spec.images[i] for i in keep),
         labels=labels,
+        areas=areas,
         sites=tuple(all_sites[i] for i in keep),
         output=output,
     )
@@ -215,7 +239,7 @@ def train(spec: TrainSpec, log: Callable[[str], None] = lambda s: None) -> Model
         raise OutputError(f"{out} already exists; pass --overwrite to replace it")
     if not out.parent.resolve().is_dir():
         raise OutputError(f"{out}: folder {out.parent} does not exist")
-    for p in (*spec.images, *spec.labels):
+    for p in (*spec.images, *spec.labels, *(a for a in spec.areas or () if a)):
         if not p.is_file():
             raise TrainingError(f"{p}: no such file")
     if len(spec.labels) not in (1, len(spec.images)):
@@ -289,6 +313,7 @@ def _data_info(spec: TrainSpec, report: LabelReport, **counts: int) -> dict[str,
     return {
         "images": [_relative(p, spec.output) for p in spec.images],
         "labels": [_relative(p, spec.output) for p in spec.labels],
+        "areas": [_relative(p, spec.output) if p else None for p in spec.areas] if spec.areas else None,
         "sites": sorted(set(spec.sites)) if spec.sites else None,
         "labels_used": report.used,
         "labels_dropped": dict(report.dropped),
@@ -335,6 +360,7 @@ def _train_detector(
     instance = spec.task == "instance"
     items: Sequence[ImageLabels | ImageShapes]
     items = _read_polygons(spec, report) if instance else read_labels(spec, report)
+    items = _with_areas(spec, items, report)
     _check_labels(report, log)
     overlap = spec.overlap if spec.overlap is not None else spec.tile_size // 10
     cfg = ModelConfig(
@@ -375,7 +401,7 @@ def _train_detector(
 
 
 def _train_segmenter(spec: TrainSpec, report: LabelReport, package: Path, log: Callable[[str], None]) -> None:
-    items = _read_polygons(spec, report)
+    items = _with_areas(spec, _read_polygons(spec, report), report)
     _check_labels(report, log)
     chips = chip_segmentation_dataset(items, _chip_options(spec), spec.boundary_px, len(spec.classes))
     n_val_fg = sum(int(m.any()) for m in chips.val_masks)
@@ -438,6 +464,31 @@ def _read_polygons(spec: TrainSpec, report: LabelReport) -> list[ImageShapes]:
     for image, labels in zip(spec.images, spec.labels if len(spec.labels) > 1 else spec.labels * len(spec.images)):
         items += read_vector_shapes(labels, [image], spec.classes, report, spec.class_field)
     return items
+
+
+def _with_areas(spec: TrainSpec, items: Sequence[_Item], report: LabelReport) -> list[_Item]:
+    """Each image's labels with the area where they are complete (``spec.areas``), in its pixels;
+    labels centred outside it are reported as not used (chips teach none there)."""
+    if not spec.areas:
+        return list(items)
+    areas = spec.areas * len(spec.images) if len(spec.areas) == 1 else spec.areas
+    by_image = dict(zip(spec.images, areas))
+    out = []
+    for item in items:
+        layer = by_image.get(item.image)
+        if layer is None:
+            out.append(item)
+            continue
+        area = read_area(layer, item.image)
+        if isinstance(item, ImageShapes):
+            centres = np.asarray([(c.x, c.y) for c in shapely.point_on_surface(item.geoms)]).reshape(-1, 2)
+        else:
+            centres = np.c_[(item.boxes[:, 0] + item.boxes[:, 2]) / 2, (item.boxes[:, 1] + item.boxes[:, 3]) / 2]
+        outside = int((~shapely.contains_xy(area, centres[:, 0], centres[:, 1])).sum()) if len(centres) else 0
+        report.used -= outside
+        report.drop("outside the labelled area", outside)
+        out.append(replace(item, area=area))
+    return out
 
 
 def read_labels(spec: TrainSpec, report: LabelReport) -> list[ImageLabels]:
