@@ -150,6 +150,20 @@ def test_outside_the_labelled_area_is_no_data(tmp_path, outlines):
     assert np.allclose(centre, (16, 80), atol=1)
 
 
+def test_validation_blocks_are_drawn_inside_the_labelled_area(tmp_path):
+    """A hut labelled outside the area is taught nowhere, so its block must not be the one held out
+    for validation (which would then measure nothing)."""
+    img, labels, area = partly_mapped(tmp_path)
+    [item] = read_vector_labels(labels, [img], ["hut"], LabelReport(), class_field="kind")
+    east = np.asarray([[180, 20, 200, 40]], np.float32)  # mapped by chance, east of the area
+    item = dataclasses.replace(item, boxes=np.r_[item.boxes, east], classes=np.r_[item.classes, 0])
+    item = dataclasses.replace(item, area=read_area(area, img))
+    for seed in range(8):
+        opts = ChipOptions(tile_size=64, resolution_m=0.1, val_fraction=0.5, max_empty_share=0.0, seed=seed)
+        stats = chip_detection_dataset([item], tmp_path / f"chips{seed}", opts, ["hut"])
+        assert stats.split.val_regions and all(b[2] <= T.c + 0.1 * 128 for _, b in stats.split.val_regions)
+
+
 def test_segmenter_chips_leave_out_what_lies_outside_the_labelled_area(tmp_path):
     img, labels, area = partly_mapped(tmp_path)
     [item] = read_vector_shapes(labels, [img], ["hut"], LabelReport(), class_field="kind")

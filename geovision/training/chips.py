@@ -101,7 +101,10 @@ def cut_chips(
     """
     t = opts.tile_size
     blocks = TileGrid(plan.width, plan.height, t, 0)
-    cells = np.asarray(label_centres, dtype=np.float64).reshape(-1, 2) // t
+    centres = np.asarray(label_centres, dtype=np.float64).reshape(-1, 2)
+    if area is not None:  # a block holding only labels outside the area would validate nothing
+        centres = centres[shapely.contains_xy(area, centres[:, 0], centres[:, 1])]
+    cells = centres // t
     labelled = {(int(r), int(c)) for c, r in cells if 0 <= r < blocks.n_rows and 0 <= c < blocks.n_cols}
     held = val_blocks(list(labelled), opts.val_fraction, rng)
     log.val_regions += [(Path(plan.path).name, b) for b in held_regions(plan, blocks, held)]
