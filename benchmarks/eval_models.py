@@ -44,6 +44,7 @@ from geovision.labels import LabelReport, read_pixel_labels
 from geovision.nms import batched_nms
 from geovision.raster import open_raster
 from geovision.training import TrainSpec, load_train_config, spec_from_mapping, train, without_sites
+from geovision.training.run import per_image
 
 #: A metric CRS for images without georeference (their boxes are in pixels times the pixel size).
 STAND_IN = "EPSG:32631"
@@ -207,8 +208,8 @@ def score_site(
     """Run ``model`` on ``site``'s images (detections cached in ``work``) and count matches per threshold;
     with ``scales``, the union of its runs at those reading resolutions (see :func:`union_predict`)."""
     idx = [i for i, s in enumerate(spec.sites or ()) if s == site]
-    labels = spec.labels * len(spec.images) if len(spec.labels) == 1 else spec.labels
-    areas = (spec.areas * len(spec.images) if len(spec.areas) == 1 else spec.areas) if spec.areas else None
+    labels = per_image(spec.labels, len(spec.images))
+    areas = per_image(spec.areas, len(spec.images)) if spec.areas else None
     sweep = thresholds_for(spec.task)
     res = SiteResult(site, len(idx), 0, 0.0, 0.0, {m: {t: Counts() for t in sweep} for m, _, _ in metrics})
     for i in idx:

@@ -154,12 +154,7 @@ def read_vector_shapes(
     seen = np.zeros(len(gdf), bool)
     out = []
     for image in images:
-        with rasterio.open(image) as ds:
-            if ds.crs is None:
-                raise LabelError(f"{image}: vector labels need a georeferenced image")
-            inv, width, height = ~ds.transform, ds.width, ds.height
-            geoms = gdf.to_crs(ds.crs).geometry.to_numpy()
-        pixel = shapely.transform(geoms, lambda xy, inv=inv: np.column_stack(inv @ (xy[:, 0], xy[:, 1])))
+        pixel, (width, height) = _in_pixels(gdf, image, "vector labels need")
         x1, y1, x2, y2 = shapely.bounds(pixel).T
         inside = (x2 > 0) & (y2 > 0) & (x1 < width) & (y1 < height)
         seen |= inside
@@ -227,25 +222,38 @@ def read_vector_labels(
     return out
 
 
-def read_area(path: Path, image: Path) -> Any:
-    """The polygons of a vector layer (any CRS) that cover ``image``, merged, in its pixel coordinates:
-    the area where a user's labels are complete (OpenStreetMap mapped one district of an orthophoto)."""
+def read_areas(path: Path, images: Sequence[Path]) -> list[Any]:
+    """For each image, the polygons of a vector layer (any CRS) that cover it, merged, in its pixel
+    coordinates: the area where a user's labels are complete (OpenStreetMap mapped one district of
+    an orthophoto). The layer is read once for all the images."""
     import shapely
 
     from geovision.merge import polygonal
 
     gdf = read_vector(path, LabelError, "labelled area")
+    out = []
+    for image in images:
+        pixel, (width, height) = _in_pixels(gdf, image, "a labelled area needs")
+        pixel = polygonal(shapely.make_valid(pixel))  # null geometries have dimension -1 and go below
+        area = shapely.union_all(pixel[shapely.get_dimensions(pixel) == 2])
+        area = shapely.intersection(area, shapely.box(0, 0, width, height))
+        if area.is_empty or area.area == 0:
+            raise LabelError(f"labelled area {path}: no polygon of it covers {image.name}")
+        out.append(area)
+    return out
+
+
+def _in_pixels(gdf: gpd.GeoDataFrame, image: Path, needs: str) -> tuple[np.ndarray, tuple[int, int]]:
+    """A layer's geometries reprojected to ``image``'s CRS and mapped to its pixel coordinates, and
+    the image's (width, height); ``needs`` begins the error for an image without georeference."""
+    import shapely
+
     with rasterio.open(image) as ds:
         if ds.crs is None:
-            raise LabelError(f"{image}: a labelled area needs a georeferenced image")
-        inv, frame = ~ds.transform, shapely.box(0, 0, ds.width, ds.height)
-        geoms = gdf.to_crs(ds.crs).geometry.dropna().to_numpy()
-    pixel = shapely.transform(geoms, lambda xy: np.column_stack(inv @ (xy[:, 0], xy[:, 1])))
-    pixel = polygonal(shapely.make_valid(pixel))
-    area = shapely.intersection(shapely.union_all(pixel[shapely.get_dimensions(pixel) == 2]), frame)
-    if area.is_empty or area.area == 0:
-        raise LabelError(f"labelled area {path}: no polygon of it covers {image.name}")
-    return area
+            raise LabelError(f"{image}: {needs} a georeferenced image")
+        inv, size = ~ds.transform, (ds.width, ds.height)
+        geoms = gdf.to_crs(ds.crs).geometry.to_numpy()
+    return shapely.transform(geoms, lambda xy: np.column_stack(inv @ (xy[:, 0], xy[:, 1]))), size
 
 
 def _to_image_labels(

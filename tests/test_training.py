@@ -16,7 +16,7 @@ from PIL import Image
 
 import geovision
 from geovision.cli.main import main
-from geovision.labels import LabelReport, read_area, read_vector_labels, read_vector_shapes
+from geovision.labels import LabelReport, read_areas, read_vector_labels, read_vector_shapes
 from geovision.training.chips import IGNORE, ChipOptions, chip_detection_dataset, chip_segmentation_dataset
 from tests.conftest import squares_image, write_raster
 
@@ -133,7 +133,7 @@ def test_outside_the_labelled_area_is_no_data(tmp_path, outlines):
     img, labels, area = partly_mapped(tmp_path)
     read = read_vector_shapes if outlines else read_vector_labels
     [item] = read(labels, [img], ["hut"], LabelReport(), class_field="kind")
-    item = dataclasses.replace(item, area=read_area(area, img))
+    item = dataclasses.replace(item, area=read_areas(area, [img])[0])
     out = tmp_path / "chips"
     opts = ChipOptions(tile_size=128, resolution_m=0.1, val_fraction=0.0, max_empty_share=1.0)
     chip_detection_dataset([item], out, opts, ["hut"])
@@ -157,7 +157,7 @@ def test_validation_blocks_are_drawn_inside_the_labelled_area(tmp_path):
     [item] = read_vector_labels(labels, [img], ["hut"], LabelReport(), class_field="kind")
     east = np.asarray([[180, 20, 200, 40]], np.float32)  # mapped by chance, east of the area
     item = dataclasses.replace(item, boxes=np.r_[item.boxes, east], classes=np.r_[item.classes, 0])
-    item = dataclasses.replace(item, area=read_area(area, img))
+    item = dataclasses.replace(item, area=read_areas(area, [img])[0])
     for seed in range(8):
         opts = ChipOptions(tile_size=64, resolution_m=0.1, val_fraction=0.5, max_empty_share=0.0, seed=seed)
         stats = chip_detection_dataset([item], tmp_path / f"chips{seed}", opts, ["hut"])
@@ -167,7 +167,7 @@ def test_validation_blocks_are_drawn_inside_the_labelled_area(tmp_path):
 def test_segmenter_chips_leave_out_what_lies_outside_the_labelled_area(tmp_path):
     img, labels, area = partly_mapped(tmp_path)
     [item] = read_vector_shapes(labels, [img], ["hut"], LabelReport(), class_field="kind")
-    item = dataclasses.replace(item, area=read_area(area, img))
+    item = dataclasses.replace(item, area=read_areas(area, [img])[0])
     opts = ChipOptions(tile_size=128, resolution_m=0.1, val_fraction=0.0)
     chips = chip_segmentation_dataset([item], opts)
     assert len(chips.train_masks) == 2  # of three chip places, one lies outside the area

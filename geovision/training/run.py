@@ -28,7 +28,7 @@ from geovision.labels import (
     ImageLabels,
     ImageShapes,
     LabelReport,
-    read_area,
+    read_areas,
     read_pixel_labels,
     read_vector_labels,
     read_vector_shapes,
@@ -39,6 +39,7 @@ from geovision.training.smp import SegTrainOptions, train_smp
 from geovision.training.yolo import DetectTrainOptions, train_yolo
 
 _Item = TypeVar("_Item", bound=ImageLabels | ImageShapes)
+_File = TypeVar("_File", Path, Path | None)
 
 
 @dataclass(frozen=True)
@@ -461,9 +462,14 @@ def _read_polygons(spec: TrainSpec, report: LabelReport) -> list[ImageShapes]:
     if any(p.suffix.lower() in {".xml", ".csv"} for p in spec.labels):
         raise TrainingError(f"task {spec.task} needs polygon labels (GeoJSON, GeoPackage, Shapefile), not boxes")
     items = []
-    for image, labels in zip(spec.images, spec.labels if len(spec.labels) > 1 else spec.labels * len(spec.images)):
+    for image, labels in zip(spec.images, per_image(spec.labels, len(spec.images))):
         items += read_vector_shapes(labels, [image], spec.classes, report, spec.class_field)
     return items
+
+
+def per_image(files: Sequence[_File], n: int) -> tuple[_File, ...]:
+    """One file per image of ``n``: ``files`` as given, or its one file for every image."""
+    return tuple(files) * n if len(files) == 1 else tuple(files)
 
 
 def _with_areas(spec: TrainSpec, items: Sequence[_Item], report: LabelReport) -> list[_Item]:
@@ -471,15 +477,17 @@ def _with_areas(spec: TrainSpec, items: Sequence[_Item], report: LabelReport) ->
     labels centred outside it are reported as not used (chips teach none there)."""
     if not spec.areas:
         return list(items)
-    areas = spec.areas * len(spec.images) if len(spec.areas) == 1 else spec.areas
-    by_image = dict(zip(spec.images, areas))
+    layer_of = dict(zip(spec.images, per_image(spec.areas, len(spec.images))))
+    area_of: dict[Path, Any] = {}
+    for layer in dict.fromkeys(a for a in layer_of.values() if a):  # each layer read once
+        images = [image for image, a in layer_of.items() if a == layer]
+        area_of.update(zip(images, read_areas(layer, images)))
     out = []
     for item in items:
-        layer = by_image.get(item.image)
-        if layer is None:
+        area = area_of.get(item.image)
+        if area is None:
             out.append(item)
             continue
-        area = read_area(layer, item.image)
         if isinstance(item, ImageShapes):
             centres = np.asarray([(c.x, c.y) for c in shapely.point_on_surface(item.geoms)]).reshape(-1, 2)
         else:
@@ -496,7 +504,7 @@ def read_labels(spec: TrainSpec, report: LabelReport) -> list[ImageLabels]:
     pixel_kinds = {".xml", ".csv"}
     if len(spec.labels) == 1 and spec.labels[0].suffix.lower() not in pixel_kinds:
         return read_vector_labels(spec.labels[0], spec.images, spec.classes, report, spec.class_field)
-    pairs = zip(spec.images, spec.labels if len(spec.labels) > 1 else spec.labels * len(spec.images))
+    pairs = zip(spec.images, per_image(spec.labels, len(spec.images)))
     items = []
     for image, labels in pairs:
         if labels.suffix.lower() in pixel_kinds:
