@@ -12,6 +12,7 @@ import os
 import shutil
 import tempfile
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -112,7 +113,7 @@ def train_yolo(
             # random ground resolution around the model's (+-50 %) and stronger colour changes
             args.update(scale=0.5, hsv_h=0.02, hsv_s=0.5, hsv_v=0.4, augmentations=aerial_augmentations())
         args.update(opts.extra)
-        with _amp_check_offline(), _cpu_threads_kept(model, device):
+        with _amp_check_offline(), _cpu_threads_kept(model, device), _quiet_albumentations():
             model.train(**args)
         seconds = time.perf_counter() - started
         run = Path(tmp) / "run"
@@ -170,6 +171,19 @@ def _cpu_threads_kept(model: Any, device: str) -> Iterator[None]:
         yield
     finally:
         restore()
+
+
+@contextlib.contextmanager
+def _quiet_albumentations() -> Iterator[None]:
+    """Silence albumentations 2's false alarm when ultralytics restores our RGBShift from its dict.
+
+    ultralytics hands the transforms to its data loader as ``A.to_dict`` dicts; RGBShift writes
+    its parent class's noise arguments there and warns that they are not its own when read back,
+    though it comes back with the same shifts. A user would take the warning for a broken recipe.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"Argument\(s\) .* are not valid for transform RGBShift")
+        yield
 
 
 @contextlib.contextmanager
