@@ -153,8 +153,9 @@ def read_vector_shapes(
     lookup = {c.lower(): i for i, c in enumerate(classes)}
     seen = np.zeros(len(gdf), bool)
     out = []
+    reprojected: dict[str, np.ndarray] = {}
     for image in images:
-        pixel, (width, height) = _in_pixels(gdf, image, "vector labels need")
+        pixel, (width, height) = _in_pixels(gdf, image, "vector labels need", reprojected)
         x1, y1, x2, y2 = shapely.bounds(pixel).T
         inside = (x2 > 0) & (y2 > 0) & (x1 < width) & (y1 < height)
         seen |= inside
@@ -232,8 +233,9 @@ def read_areas(path: Path, images: Sequence[Path]) -> list[Any]:
 
     gdf = read_vector(path, LabelError, "labelled area")
     out = []
+    reprojected: dict[str, np.ndarray] = {}
     for image in images:
-        pixel, (width, height) = _in_pixels(gdf, image, "a labelled area needs")
+        pixel, (width, height) = _in_pixels(gdf, image, "a labelled area needs", reprojected)
         pixel = polygonal(shapely.make_valid(pixel))  # null geometries have dimension -1 and go below
         area = shapely.union_all(pixel[shapely.get_dimensions(pixel) == 2])
         area = shapely.intersection(area, shapely.box(0, 0, width, height))
@@ -243,16 +245,23 @@ def read_areas(path: Path, images: Sequence[Path]) -> list[Any]:
     return out
 
 
-def _in_pixels(gdf: gpd.GeoDataFrame, image: Path, needs: str) -> tuple[np.ndarray, tuple[int, int]]:
+def _in_pixels(
+    gdf: gpd.GeoDataFrame, image: Path, needs: str, reprojected: dict[str, np.ndarray]
+) -> tuple[np.ndarray, tuple[int, int]]:
     """A layer's geometries reprojected to ``image``'s CRS and mapped to its pixel coordinates, and
-    the image's (width, height); ``needs`` begins the error for an image without georeference."""
+    the image's (width, height); ``needs`` begins the error for an image without georeference.
+    ``reprojected`` keeps the layer in each CRS met, so that one large layer over a survey of many
+    tiles in one CRS is reprojected once, not once per tile."""
     import shapely
 
     with rasterio.open(image) as ds:
         if ds.crs is None:
             raise LabelError(f"{image}: {needs} a georeferenced image")
         inv, size = ~ds.transform, (ds.width, ds.height)
-        geoms = gdf.to_crs(ds.crs).geometry.to_numpy()
+        key = ds.crs.to_wkt()
+        if key not in reprojected:
+            reprojected[key] = gdf.to_crs(ds.crs).geometry.to_numpy()
+        geoms = reprojected[key]
     return shapely.transform(geoms, lambda xy: np.column_stack(inv @ (xy[:, 0], xy[:, 1]))), size
 
 

@@ -52,6 +52,32 @@ def test_vector_labels_land_on_the_right_pixels_through_reprojection(tmp_path):
     np.testing.assert_allclose(np.sort(item.boxes, axis=0), np.sort(np.asarray(SQUARES, float), axis=0), atol=0.1)
 
 
+def test_one_label_layer_over_many_tiles_is_reprojected_once_per_crs(tmp_path, monkeypatch):
+    """A survey's one footprint layer over many tiles: each tile's boxes land on its own pixels, and the
+    layer is reprojected once for each CRS the tiles are in, not once per tile."""
+    from rasterio.warp import calculate_default_transform
+
+    img, labels = scene(tmp_path)
+    east = T @ Affine.translation(128, 0)  # a second tile, overlapping the first by half
+    shifted = [(x1 - 128, y1, x2 - 128, y2) for x1, y1, x2, y2 in SQUARES if x1 >= 128]
+    tile2 = write_raster(tmp_path / "east.tif", squares_image(256, 256, shifted), transform=east)
+    bounds = (*(T @ (0, 256)), *(T @ (256, 0)))
+    web, width, height = calculate_default_transform("EPSG:32617", "EPSG:3857", 256, 256, *bounds)
+    tile3 = write_raster(tmp_path / "web.tif", squares_image(height, width, []), crs="EPSG:3857", transform=web)
+    calls = []
+    to_crs = gpd.GeoDataFrame.to_crs
+    monkeypatch.setattr(gpd.GeoDataFrame, "to_crs", lambda self, *a, **k: calls.append(a) or to_crs(self, *a, **k))
+    items = read_vector_labels(labels, [img, tile2, tile3], ["hut"], LabelReport(), class_field="kind")
+    assert len(calls) == 2
+    np.testing.assert_allclose(np.sort(items[0].boxes, axis=0), np.sort(np.asarray(SQUARES, float), axis=0), atol=0.1)
+    on_east = [b for b in np.asarray(SQUARES, float) - (128, 0, 128, 0) if b[2] > 0]  # whole boxes, not cut
+    np.testing.assert_allclose(np.sort(items[1].boxes, axis=0), np.sort(on_east, axis=0), atol=0.1)
+    for image, item in zip([img, tile2, tile3], items):  # as if each tile were read alone
+        [alone] = read_vector_labels(labels, [image], ["hut"], LabelReport(), class_field="kind")
+        np.testing.assert_array_equal(item.boxes, alone.boxes)
+    assert len(items[2].boxes) == len(SQUARES)
+
+
 def test_chips_and_their_labels_line_up_and_split_leaks_nothing(tmp_path):
     img, labels = scene(tmp_path)
     [item] = read_vector_labels(labels, [img], ["hut"], LabelReport(), class_field="kind")
@@ -101,6 +127,7 @@ def test_labels_on_no_data_are_not_taught(tmp_path, outlines):
     opts = ChipOptions(tile_size=128, resolution_m=0.1, val_fraction=0.0, max_empty_share=0.0)
     stats = chip_detection_dataset([item], out, opts, ["hut"])
     assert stats.train == 2  # the chip and its transpose
+    assert stats.labels_in_no_chip == 2  # reported to the user as not taught
     [txt] = [t for t in (out / "labels" / "train").glob("*.txt") if not t.stem.endswith("_T")]
     centres = []
     for line in txt.read_text().splitlines():

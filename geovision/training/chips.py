@@ -65,6 +65,8 @@ class ChipSet:
     val: int = 0
     boxes_train: int = 0
     boxes_val: int = 0
+    #: labels in no written chip: on no data, or too little of each on imagery in any chip
+    labels_in_no_chip: int = 0
     split: SplitLog = field(default_factory=SplitLog)
 
 
@@ -201,9 +203,12 @@ def chip_detection_dataset(
             plan = chip_plan(ds, opts)
             lines_of, centres = _label_lines(item, plan, opts.min_visible)
             area = on_model_grid(item.area, plan)
+            taught: set[int] = set()
             for split, td in cut_chips(ds, plan, centres, opts, rng, stats.split, area):
                 tile = td.tile
-                lines = lines_of(tile, td.valid)
+                labelled = lines_of(tile, td.valid)
+                taught.update(i for i, _ in labelled)
+                lines = [line for _, line in labelled]
                 name = f"{n:03d}_{item.image.stem}_{tile.y0}_{tile.x0}"
                 if not lines:
                     empty_pool[split].append((td.image, name))
@@ -214,6 +219,7 @@ def chip_detection_dataset(
                     stats.boxes_train += 2 * len(lines)
                 else:
                     stats.boxes_val += len(lines)
+            stats.labels_in_no_chip += len(centres) - len(taught)
     for split, pool in empty_pool.items():
         cap = int(opts.max_empty_share * counts[split] / max(1e-6, 1 - opts.max_empty_share))
         rng.shuffle(pool)
@@ -273,8 +279,11 @@ def _valid_share(valid: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     return count / np.maximum((x2 - x1) * (y2 - y1), 1)
 
 
-def _yolo_lines(boxes: np.ndarray, classes: np.ndarray, tile: Tile, min_visible: float, valid: np.ndarray) -> list[str]:
-    """YOLO label lines for the boxes enough of which is visible in ``tile`` on imagery (not no data)."""
+def _yolo_lines(
+    boxes: np.ndarray, classes: np.ndarray, tile: Tile, min_visible: float, valid: np.ndarray
+) -> list[tuple[int, str]]:
+    """YOLO label lines, each with its box's index, for the boxes enough of which is visible in
+    ``tile`` on imagery (not no data)."""
     if len(boxes) == 0:
         return []
     x1 = np.clip(boxes[:, 0], tile.x0, tile.x1)
@@ -287,16 +296,20 @@ def _yolo_lines(boxes: np.ndarray, classes: np.ndarray, tile: Tile, min_visible:
     keep = (seen > 0) & (seen >= min_visible * full)
     s = float(tile.size)
     return [
-        f"{classes[i]} {((x1[i] + x2[i]) / 2 - tile.x0) / s:.6f} {((y1[i] + y2[i]) / 2 - tile.y0) / s:.6f} "
-        f"{(x2[i] - x1[i]) / s:.6f} {(y2[i] - y1[i]) / s:.6f}\n"
+        (
+            int(i),
+            f"{classes[i]} {((x1[i] + x2[i]) / 2 - tile.x0) / s:.6f} {((y1[i] + y2[i]) / 2 - tile.y0) / s:.6f} "
+            f"{(x2[i] - x1[i]) / s:.6f} {(y2[i] - y1[i]) / s:.6f}\n",
+        )
         for i in np.flatnonzero(keep)
     ]
 
 
 def _label_lines(
     item: ImageLabels | ImageShapes, plan: ReadPlan, min_visible: float
-) -> tuple[Callable[[Tile, np.ndarray], list[str]], np.ndarray]:
-    """A tile's YOLO label lines (boxes or outlines) of one image, and its label centres, on the model grid.
+) -> tuple[Callable[[Tile, np.ndarray], list[tuple[int, str]]], np.ndarray]:
+    """A tile's YOLO label lines (boxes or outlines, each with its label's index) of one image, and its
+    label centres, on the model grid.
 
     The lines are of the labels enough of which lies in the tile on imagery (its valid pixels, the
     second argument): a footprint that OpenStreetMap has where a mosaic holds no data is no
@@ -317,10 +330,10 @@ def _label_lines(
 
 def _outline_lines(
     geoms: np.ndarray, classes: np.ndarray, tile: Tile, min_visible: float, valid: np.ndarray
-) -> list[str]:
-    """YOLO-seg lines (class, then the outline's x y pairs, 0-1 of the tile) for the polygons enough
-    of which is visible in ``tile`` on imagery (the valid share of the visible part's bounding box);
-    a polygon the tile cuts in parts keeps its largest part."""
+) -> list[tuple[int, str]]:
+    """YOLO-seg lines (class, then the outline's x y pairs, 0-1 of the tile), each with its polygon's
+    index, for the polygons enough of which is visible in ``tile`` on imagery (the valid share of the
+    visible part's bounding box); a polygon the tile cuts in parts keeps its largest part."""
     if len(geoms) == 0:
         return []
     frame = shapely.box(tile.x0, tile.y0, tile.x1, tile.y1)
@@ -329,13 +342,13 @@ def _outline_lines(
     on_imagery = _valid_share(valid, shapely.bounds(seen) - (tile.x0, tile.y0, tile.x0, tile.y0))
     enough = shapely.area(seen) * on_imagery >= np.maximum(min_visible * shapely.area(geoms[hits]), 1e-12)
     s = float(tile.size)
-    lines = []
+    lines: list[tuple[int, str]] = []
     for i, largest in zip(hits[enough], largest_polygons(seen[enough])):
         ring = np.asarray(largest.exterior.coords)[:-1] if largest is not None else np.zeros((0, 2))
         if len(ring) < 3:
             continue
         xy = np.clip((ring - (tile.x0, tile.y0)) / s, 0, 1)
-        lines.append(f"{classes[i]} " + " ".join(f"{v:.6f}" for v in xy.ravel()) + "\n")
+        lines.append((int(i), f"{classes[i]} " + " ".join(f"{v:.6f}" for v in xy.ravel()) + "\n"))
     return lines
 
 

@@ -381,6 +381,9 @@ def _train_detector(
     )
     chips = chip_detection_dataset(items, staging / "chips", _chip_options(spec), spec.classes)
     log(f"chips: {chips.train} train ({chips.boxes_train} boxes), {chips.val} validation ({chips.boxes_val} boxes)")
+    if chips.labels_in_no_chip:
+        log(f"labels: {chips.labels_in_no_chip} of those used lie in no chip (on no data, or too little of each "
+            "on imagery in any chip), so were not taught")  # fmt: skip
     if chips.train == 0 or chips.boxes_val == 0:
         raise _no_chips(chips.train, chips.boxes_val)
     network = f"yolo11{spec.model_size}{'-seg' * instance}.yaml"
@@ -396,7 +399,14 @@ def _train_detector(
         trusted=spec.trust_weights,
         network=network,
     )
-    info = _data_info(spec, report, chips_train=chips.train, chips_val=chips.val, val_boxes=chips.boxes_val)
+    info = _data_info(
+        spec,
+        report,
+        chips_train=chips.train,
+        chips_val=chips.val,
+        val_boxes=chips.boxes_val,
+        labels_in_no_chip=chips.labels_in_no_chip,
+    )
     info["val_regions"] = _regions_yaml(chips.split.val_regions)
     train_yolo(staging / "chips" / "data.yaml", cfg, package, opts, log, info={"data": info})
 
