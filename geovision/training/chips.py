@@ -65,7 +65,8 @@ class ChipSet:
     val: int = 0
     boxes_train: int = 0
     boxes_val: int = 0
-    #: labels in no written chip: on no data, or too little of each on imagery in any chip
+    #: labels in no written chip: on no data, only in chips dropped at the split's edges, or too little
+    #: of each on imagery
     labels_in_no_chip: int = 0
     split: SplitLog = field(default_factory=SplitLog)
 

@@ -382,8 +382,9 @@ def _train_detector(
     chips = chip_detection_dataset(items, staging / "chips", _chip_options(spec), spec.classes)
     log(f"chips: {chips.train} train ({chips.boxes_train} boxes), {chips.val} validation ({chips.boxes_val} boxes)")
     if chips.labels_in_no_chip:
-        log(f"labels: {chips.labels_in_no_chip} of those used lie in no chip (on no data, or too little of each "
-            "on imagery in any chip), so were not taught")  # fmt: skip
+        log(f"labels: {chips.labels_in_no_chip} of those used lie in no chip (on no data, only in chips "
+            "dropped at the validation split's edges, or too little of each on imagery in any chip), "
+            "so were not taught")  # fmt: skip
     if chips.train == 0 or chips.boxes_val == 0:
         raise _no_chips(chips.train, chips.boxes_val)
     network = f"yolo11{spec.model_size}{'-seg' * instance}.yaml"
