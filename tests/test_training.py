@@ -16,8 +16,9 @@ from PIL import Image
 
 import geovision
 from geovision.cli.main import main
-from geovision.labels import LabelReport, read_areas, read_vector_labels, read_vector_shapes
+from geovision.labels import ImageLabels, LabelReport, read_areas, read_vector_labels, read_vector_shapes
 from geovision.training.chips import IGNORE, ChipOptions, chip_detection_dataset, chip_segmentation_dataset
+from geovision.training.run import read_labels, read_polygons, spec_from_mapping
 from tests.conftest import squares_image, write_raster
 
 T = Affine(0.1, 0, 500000, 0, -0.1, 4000000)
@@ -78,6 +79,21 @@ def test_one_label_layer_over_many_tiles_is_reprojected_once_per_crs(tmp_path, m
     assert len(items[2].boxes) == len(SQUARES)
 
 
+@pytest.mark.parametrize("task", ["detect", "instance"])
+def test_a_label_file_given_for_each_tile_is_read_once_for_all(tmp_path, task):
+    """A training YAML of datasets lists one footprint layer beside each tile of a survey: its labels
+    are counted once, as used where they fall on any tile, and dropped only outside all of them."""
+    img, labels = scene(tmp_path)
+    east = write_raster(tmp_path / "east.tif", squares_image(256, 256, []), transform=T @ Affine.translation(128, 0))
+    raw = {"task": task, "images": [img, east], "labels": [labels, labels], "classes": ["hut"], "output": "x"}
+    spec = spec_from_mapping({**raw, "class_field": "kind"})
+    report = LabelReport()
+    items = read_labels(spec, report) if task == "detect" else read_polygons(spec, report)
+    assert [item.image for item in items] == [img, east]
+    assert [len(item.classes) for item in items] == [5, 3]  # three squares reach past x = 128 px
+    assert report.used == 8 and dict(report.dropped) == {"outside every image": 1}
+
+
 def test_chips_and_their_labels_line_up_and_split_leaks_nothing(tmp_path):
     img, labels = scene(tmp_path)
     [item] = read_vector_labels(labels, [img], ["hut"], LabelReport(), class_field="kind")
@@ -107,6 +123,25 @@ def test_chips_and_their_labels_line_up_and_split_leaks_nothing(tmp_path):
         return cover[:256, :256]
 
     assert not (footprint("train") & footprint("val")).any()
+
+
+def test_the_split_loses_no_label_between_training_and_validation(tmp_path):
+    """Chips line up with the validation blocks, and the blocks at the right and bottom edges reach the
+    edge: whichever blocks are held out, every label lies in a training or a validation chip (before,
+    a held-out block's labels were mostly in chips that touched both splits, and were dropped)."""
+    squares = [(x, y, x + 12, y + 12) for x in (8, 40, 72, 104, 136, 168, 184) for y in (8, 40, 72, 104, 118)]
+    img = write_raster(tmp_path / "ortho.tif", squares_image(136, 200, squares), transform=T)
+    item = ImageLabels(img, np.asarray(squares, np.float32), np.zeros(len(squares), np.int64))
+    edge_blocks = 0
+    for seed in range(6):
+        opts = ChipOptions(tile_size=64, resolution_m=0.1, val_fraction=0.3, stride=32, max_empty_share=0.0, seed=seed)
+        stats = chip_detection_dataset([item], tmp_path / f"chips{seed}", opts, ["hut"])
+        assert stats.labels_in_no_chip == 0 and stats.boxes_val > 0 and stats.boxes_train > 0, seed
+        for _, (x0, y0, x1, y1) in stats.split.val_regions:  # blocks of 64 px, or up to the edge
+            assert x1 - x0 == pytest.approx(6.4) or x1 == pytest.approx(T.c + 20.0)
+            assert y1 - y0 == pytest.approx(6.4) or y0 == pytest.approx(T.f - 13.6)
+            edge_blocks += (x1 == pytest.approx(T.c + 20.0)) + (y0 == pytest.approx(T.f - 13.6))
+    assert edge_blocks > 0
 
 
 @pytest.mark.parametrize("outlines", [False, True], ids=["boxes", "outlines"])

@@ -104,6 +104,7 @@ def test_chips_cover_the_image_without_padding(length, tile, stride):
     starts = chip_starts(length, tile, stride)
     assert starts[0] == 0 and all(0 < b - a <= stride for a, b in zip(starts, starts[1:]))
     assert starts[-1] + tile == max(length, tile)  # the last chip ends at the edge, none runs past it
+    assert set(range(0, length - tile + 1, tile)) <= set(starts)  # a chip on each validation block
 
 
 def test_small_plots_go_to_validation_whole_at_the_given_rate():

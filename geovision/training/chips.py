@@ -28,7 +28,7 @@ from shapely import affinity
 from geovision.labels import ImageLabels, ImageShapes
 from geovision.merge import largest_polygons, polygonal
 from geovision.raster import Normalization, ReadPlan, TileData, open_raster, plan_read, read_tile
-from geovision.tiling import Tile, TileGrid
+from geovision.tiling import Tile
 
 
 @dataclass(frozen=True)
@@ -103,19 +103,18 @@ def cut_chips(
     splits, and chips without a valid pixel, are left out.
     """
     t = opts.tile_size
-    blocks = TileGrid(plan.width, plan.height, t, 0)
+    blocks = SplitBlocks(plan.width, plan.height, t)
     centres = np.asarray(label_centres, dtype=np.float64).reshape(-1, 2)
     if area is not None:  # a block holding only labels outside the area would validate nothing
         centres = centres[shapely.contains_xy(area, centres[:, 0], centres[:, 1])]
-    cells = centres // t
-    labelled = {(int(r), int(c)) for c, r in cells if 0 <= r < blocks.n_rows and 0 <= c < blocks.n_cols}
+    labelled = {blocks.cell(x, y) for x, y in centres if 0 <= x < plan.width and 0 <= y < plan.height}
     held = val_blocks(list(labelled), opts.val_fraction, rng)
     log.val_regions += [(Path(plan.path).name, b) for b in held_regions(plan, blocks, held)]
     stride = opts.stride or t // 2
     for r, y0 in enumerate(chip_starts(plan.height, t, stride)):
         for c, x0 in enumerate(chip_starts(plan.width, t, stride)):
             tile = Tile(r, c, x0, y0, t)
-            split = _split_of(tile, blocks, held)
+            split = blocks.split_of(tile, held)
             if split is None:
                 log.dropped_straddling += 1
                 continue
@@ -149,12 +148,20 @@ def on_model_grid(geom: Any, plan: ReadPlan) -> Any:
 
 
 def chip_starts(length: int, tile: int, stride: int) -> list[int]:
-    """Chip offsets along one axis: evenly spaced, at most ``stride`` apart, the last one
-    ending at the image's edge, so no chip holds padding unless the image is smaller than a chip."""
+    """Chip offsets along one axis: every ``stride`` from 0, and a last one ending at the image's
+    edge, so no chip holds padding unless the image is smaller than a chip.
+
+    Offsets on multiples of the stride line chips up with the validation split's blocks (one chip
+    wide) when the stride divides the chip: a held-out block is then one validation chip. Spaced
+    evenly instead, almost every chip touched two blocks, so a held-out block's labels went to
+    neither training nor validation (validation was left with the chips at the image's top and left).
+    """
     if length <= tile:
         return [0]
-    n = -(-(length - tile) // stride) + 1
-    return [round(i * (length - tile) / (n - 1)) for i in range(n)]
+    starts = list(range(0, length - tile + 1, stride))
+    if starts[-1] != length - tile:
+        starts.append(length - tile)
+    return starts
 
 
 def val_blocks(cells: Sequence[tuple[int, int]], fraction: float, rng: random.Random) -> set[tuple[int, int]]:
@@ -238,31 +245,60 @@ def chip_detection_dataset(
 
 
 def held_regions(
-    plan: ReadPlan, blocks: TileGrid, held: set[tuple[int, int]]
+    plan: ReadPlan, blocks: SplitBlocks, held: set[tuple[int, int]]
 ) -> list[tuple[float, float, float, float]]:
     """Bounds (minx, miny, maxx, maxy) of held-out blocks in the raster's CRS (or pixels without one)."""
-    t = blocks.tile_size
     out = []
     for r, c in sorted(held):
-        x0, y0 = plan.transform @ (c * t, r * t)
-        x1, y1 = plan.transform @ (min((c + 1) * t, plan.width), min((r + 1) * t, plan.height))
+        px0, py0, px1, py1 = blocks.bounds(r, c)
+        x0, y0 = plan.transform @ (px0, py0)
+        x1, y1 = plan.transform @ (px1, py1)
         out.append((min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)))
     return out
 
 
-def _split_of(tile: Tile, blocks: TileGrid, held: set[tuple[int, int]]) -> str | None:
-    """'val' if the chip lies only in held-out blocks, 'train' if in none, else None."""
-    t = blocks.tile_size
-    touched = {
-        (r, c)
-        for r in range(tile.y0 // t, (tile.y1 - 1) // t + 1)
-        for c in range(tile.x0 // t, (tile.x1 - 1) // t + 1)
-        if r < blocks.n_rows and c < blocks.n_cols
-    }
-    inside = touched & held
-    if not inside:
-        return "train"
-    return "val" if inside == touched else None
+@dataclass(frozen=True)
+class SplitBlocks:
+    """The validation split's blocks of a raster (model-grid pixels): squares of ``size`` from its top
+    left, the last of each row and column stretched to the edge (up to twice as wide). The chips that
+    end at the edge (:func:`chip_starts`) then lie in one block, so a held-out block at the edge gives
+    validation chips rather than losing its labels to both splits."""
+
+    width: int
+    height: int
+    size: int
+
+    @property
+    def n_cols(self) -> int:
+        return max(1, self.width // self.size)
+
+    @property
+    def n_rows(self) -> int:
+        return max(1, self.height // self.size)
+
+    def cell(self, x: float, y: float) -> tuple[int, int]:
+        """(row, col) of the block holding pixel (x, y)."""
+        return _block_index(y, self.size, self.n_rows), _block_index(x, self.size, self.n_cols)
+
+    def bounds(self, row: int, col: int) -> tuple[int, int, int, int]:
+        """(x0, y0, x1, y1) of a block, in pixels."""
+        x1 = self.width if col == self.n_cols - 1 else (col + 1) * self.size
+        y1 = self.height if row == self.n_rows - 1 else (row + 1) * self.size
+        return col * self.size, row * self.size, x1, y1
+
+    def split_of(self, tile: Tile, held: set[tuple[int, int]]) -> str | None:
+        """'val' if the chip lies only in held-out blocks, 'train' if in none, else None."""
+        r0, c0 = self.cell(tile.x0, tile.y0)
+        r1, c1 = self.cell(tile.x1 - 1, tile.y1 - 1)
+        touched = {(r, c) for r in range(r0, r1 + 1) for c in range(c0, c1 + 1)}
+        inside = touched & held
+        if not inside:
+            return "train"
+        return "val" if inside == touched else None
+
+
+def _block_index(v: float, size: int, n: int) -> int:
+    return min(max(int(v // size), 0), n - 1)
 
 
 def _valid_share(valid: np.ndarray, boxes: np.ndarray) -> np.ndarray:

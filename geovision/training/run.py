@@ -360,7 +360,7 @@ def _train_detector(
 ) -> None:
     instance = spec.task == "instance"
     items: Sequence[ImageLabels | ImageShapes]
-    items = _read_polygons(spec, report) if instance else read_labels(spec, report)
+    items = read_polygons(spec, report) if instance else read_labels(spec, report)
     items = _with_areas(spec, items, report)
     _check_labels(report, log)
     overlap = spec.overlap if spec.overlap is not None else spec.tile_size // 10
@@ -413,7 +413,7 @@ def _train_detector(
 
 
 def _train_segmenter(spec: TrainSpec, report: LabelReport, package: Path, log: Callable[[str], None]) -> None:
-    items = _with_areas(spec, _read_polygons(spec, report), report)
+    items = _with_areas(spec, read_polygons(spec, report), report)
     _check_labels(report, log)
     chips = chip_segmentation_dataset(items, _chip_options(spec), spec.boundary_px, len(spec.classes))
     n_val_fg = sum(int(m.any()) for m in chips.val_masks)
@@ -468,14 +468,13 @@ def _vectorize_options(spec: TrainSpec, default: VectorizeOptions) -> VectorizeO
         raise TrainingError(str(e)) from e
 
 
-def _read_polygons(spec: TrainSpec, report: LabelReport) -> list[ImageShapes]:
+def read_polygons(spec: TrainSpec, report: LabelReport) -> list[ImageShapes]:
     """Outline labels (segmenters, instance segmenters) of each image, in its pixel coordinates."""
     if any(p.suffix.lower() in {".xml", ".csv"} for p in spec.labels):
         raise TrainingError(f"task {spec.task} needs polygon labels (GeoJSON, GeoPackage, Shapefile), not boxes")
-    items = []
-    for image, labels in zip(spec.images, per_image(spec.labels, len(spec.images))):
-        items += read_vector_shapes(labels, [image], spec.classes, report, spec.class_field)
-    return items
+    pairs = list(zip(spec.images, per_image(spec.labels, len(spec.images))))
+    shapes = _read_vector_files(pairs, read_vector_shapes, spec, report)
+    return [shapes[pair] for pair in pairs]
 
 
 def per_image(files: Sequence[_File], n: int) -> tuple[_File, ...]:
@@ -513,13 +512,26 @@ def _with_areas(spec: TrainSpec, items: Sequence[_Item], report: LabelReport) ->
 def read_labels(spec: TrainSpec, report: LabelReport) -> list[ImageLabels]:
     """Labels for each image of ``spec``, by the labels files' kind."""
     pixel_kinds = {".xml", ".csv"}
-    if len(spec.labels) == 1 and spec.labels[0].suffix.lower() not in pixel_kinds:
-        return read_vector_labels(spec.labels[0], spec.images, spec.classes, report, spec.class_field)
-    pairs = zip(spec.images, per_image(spec.labels, len(spec.images)))
-    items = []
+    pairs = list(zip(spec.images, per_image(spec.labels, len(spec.images))))
+    vector = [(image, labels) for image, labels in pairs if labels.suffix.lower() not in pixel_kinds]
+    boxes = _read_vector_files(vector, read_vector_labels, spec, report)
+    return [
+        boxes[(image, labels)] if (image, labels) in boxes else read_pixel_labels(labels, image, spec.classes, report)
+        for image, labels in pairs
+    ]
+
+
+def _read_vector_files(
+    pairs: Sequence[tuple[Path, Path]], read: Callable[..., list[_Item]], spec: TrainSpec, report: LabelReport
+) -> dict[tuple[Path, Path], _Item]:
+    """Labels of each (image, vector labels file) pair, each file read once for all its images: a
+    footprint layer over many tiles is read (and reprojected) once, and a label is counted as
+    outside every image only when it is outside all of them, not once for each other tile."""
+    images_of: dict[Path, list[Path]] = {}
     for image, labels in pairs:
-        if labels.suffix.lower() in pixel_kinds:
-            items.append(read_pixel_labels(labels, image, spec.classes, report))
-        else:
-            items.extend(read_vector_labels(labels, [image], spec.classes, report, spec.class_field))
-    return items
+        images_of.setdefault(labels, []).append(image)
+    out = {}
+    for labels, images in images_of.items():
+        items = read(labels, images, spec.classes, report, spec.class_field)
+        out.update({(image, labels): item for image, item in zip(images, items)})
+    return out
