@@ -152,7 +152,7 @@ def chip_starts(length: int, tile: int, stride: int) -> list[int]:
     edge, so no chip holds padding unless the image is smaller than a chip.
 
     Offsets on multiples of the stride line chips up with the validation split's blocks (one chip
-    wide) when the stride divides the chip: a held-out block is then one validation chip. Spaced
+    wide) when the stride divides the chip: a held-out block is then cut into validation chips. Spaced
     evenly instead, almost every chip touched two blocks, so a held-out block's labels went to
     neither training nor validation (validation was left with the chips at the image's top and left).
     """
