@@ -125,16 +125,20 @@ def test_chips_and_their_labels_line_up_and_split_leaks_nothing(tmp_path):
     assert not (footprint("train") & footprint("val")).any()
 
 
-def test_the_split_loses_no_label_between_training_and_validation(tmp_path):
+@pytest.mark.parametrize("stride", [32, 24])
+def test_the_split_loses_no_label_between_training_and_validation(tmp_path, stride):
     """Chips line up with the validation blocks, and the blocks at the right and bottom edges reach the
     edge: whichever blocks are held out, every label lies in a training or a validation chip (before,
-    a held-out block's labels were mostly in chips that touched both splits, and were dropped)."""
+    a held-out block's labels were mostly in chips that touched both splits, and were dropped), also
+    with a stride that does not divide the chip."""
     squares = [(x, y, x + 12, y + 12) for x in (8, 40, 72, 104, 136, 168, 184) for y in (8, 40, 72, 104, 118)]
     img = write_raster(tmp_path / "ortho.tif", squares_image(136, 200, squares), transform=T)
     item = ImageLabels(img, np.asarray(squares, np.float32), np.zeros(len(squares), np.int64))
     edge_blocks = 0
     for seed in range(6):
-        opts = ChipOptions(tile_size=64, resolution_m=0.1, val_fraction=0.3, stride=32, max_empty_share=0.0, seed=seed)
+        opts = ChipOptions(
+            tile_size=64, resolution_m=0.1, val_fraction=0.3, stride=stride, max_empty_share=0.0, seed=seed
+        )
         stats = chip_detection_dataset([item], tmp_path / f"chips{seed}", opts, ["hut"])
         assert stats.labels_in_no_chip == 0 and stats.boxes_val > 0 and stats.boxes_train > 0, seed
         for _, (x0, y0, x1, y1) in stats.split.val_regions:  # blocks of 64 px, or up to the edge
@@ -163,6 +167,8 @@ def test_labels_on_no_data_are_not_taught(tmp_path, outlines):
     stats = chip_detection_dataset([item], out, opts, ["hut"])
     assert stats.train == 2  # the chip and its transpose
     assert stats.labels_in_no_chip == 2  # reported to the user as not taught
+    if outlines:  # a segmenter learns the fourth's pixels on imagery: only the second is untaught
+        assert chip_segmentation_dataset([item], opts).labels_in_no_chip == 1
     [txt] = [t for t in (out / "labels" / "train").glob("*.txt") if not t.stem.endswith("_T")]
     centres = []
     for line in txt.read_text().splitlines():

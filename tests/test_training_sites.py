@@ -99,7 +99,9 @@ def test_a_datasets_labelled_area_follows_its_images_into_a_fold(tmp_path):
         spec_from_mapping({**load_train_config(cfg), "areas": ["x.gpkg"] * 3})
 
 
-@pytest.mark.parametrize("length, tile, stride", [(400, 320, 160), (400, 416, 208), (2299, 416, 208), (64, 64, 32)])
+@pytest.mark.parametrize(
+    "length, tile, stride", [(400, 320, 160), (400, 416, 208), (2299, 416, 208), (64, 64, 32), (1000, 256, 100)]
+)
 def test_chips_cover_the_image_without_padding(length, tile, stride):
     starts = chip_starts(length, tile, stride)
     assert starts[0] == 0 and all(0 < b - a <= stride for a, b in zip(starts, starts[1:]))

@@ -151,17 +151,16 @@ def chip_starts(length: int, tile: int, stride: int) -> list[int]:
     """Chip offsets along one axis: every ``stride`` from 0, and a last one ending at the image's
     edge, so no chip holds padding unless the image is smaller than a chip.
 
-    Offsets on multiples of the stride line chips up with the validation split's blocks (one chip
-    wide) when the stride divides the chip: a held-out block is then cut into validation chips. Spaced
-    evenly instead, almost every chip touched two blocks, so a held-out block's labels went to
-    neither training nor validation (validation was left with the chips at the image's top and left).
+    Offsets on multiples of the stride, and of the chip size (the validation split's blocks are one
+    chip wide), line chips up with the blocks: every held-out block is cut into validation chips, also
+    with a stride that does not divide the chip. Spaced evenly instead, almost every chip touched two
+    blocks, so a held-out block's labels went to neither training nor validation (validation was left
+    with the chips at the image's top and left).
     """
     if length <= tile:
         return [0]
-    starts = list(range(0, length - tile + 1, stride))
-    if starts[-1] != length - tile:
-        starts.append(length - tile)
-    return starts
+    last = length - tile
+    return sorted(set(range(0, last + 1, stride)) | set(range(0, last + 1, tile)) | {last})
 
 
 def val_blocks(cells: Sequence[tuple[int, int]], fraction: float, rng: random.Random) -> set[tuple[int, int]]:
@@ -373,11 +372,8 @@ def _outline_lines(
     visible part's bounding box); a polygon the tile cuts in parts keeps its largest part."""
     if len(geoms) == 0:
         return []
-    frame = shapely.box(tile.x0, tile.y0, tile.x1, tile.y1)
-    hits = np.flatnonzero(shapely.intersects(geoms, frame))
-    seen = polygonal(shapely.intersection(geoms[hits], frame))
-    on_imagery = _valid_share(valid, shapely.bounds(seen) - (tile.x0, tile.y0, tile.x0, tile.y0))
-    enough = shapely.area(seen) * on_imagery >= np.maximum(min_visible * shapely.area(geoms[hits]), 1e-12)
+    hits, seen, visible = _visible(geoms, tile, valid)
+    enough = visible >= np.maximum(min_visible * shapely.area(geoms[hits]), 1e-12)
     s = float(tile.size)
     lines: list[tuple[int, str]] = []
     for i, largest in zip(hits[enough], largest_polygons(seen[enough])):
@@ -387,6 +383,16 @@ def _outline_lines(
         xy = np.clip((ring - (tile.x0, tile.y0)) / s, 0, 1)
         lines.append((int(i), f"{classes[i]} " + " ".join(f"{v:.6f}" for v in xy.ravel()) + "\n"))
     return lines
+
+
+def _visible(geoms: np.ndarray, tile: Tile, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The polygons (model-grid pixels) that ``tile`` touches: their indices, their parts in the tile,
+    and the area of each part on imagery (its area times the valid share of its bounding box)."""
+    frame = shapely.box(tile.x0, tile.y0, tile.x1, tile.y1)
+    hits = np.flatnonzero(shapely.intersects(geoms, frame))
+    seen = polygonal(shapely.intersection(geoms[hits], frame))
+    on_imagery = _valid_share(valid, shapely.bounds(seen) - (tile.x0, tile.y0, tile.x0, tile.y0))
+    return hits, seen, shapely.area(seen) * on_imagery
 
 
 def _transpose_lines(lines: list[str]) -> list[str]:
@@ -407,6 +413,8 @@ class SegChips:
     train_masks: list[np.ndarray] = field(default_factory=list)
     val_images: list[np.ndarray] = field(default_factory=list)
     val_masks: list[np.ndarray] = field(default_factory=list)
+    #: labels with no pixel on imagery in any chip (on no data, or only in chips dropped at the split)
+    labels_in_no_chip: int = 0
     split: SplitLog = field(default_factory=SplitLog)
 
 
@@ -431,6 +439,9 @@ def chip_segmentation_dataset(
             plan = chip_plan(ds, opts)
             geoms = [on_model_grid(g, plan) for g in item.geoms]  # source pixels to model-grid pixels
             centres = [(g.centroid.x, g.centroid.y) for g in geoms if not g.is_empty]
+            outlines = np.empty(len(geoms), dtype=object)
+            outlines[:] = geoms
+            taught: set[int] = set()
             shapes = list(zip(geoms, (int(c) + 1 for c in item.classes)))
             rings = [(g.boundary.buffer(boundary_px), 1) for g in geoms] if boundary_px > 0 else []
             area = on_model_grid(item.area, plan)
@@ -447,10 +458,14 @@ def chip_segmentation_dataset(
                         )
                         mask[band > 0] = n_classes + 1
                 mask[~td.valid] = IGNORE
+                if len(outlines):
+                    hits, _, visible = _visible(outlines, td.tile, td.valid)
+                    taught.update(hits[visible > 0].tolist())
                 if split == "train":
                     chips.train_images.append(td.image)
                     chips.train_masks.append(mask)
                 else:
                     chips.val_images.append(td.image)
                     chips.val_masks.append(mask)
+            chips.labels_in_no_chip += len(centres) - len(taught)
     return chips

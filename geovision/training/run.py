@@ -381,10 +381,7 @@ def _train_detector(
     )
     chips = chip_detection_dataset(items, staging / "chips", _chip_options(spec), spec.classes)
     log(f"chips: {chips.train} train ({chips.boxes_train} boxes), {chips.val} validation ({chips.boxes_val} boxes)")
-    if chips.labels_in_no_chip:
-        log(f"labels: {chips.labels_in_no_chip} of those used lie in no chip (on no data, only in chips "
-            "dropped at the validation split's edges, or too little of each on imagery in any chip), "
-            "so were not taught")  # fmt: skip
+    _log_no_chip(chips.labels_in_no_chip, log)
     if chips.train == 0 or chips.boxes_val == 0:
         raise _no_chips(chips.train, chips.boxes_val)
     network = f"yolo11{spec.model_size}{'-seg' * instance}.yaml"
@@ -412,12 +409,19 @@ def _train_detector(
     train_yolo(staging / "chips" / "data.yaml", cfg, package, opts, log, info={"data": info})
 
 
+def _log_no_chip(n: int, log: Callable[[str], None]) -> None:
+    if n:
+        log(f"labels: {n} of those used lie in no chip (on no data, only in chips dropped at the "
+            "validation split's edges, or too little of each on imagery in any chip), so were not taught")  # fmt: skip
+
+
 def _train_segmenter(spec: TrainSpec, report: LabelReport, package: Path, log: Callable[[str], None]) -> None:
     items = _with_areas(spec, read_polygons(spec, report), report)
     _check_labels(report, log)
     chips = chip_segmentation_dataset(items, _chip_options(spec), spec.boundary_px, len(spec.classes))
     n_val_fg = sum(int(m.any()) for m in chips.val_masks)
     log(f"chips: {len(chips.train_images)} train, {len(chips.val_images)} validation ({n_val_fg} with labels)")
+    _log_no_chip(chips.labels_in_no_chip, log)
     if not chips.train_images or n_val_fg == 0:
         raise _no_chips(len(chips.train_images), n_val_fg)
     depth = spec.encoder_depth
@@ -455,7 +459,13 @@ def _train_segmenter(spec: TrainSpec, report: LabelReport, package: Path, log: C
         augment=spec.augment,
         weights=spec.weights,
     )
-    info = _data_info(spec, report, chips_train=len(chips.train_images), chips_val=len(chips.val_images))
+    info = _data_info(
+        spec,
+        report,
+        chips_train=len(chips.train_images),
+        chips_val=len(chips.val_images),
+        labels_in_no_chip=chips.labels_in_no_chip,
+    )
     info["val_regions"] = _regions_yaml(chips.split.val_regions)
     train_smp(chips, cfg, package, opts, log, info={"data": info})
 
