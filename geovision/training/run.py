@@ -410,6 +410,7 @@ def _train_detector(
 
 
 def _log_no_chip(n: int, log: Callable[[str], None]) -> None:
+    """Tell the user how many of the labels used were never taught (the package records it too)."""
     if n:
         log(f"labels: {n} of those used lie in no chip (on no data, only in chips dropped at the "
             "validation split's edges, or too little of each on imagery in any chip), so were not taught")  # fmt: skip
