@@ -16,7 +16,7 @@ from PIL import Image
 
 import geovision
 from geovision.cli.main import main
-from geovision.labels import ImageLabels, LabelReport, read_areas, read_vector_labels, read_vector_shapes
+from geovision.labels import ImageLabels, ImageShapes, LabelReport, read_areas, read_vector_labels, read_vector_shapes
 from geovision.training.chips import IGNORE, ChipOptions, chip_detection_dataset, chip_segmentation_dataset
 from geovision.training.run import read_labels, read_polygons, spec_from_mapping
 from tests.conftest import squares_image, write_raster
@@ -178,6 +178,18 @@ def test_labels_on_no_data_are_not_taught(tmp_path, outlines):
             values = np.r_[(xy.min(0) + xy.max(0)) / 2]
         centres.append(tuple(np.round(values[:2])))  # a box's centre x, y come first
     assert sorted(centres) == [(20.0, 20.0), (50.0, 50.0)]
+
+
+def test_a_self_crossing_footprint_cut_by_a_chip_edge_is_counted_not_fatal(tmp_path):
+    """OSM footprints can cross themselves; cutting one at a chip's edge to count it as taught must
+    not fail (GEOS refuses to intersect an invalid polygon), for detectors and segmenters alike."""
+    img = write_raster(tmp_path / "ortho.tif", squares_image(128, 128, [(50, 50, 78, 78)]), transform=T)
+    bowtie = shapely.Polygon([(50, 50), (78, 78), (78, 50), (50, 78)])  # crosses itself at (64, 64)
+    off = shapely.box(200, 200, 210, 210)  # off the image: in no chip
+    item = ImageShapes(img, [bowtie, off], np.zeros(2, np.int64))
+    opts = ChipOptions(tile_size=64, resolution_m=0.1, val_fraction=0.0, max_empty_share=0.0)
+    assert chip_segmentation_dataset([item], opts).labels_in_no_chip == 1
+    assert chip_detection_dataset([item], tmp_path / "chips", opts, ["hut"]).labels_in_no_chip == 1
 
 
 def partly_mapped(tmp_path: Path) -> tuple[Path, Path, Path]:

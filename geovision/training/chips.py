@@ -341,6 +341,14 @@ def _yolo_lines(
     ]
 
 
+def _repaired(geoms: Sequence[Any]) -> np.ndarray:
+    """Label polygons repaired (OSM footprints can cross themselves, and cutting such a polygon at a
+    chip's edge fails), as an array for shapely's vectorised functions."""
+    out = np.empty(len(geoms), dtype=object)
+    out[:] = list(geoms)
+    return polygonal(shapely.make_valid(out))
+
+
 def _label_lines(
     item: ImageLabels | ImageShapes, plan: ReadPlan, min_visible: float
 ) -> tuple[Callable[[Tile, np.ndarray], list[tuple[int, str]]], np.ndarray]:
@@ -352,9 +360,7 @@ def _label_lines(
     building the network could see, so it is not taught as one.
     """
     if isinstance(item, ImageShapes):
-        geoms = np.empty(len(item.geoms), dtype=object)
-        geoms[:] = [on_model_grid(g, plan) for g in item.geoms]
-        geoms = polygonal(shapely.make_valid(geoms))  # OSM footprints can cross themselves
+        geoms = _repaired([on_model_grid(g, plan) for g in item.geoms])
         centres = np.asarray([(g.centroid.x, g.centroid.y) for g in geoms]).reshape(-1, 2)
         return (lambda tile, valid: _outline_lines(geoms, item.classes, tile, min_visible, valid)), centres
     boxes = item.boxes.copy()
@@ -439,8 +445,7 @@ def chip_segmentation_dataset(
             plan = chip_plan(ds, opts)
             geoms = [on_model_grid(g, plan) for g in item.geoms]  # source pixels to model-grid pixels
             centres = [(g.centroid.x, g.centroid.y) for g in geoms if not g.is_empty]
-            outlines = np.empty(len(geoms), dtype=object)
-            outlines[:] = geoms
+            outlines = _repaired(geoms)  # for counting what is taught; the masks burn ``geoms`` as they are
             taught: set[int] = set()
             shapes = list(zip(geoms, (int(c) + 1 for c in item.classes)))
             rings = [(g.boundary.buffer(boundary_px), 1) for g in geoms] if boundary_px > 0 else []
