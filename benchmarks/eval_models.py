@@ -277,7 +277,7 @@ def fold(
     out.parent.mkdir(parents=True, exist_ok=True)
     if epochs:  # a fixed number of epochs, in place of the config's and of its time budget
         options = {k: v for k, v in fold_spec.options.items() if k != "time"}
-        fold_spec = replace(fold_spec, epochs=epochs, options=options)
+        fold_spec = replace(fold_spec, epochs=epochs, options=options, time=None)
     print(f"[{site}] training on {len(fold_spec.images)} images of {sorted(set(fold_spec.sites or ()))}", flush=True)
     t0 = time.perf_counter()
     model = train(fold_spec, log=lambda s: print(f"[{site}] {s}", flush=True))

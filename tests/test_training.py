@@ -487,3 +487,67 @@ def test_a_box_detector_starts_an_instance_segmenter(tmp_path):
     result = geovision.detect(img, tmp_path / "tuned" / "model.yaml", confidence=0.0001)
     assert result.stats.tiles > 0
     assert all(g.geom_type == "Polygon" for g in result.features.geometry)
+
+
+SAMPLES = Path(__file__).parent.parent / "sample_tiles"
+
+
+def test_fine_tuning_a_named_model_takes_its_settings_and_a_time_bound(tmp_path):
+    """`--weights trees`: the model's weights, resolution, tile size and thresholds, a small step, 8 minutes."""
+    raw = {"weights": "trees", "images": ["a.tif"], "labels": ["a.xml"], "output": str(tmp_path / "m")}
+    spec = spec_from_mapping(raw)
+    trees = geovision.resolve_model("trees")
+    assert spec.task == "detect" and spec.classes == ("tree",) and spec.weights == trees.weights
+    assert (spec.resolution, spec.tile_size, spec.overlap) == (trees.resolution_m, trees.tile_size, trees.overlap)
+    assert (spec.confidence, spec.iou) == (trees.confidence, trees.iou)
+    assert spec.time == 8.0 and spec.options["optimizer"] == "AdamW" and spec.options["lr0"] == 0.001
+    # what the user gives wins; --epochs alone sets no time bound
+    spec = spec_from_mapping({**raw, "tile_size": 320, "epochs": 5, "options": {"lr0": 0.01}})
+    assert (spec.tile_size, spec.epochs, spec.time, spec.options) == (320, 5, None, {"lr0": 0.01})
+    assert spec_from_mapping({**raw, "time": "90s"}).time == 1.5
+    assert spec_from_mapping({**raw, "time": "1.5h"}).time == 90
+    assert spec_from_mapping({**raw, "time": 12}).time == 12
+    for bad in ("soon", "0m", "-1h"):
+        with pytest.raises(geovision.errors.TrainingError, match="time"):
+            spec_from_mapping({**raw, "time": bad})
+
+
+def test_bad_start_model_or_time_is_one_line(tmp_path):
+    args = ["train", "detect", "--images", str(SAMPLES / "OSBS_029.tif"), "--labels", str(SAMPLES / "OSBS_029.csv")]
+    r = CliRunner().invoke(main, [*args, "--weights", "no-such-model", "-o", str(tmp_path / "m")])
+    assert r.exit_code == 2 and "--weights: unknown model 'no-such-model'; known models:" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    r = CliRunner().invoke(main, [*args, "--weights", "trees", "--time", "soon", "-o", str(tmp_path / "m")])
+    assert r.exit_code == 2 and "time 'soon': give a duration such as 90s, 10m or 1.5h" in r.stderr
+    assert not (tmp_path / "m").exists()
+
+
+def test_fine_tuning_trees_on_one_small_plot(tmp_path):
+    """One 400 px plot with crowns: a single block, so nothing to hold out. It trains (the best epoch chosen on
+    its training chips, said so) instead of stopping with 'no validation chips', and the tuned package detects."""
+    tuned = tmp_path / "my-trees"
+    args = ["train", "detect", "--weights", "trees", "--images", str(SAMPLES / "OSBS_029.tif")]
+    args += ["--labels", str(SAMPLES / "OSBS_029.csv"), "--classes", "tree", "--epochs", "1", "-o", str(tuned)]
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 0, r.stderr
+    assert "the best epoch is chosen on the training chips" in r.stderr
+    cfg = yaml.safe_load((tuned / "model.yaml").read_text())
+    trees = yaml.safe_load((SAMPLES.parent / "configs" / "models" / "trees" / "model.yaml").read_text())
+    assert (cfg["resolution"], cfg["tile_size"], cfg["confidence"]) == (0.1, 416, trees["confidence"])
+    assert cfg["training"]["base"] == f"trees/weights.pt (sha256 {trees['sha256']})"
+    assert cfg["training"]["data"]["chips_val"] == 0 and cfg["training"]["epochs"] == 1
+    found = geovision.detect(SAMPLES / "OSBS_029.tif", tuned, tmp_path / "t.gpkg").features
+    assert len(found) > 10 and set(found["class"]) == {"tree"}
+
+
+@pytest.mark.parametrize("task", ["detect", "segment"])
+def test_time_bounds_a_training_run(tmp_path, task):
+    """`--time` ends the run with the epochs that fit (one or two here), not the 50 asked for."""
+    img, labels = scene(tmp_path)
+    args = ["train", task, "--images", str(img), "--labels", str(labels), "--classes", "hut", "--resolution", "0.1"]
+    args += ["--tile-size", "64", "--batch", "4", "--epochs", "50", "--time", "1s", "--val-fraction", "0.25"]
+    if task == "segment":
+        args += ["--encoder", "resnet18", "--encoder-depth", "3"]
+    r = CliRunner().invoke(main, [*args, "-o", str(tmp_path / "m"), "-q"])
+    assert r.exit_code == 0, r.stderr
+    assert 1 <= yaml.safe_load((tmp_path / "m" / "model.yaml").read_text())["training"]["epochs"] <= 3

@@ -84,10 +84,13 @@ def _export_yolo(cfg: ModelConfig, tmp: Path, opset: int) -> Path:
 def _export_smp(cfg: ModelConfig, tmp: Path, opset: int) -> Path:
     import torch
 
+    from geovision.backends.centres import CentreDetector
     from geovision.backends.smp import SmpSegmenter
 
-    seg = SmpSegmenter(cfg, device="cpu")
-    wrapped = seg.as_module().eval()
+    if cfg.task == "detect":  # a centre detector: every pixel's box and peak score, as a YOLO head gives
+        wrapped, output = CentreDetector(cfg, device="cpu").module.eval(), "boxes"
+    else:
+        wrapped, output = SmpSegmenter(cfg, device="cpu").as_module().eval(), "probs"
     example = torch.zeros(1, cfg.tile_size, cfg.tile_size, cfg.in_channels, dtype=torch.uint8)
     path = tmp / "model.onnx"
     with torch.inference_mode(), warnings.catch_warnings():
@@ -97,8 +100,8 @@ def _export_smp(cfg: ModelConfig, tmp: Path, opset: int) -> Path:
             (example,),
             str(path),
             input_names=["images"],
-            output_names=["probs"],
-            dynamic_axes={"images": {0: "batch"}, "probs": {0: "batch"}},
+            output_names=[output],
+            dynamic_axes={"images": {0: "batch"}, output: {0: "batch"}},
             opset_version=opset,
             dynamo=False,
         )

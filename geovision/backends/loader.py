@@ -74,11 +74,15 @@ def load_detector(cfg: ModelConfig, device: str | None = None, threads: int | No
         from geovision.backends.yolo import YoloDetector
 
         return YoloDetector(cfg, device=device, threads=threads)
+    if cfg.backend == "smp" and cfg.task == "detect":
+        from geovision.backends.centres import CentreDetector
+
+        return CentreDetector(cfg, device=device, threads=threads)
     if cfg.backend == "onnx":
         from geovision.backends.onnx import OnnxDetector
 
         return OnnxDetector(cfg, device=device, threads=threads)
-    raise ModelError(f"model '{cfg.name}': unknown detection backend '{cfg.backend}' (known: yolo, onnx)")
+    raise ModelError(f"model '{cfg.name}': unknown detection backend '{cfg.backend}' (known: yolo, smp, onnx)")
 
 
 def load_backend(

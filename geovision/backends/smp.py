@@ -81,7 +81,9 @@ def has_boundary(cfg: ModelConfig) -> bool:
 
 
 def network_outputs(cfg: ModelConfig) -> int:
-    """Channels the network itself produces (the boundary class included)."""
+    """Channels the network itself produces (the boundary class included; a centre detector's sizes)."""
+    if cfg.task == "detect":  # a centre detector (backends.centres): a heatmap per class, log width, log height
+        return len(cfg.classes) + 2
     if activation(cfg) == "sigmoid":
         return len(cfg.classes)
     return n_outputs(cfg) + int(has_boundary(cfg))

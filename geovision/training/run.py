@@ -34,7 +34,10 @@ from geovision.labels import (
     read_vector_shapes,
 )
 from geovision.raster import ground_pixel_size_m, open_raster
+from geovision.registry import MODEL_NAME
+from geovision.training.centres import train_centres
 from geovision.training.chips import ChipOptions, chip_detection_dataset, chip_segmentation_dataset
+from geovision.training.pretrained import smp_encoder
 from geovision.training.smp import SegTrainOptions, train_smp
 from geovision.training.yolo import DetectTrainOptions, train_yolo
 
@@ -98,6 +101,11 @@ class TrainSpec:
     #: where the labels are complete: a polygon layer for all images, or one per image (None: the whole
     #: image); outside, pixels are no data, so objects nobody labelled are not taught as background
     areas: tuple[Path | None, ...] | None = None
+    #: minutes the training loop may run (``--time 10m``); it ends with the best weights so far
+    time: float | None = None
+    #: box detectors: ``yolo`` (ultralytics YOLO11), or ``centres``: a centre heatmap on an smp network
+    #: (``arch``, ``encoder``; an ImageNet encoder where one is packaged)
+    detector: Literal["yolo", "centres"] = "yolo"
 
 
 TRAIN_SPEC_FIELDS = {f for f in TrainSpec.__dataclass_fields__}
@@ -124,6 +132,8 @@ def load_train_config(path: str | os.PathLike[str]) -> dict[str, Any]:
     base = p.resolve().parent
     for key in ("images", "labels", "output", "weights", "areas"):
         v = raw.get(key)
+        if key == "weights" and isinstance(v, str) and MODEL_NAME.fullmatch(v):
+            continue  # a named model (weights: trees), not a path
         if isinstance(v, str):
             raw[key] = os.path.normpath(base / v)
         elif isinstance(v, list):
@@ -182,6 +192,10 @@ def spec_from_mapping(raw: dict[str, Any]) -> TrainSpec:
     unknown = set(raw) - TRAIN_SPEC_FIELDS
     if unknown:
         raise TrainingError(f"unknown training settings: {', '.join(sorted(unknown))}")
+    if raw.get("weights") and is_model_reference(str(raw["weights"])):
+        raw = with_start_model(raw)
+    if raw.get("time") is not None:
+        raw["time"] = minutes(raw["time"])
     missing = [k for k in ("task", "images", "labels", "output", "classes") if not raw.get(k)]
     if missing:
         raise TrainingError(f"training needs {', '.join('--' + m for m in missing)}")
@@ -205,6 +219,76 @@ def spec_from_mapping(raw: dict[str, Any]) -> TrainSpec:
                 f"give one labelled-area layer, or one per image ({len(raw['images'])}), not {len(raw['areas'])}"
             )
     return TrainSpec(**raw)
+
+
+#: Fine-tuning a trained model on a user's labels: a small step without a warm-up that would shake
+#: the start loose, one optimiser step per batch, and a time bound when no --epochs or --time is given.
+FINE_TUNE_YOLO = {"optimizer": "AdamW", "lr0": 0.001, "warmup_bias_lr": 0.0, "warmup_epochs": 1}
+FINE_TUNE_MINUTES = 8.0
+FINE_TUNE_EPOCHS = 300
+
+
+def is_model_reference(weights: str) -> bool:
+    """Whether ``--weights`` names a model (a shipped name, a package folder, a model YAML) rather
+    than a bare weights file."""
+    return Path(weights).suffix.lower() not in {".pt", ".pth", ".onnx"}
+
+
+def with_start_model(raw: dict[str, Any]) -> dict[str, Any]:
+    """``raw`` starting from the model its ``weights`` names: that model's weights, and its task,
+    classes, resolution, tile size, thresholds and outline settings wherever ``raw`` gives none, with
+    fine-tuning settings (a small step, a time bound) for a run that adapts it to new imagery."""
+    from geovision.errors import GeovisionError
+    from geovision.registry import resolve_model
+
+    try:
+        model = resolve_model(str(raw["weights"]))
+    except GeovisionError as e:
+        raise TrainingError(f"--weights: {e}") from e
+    if model.backend not in ("yolo", "smp"):
+        raise TrainingError(f"--weights {raw['weights']}: a {model.backend} model cannot be trained further")
+    out = dict(raw, weights=model.weights)
+    defaults: dict[str, Any] = {
+        "task": model.task,
+        "classes": list(model.classes),
+        "resolution": model.resolution_m,
+        "tile_size": model.tile_size,
+        "overlap": model.overlap,
+        "confidence": model.confidence,
+        "iou": model.iou,
+        "grayscale": model.accept_grayscale,
+        "vectorize": dict(vars(model.vectorize)),
+        "batch": 8,
+    }
+    if model.backend == "smp":
+        defaults.update(
+            arch=model.smp.arch,
+            encoder=model.smp.encoder,
+            encoder_depth=model.smp.encoder_depth or 5,
+            boundary_px=1.0 if model.smp.boundary else 0.0,
+            lr=1e-4,
+        )
+    else:
+        defaults["options"] = dict(FINE_TUNE_YOLO, nbs=int(out.get("batch", 8)))
+    if out.get("epochs") is None and out.get("time") is None:
+        defaults.update(time=FINE_TUNE_MINUTES, epochs=FINE_TUNE_EPOCHS)
+    for key, value in defaults.items():
+        out.setdefault(key, value)
+    return out
+
+
+def minutes(value: Any) -> float:
+    """A duration as minutes: ``90s``, ``10m``, ``1.5h``, or a plain number of minutes."""
+    text = str(value).strip().lower()
+    unit = {"s": 1 / 60, "m": 1.0, "h": 60.0}.get(text[-1:], None)
+    number = text[:-1] if unit is not None else text
+    try:
+        result = float(number) * (unit or 1.0)
+    except ValueError:
+        raise TrainingError(f"time {value!r}: give a duration such as 90s, 10m or 1.5h") from None
+    if result <= 0:
+        raise TrainingError(f"time {value!r}: must be more than zero")
+    return result
 
 
 def without_sites(spec: TrainSpec, sites: Sequence[str], output: Path) -> TrainSpec:
@@ -233,7 +317,8 @@ def train(spec: TrainSpec, log: Callable[[str], None] = lambda s: None) -> Model
     The package is built in a temporary folder beside ``spec.output`` and
     renamed into place at the end, so a failed run leaves nothing behind.
     """
-    network = "segmentation_models_pytorch" if spec.task == "segment" else "ultralytics"
+    smp_network = spec.task == "segment" or spec.detector == "centres"
+    network = "segmentation_models_pytorch" if smp_network else "ultralytics"
     require("training", "torch", "torch", "albumentations", network)
     out = spec.output
     if out.exists() and not spec.overwrite:
@@ -245,7 +330,7 @@ def train(spec: TrainSpec, log: Callable[[str], None] = lambda s: None) -> Model
             raise TrainingError(f"{p}: no such file")
     if len(spec.labels) not in (1, len(spec.images)):
         raise TrainingError(f"give one labels file, or one per image ({len(spec.images)}), not {len(spec.labels)}")
-    if spec.task != "segment" and spec.weights and spec.weights.suffix == ".pt" and not spec.trust_weights:
+    if not smp_network and spec.weights and spec.weights.suffix == ".pt" and not spec.trust_weights:
         from geovision.backends.yolo import check_checkpoint
 
         check_checkpoint(spec.weights)  # before any work: a start that would run code is refused
@@ -335,11 +420,11 @@ def _regions_yaml(regions: list[tuple[str, tuple[float, float, float, float]]]) 
     return [{"image": name, "bounds": [round(float(v), 3) for v in b]} for name, b in regions]
 
 
-def _chip_options(spec: TrainSpec) -> ChipOptions:
+def _chip_options(spec: TrainSpec, val_fraction: float | None = None) -> ChipOptions:
     return ChipOptions(
         tile_size=spec.tile_size,
         resolution_m=spec.resolution,
-        val_fraction=spec.val_fraction,
+        val_fraction=spec.val_fraction if val_fraction is None else val_fraction,
         native_resolution_m=spec.image_resolution,
         seed=spec.seed,
         accept_grayscale=spec.grayscale,
@@ -380,23 +465,15 @@ def _train_detector(
         vectorize=_vectorize_options(spec, VectorizeOptions(simplify_m=spec.resolution or 0.0)),
     )
     chips = chip_detection_dataset(items, staging / "chips", _chip_options(spec), spec.classes)
+    if chips.train == 0 and chips.val:  # the one labelled block went to validation: train on it instead
+        shutil.rmtree(staging / "chips")
+        chips = chip_detection_dataset(items, staging / "chips", _chip_options(spec, 0.0), spec.classes)
     log(f"chips: {chips.train} train ({chips.boxes_train} boxes), {chips.val} validation ({chips.boxes_val} boxes)")
     _log_no_chip(chips.labels_in_no_chip, log)
-    if chips.train == 0 or chips.boxes_val == 0:
+    if chips.train == 0:
         raise _no_chips(chips.train, chips.boxes_val)
-    network = f"yolo11{spec.model_size}{'-seg' * instance}.yaml"
-    base = str(spec.weights) if spec.weights else network
-    opts = DetectTrainOptions(
-        epochs=spec.epochs,
-        batch=spec.batch,
-        model=base,
-        device=spec.device,
-        seed=spec.seed,
-        augment=spec.augment,
-        extra=dict(spec.options),
-        trusted=spec.trust_weights,
-        network=network,
-    )
+    if chips.boxes_val == 0:  # one small raster, or --val-fraction 0: nothing held out to choose the best epoch on
+        _validate_on_training_chips(staging / "chips" / "data.yaml", log)
     info = _data_info(
         spec,
         report,
@@ -406,7 +483,53 @@ def _train_detector(
         labels_in_no_chip=chips.labels_in_no_chip,
     )
     info["val_regions"] = _regions_yaml(chips.split.val_regions)
+    if spec.detector == "centres":
+        smp_cfg = replace(
+            cfg,
+            backend="smp",
+            description=f"centre heatmap on {spec.arch} ({spec.encoder}) trained by geovision on {_data_summary(spec)}",
+            smp=_smp_options(spec, boundary=False),
+        )
+        train_centres(
+            staging / "chips", smp_cfg, package, _smp_train_options(spec), log, {"data": info}, spec.confidence is None
+        )
+        return
+    network = f"yolo11{spec.model_size}{'-seg' * instance}.yaml"
+    base = str(spec.weights) if spec.weights else network
+    opts = DetectTrainOptions(
+        epochs=spec.epochs,
+        batch=spec.batch,
+        model=base,
+        device=spec.device,
+        seed=spec.seed,
+        augment=spec.augment,
+        extra=_with_time(spec.options, spec.time),
+        trusted=spec.trust_weights,
+        network=network,
+    )
     train_yolo(staging / "chips" / "data.yaml", cfg, package, opts, log, info={"data": info})
+
+
+def _validate_on_training_chips(data_yaml: Path, log: Callable[[str], None]) -> None:
+    """Point a chip dataset's validation at its training chips, and say so."""
+    data = yaml.safe_load(data_yaml.read_text())
+    data["val"] = data["train"]
+    data_yaml.write_text(yaml.safe_dump(data, sort_keys=False))
+    log(_NO_HELD_OUT)
+
+
+_NO_HELD_OUT = (
+    "validation: no held-out chip holds a label (too few labelled blocks to split, or --val-fraction 0); "
+    "the best epoch is chosen on the training chips"
+)
+
+
+def _with_time(options: dict[str, Any], time_min: float | None) -> dict[str, Any]:
+    """ultralytics' options with ``--time`` as its ``time`` (hours), unless the options set one."""
+    out = dict(options)
+    if time_min is not None and "time" not in out:
+        out["time"] = time_min / 60
+    return out
 
 
 def _log_no_chip(n: int, log: Callable[[str], None]) -> None:
@@ -420,12 +543,16 @@ def _train_segmenter(spec: TrainSpec, report: LabelReport, package: Path, log: C
     items = _with_areas(spec, read_polygons(spec, report), report)
     _check_labels(report, log)
     chips = chip_segmentation_dataset(items, _chip_options(spec), spec.boundary_px, len(spec.classes))
+    if not chips.train_images and chips.val_images:  # as for detectors: train on the one labelled block
+        chips = chip_segmentation_dataset(items, _chip_options(spec, 0.0), spec.boundary_px, len(spec.classes))
     n_val_fg = sum(int(m.any()) for m in chips.val_masks)
     log(f"chips: {len(chips.train_images)} train, {len(chips.val_images)} validation ({n_val_fg} with labels)")
     _log_no_chip(chips.labels_in_no_chip, log)
-    if not chips.train_images or n_val_fg == 0:
+    if not chips.train_images:
         raise _no_chips(len(chips.train_images), n_val_fg)
-    depth = spec.encoder_depth
+    if n_val_fg == 0:
+        chips = replace(chips, val_images=chips.train_images, val_masks=chips.train_masks)
+        log(_NO_HELD_OUT)
     res = spec.resolution or 0.0
     vectorize = _vectorize_options(spec, VectorizeOptions(simplify_m=res, grow_m=spec.boundary_px * res))
     cfg = ModelConfig(
@@ -440,26 +567,10 @@ def _train_segmenter(spec: TrainSpec, report: LabelReport, package: Path, log: C
         confidence=spec.confidence if spec.confidence is not None else 0.5,
         accept_grayscale=spec.grayscale,
         description=f"{spec.arch} ({spec.encoder}) trained by geovision on {_data_summary(spec)}",
-        smp=SmpOptions(
-            arch=spec.arch,
-            encoder=spec.encoder,
-            encoder_depth=depth,
-            decoder_channels=(256, 128, 64, 32, 16)[5 - depth :] if spec.arch in ("Unet", "UnetPlusPlus") else None,
-            activation="sigmoid" if len(spec.classes) == 1 and not spec.boundary_px else "softmax",
-            boundary=spec.boundary_px > 0,
-        ),
+        smp=_smp_options(spec, boundary=spec.boundary_px > 0),
         vectorize=vectorize,
     )
-    opts = SegTrainOptions(
-        epochs=spec.epochs,
-        batch=spec.batch,
-        lr=spec.lr,
-        device=spec.device,
-        seed=spec.seed,
-        class_weights=spec.class_weights,
-        augment=spec.augment,
-        weights=spec.weights,
-    )
+    opts = _smp_train_options(spec)
     info = _data_info(
         spec,
         report,
@@ -469,6 +580,33 @@ def _train_segmenter(spec: TrainSpec, report: LabelReport, package: Path, log: C
     )
     info["val_regions"] = _regions_yaml(chips.split.val_regions)
     train_smp(chips, cfg, package, opts, log, info={"data": info})
+
+
+def _smp_options(spec: TrainSpec, boundary: bool) -> SmpOptions:
+    """The network of an smp model (segmenter or centre detector) as ``spec`` gives it."""
+    depth = spec.encoder_depth
+    return SmpOptions(
+        arch=spec.arch,
+        encoder=smp_encoder(spec.encoder),
+        encoder_depth=depth,
+        decoder_channels=(256, 128, 64, 32, 16)[5 - depth :] if spec.arch in ("Unet", "UnetPlusPlus") else None,
+        activation="sigmoid" if len(spec.classes) == 1 and not boundary else "softmax",
+        boundary=boundary,
+    )
+
+
+def _smp_train_options(spec: TrainSpec) -> SegTrainOptions:
+    return SegTrainOptions(
+        epochs=spec.epochs,
+        batch=spec.batch,
+        lr=spec.lr,
+        device=spec.device,
+        seed=spec.seed,
+        class_weights=spec.class_weights,
+        augment=spec.augment,
+        weights=spec.weights,
+        time_s=spec.time * 60 if spec.time is not None else None,
+    )
 
 
 def _vectorize_options(spec: TrainSpec, default: VectorizeOptions) -> VectorizeOptions:

@@ -22,6 +22,7 @@ from geovision.config import ModelConfig, sha256_file
 from geovision.errors import TrainingError
 from geovision.training.chips import IGNORE, SegChips
 from geovision.training.common import aerial_augmentations, start_weights, write_model_yaml
+from geovision.training.pretrained import Pretrained, load_imagenet_encoder
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,8 @@ class SegTrainOptions:
     augment: str = "aerial"
     #: a state dict of the same network to start from (a package's weights.pt); None: from scratch
     weights: Path | None = None
+    #: seconds the epochs may take; the run stops before an epoch that would end past it
+    time_s: float | None = None
 
 
 def augmentation(aerial: bool = True) -> Any:
@@ -60,7 +63,8 @@ def augmentation(aerial: bool = True) -> Any:
     return A.Compose([A.SquareSymmetry(p=1.0), geometry, *pixels])
 
 
-def _tensor(images: Sequence[np.ndarray], mean: np.ndarray, std: np.ndarray) -> Any:
+def as_tensor(images: Sequence[np.ndarray], mean: np.ndarray, std: np.ndarray) -> Any:
+    """uint8 NHWC chips as a normalised float NCHW tensor."""
     import torch
 
     x = np.stack(images).astype(np.float32) / 255
@@ -84,6 +88,139 @@ def pixel_scores(pred: np.ndarray, truth: np.ndarray, n_classes: int) -> dict[st
     return {"iou": round(float(np.mean(ious)), 4), "f1": round(float(np.mean(f1s)), 4)}
 
 
+def start_network(
+    cfg: ModelConfig, images: Sequence[np.ndarray], opts: SegTrainOptions, log: Callable[[str], None]
+) -> tuple[Any, ModelConfig, Pretrained | None]:
+    """``cfg``'s smp network on its start: ``opts.weights``, else an ImageNet encoder where one is
+    packaged, else random. Returns the network, ``cfg`` with the input statistics it takes (the
+    encoder's ImageNet ones, or those of the training ``images``), and the ImageNet entry used."""
+    import torch
+
+    from geovision.backends.smp import build_network, network_outputs
+
+    random.seed(opts.seed)
+    np.random.seed(opts.seed)
+    torch.manual_seed(opts.seed)
+    net = build_network(cfg)
+    imagenet = None if opts.weights is not None else load_imagenet_encoder(net, cfg.smp.encoder, log)
+    if imagenet is not None:  # the input statistics the encoder learned ImageNet with
+        mean, std = np.asarray(imagenet.mean, np.float32), np.asarray(imagenet.std, np.float32)
+    else:
+        stacked = np.stack(images).astype(np.float32) / 255
+        mean = stacked.mean(axis=(0, 1, 2))
+        std = np.maximum(stacked.std(axis=(0, 1, 2)), 1e-3)
+        del stacked
+    rounded = (tuple(round(float(m), 5) for m in mean), tuple(round(float(s), 5) for s in std))
+    cfg = replace(cfg, smp=replace(cfg.smp, mean=rounded[0], std=rounded[1]))
+    if opts.weights is not None:
+        try:  # weights_only: a state dict of tensors, never a pickle that runs code
+            start = torch.load(opts.weights, map_location="cpu", weights_only=True)
+            net.load_state_dict({k: v.float() for k, v in start.items()})
+        except (RuntimeError, AttributeError, pickle.UnpicklingError) as e:
+            raise TrainingError(
+                f"{opts.weights}: not weights of this network ({cfg.smp.arch}, {cfg.smp.encoder}, "
+                f"{cfg.smp.encoder_depth or 5} stages, {network_outputs(cfg)} outputs)"
+            ) from e
+    return net, cfg, imagenet
+
+
+@dataclass
+class Fitted:
+    """The best epoch of a run: its weights (fp16), validation scores and number; and the run's length."""
+
+    state: dict[str, Any]
+    scores: dict[str, float]
+    epoch: int
+    epochs_run: int
+    seconds: float
+
+
+def fit(
+    net: Any,
+    n_train: int,
+    loss_of: Callable[[list[int]], Any],
+    validate: Callable[[], dict[str, float]],
+    key: str,
+    opts: SegTrainOptions,
+    log: Callable[[str], None],
+) -> Fitted:
+    """Train ``net`` for ``opts.epochs`` (AdamW, one-cycle schedule) or until ``opts.time_s``: each step
+    minimises ``loss_of(chip indices)``; each epoch ends with ``validate()``, and the epoch with the
+    highest ``key`` is kept."""
+    import torch
+
+    optimizer = torch.optim.AdamW(net.parameters(), lr=opts.lr, weight_decay=1e-4)
+    steps = max(1, n_train // opts.batch) * opts.epochs
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=opts.lr, total_steps=steps)
+    order = list(range(n_train))
+    best: Fitted | None = None
+    started = time.perf_counter()
+    epochs_run = 0
+    for epoch in range(opts.epochs):
+        elapsed = time.perf_counter() - started
+        if opts.time_s is not None and epoch and elapsed * (epoch + 1) / epoch > opts.time_s:
+            log(f"time: {elapsed / 60:.1f} of {opts.time_s / 60:g} minutes used; stopping after {epoch} epochs")
+            break
+        epochs_run = epoch + 1
+        net.train()
+        random.shuffle(order)
+        losses = []
+        for i in range(0, max(1, len(order) - opts.batch + 1), opts.batch):  # the last partial batch is left out
+            loss = loss_of(order[i : i + opts.batch])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            losses.append(float(loss.detach()))
+        net.eval()
+        scores = validate()
+        log(f"epoch {epoch + 1}/{opts.epochs} loss {np.mean(losses):.3f} val {scores}")
+        if best is None or scores[key] > best.scores[key]:
+            state = {k: v.detach().cpu().half().clone() for k, v in net.state_dict().items()}
+            best = Fitted(state, scores, epoch + 1, 0, 0.0)
+    assert best is not None
+    best.epochs_run, best.seconds = epochs_run, time.perf_counter() - started
+    return best
+
+
+def write_package(
+    cfg: ModelConfig,
+    fitted: Fitted,
+    out_dir: Path,
+    opts: SegTrainOptions,
+    imagenet: Pretrained | None,
+    metrics: dict[str, float],
+    info: dict[str, Any] | None,
+) -> ModelConfig:
+    """Write the best weights (fp16 state dict) and model.yaml with how they were made."""
+    import torch
+
+    from geovision.backends.device import pick_device
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    weights_path = out_dir / "weights.pt"
+    torch.save(fitted.state, weights_path)
+    packaged = replace(
+        cfg,
+        weights=weights_path.resolve(),
+        sha256=sha256_file(weights_path),
+        record={
+            **cfg.record,
+            "training": {
+                "base": _base(opts.weights, imagenet),
+                "epochs": fitted.epochs_run,
+                "best_epoch": fitted.epoch,
+                "seconds": round(fitted.seconds, 1),
+                "device": pick_device(opts.device),
+                **(info or {}),
+            },
+            "metrics": metrics,
+        },
+    )
+    write_model_yaml(packaged, out_dir / "model.yaml")
+    return packaged
+
+
 def train_smp(
     chips: SegChips,
     cfg: ModelConfig,
@@ -97,30 +234,13 @@ def train_smp(
     import torch
 
     from geovision.backends.device import pick_device
-    from geovision.backends.smp import activation, build_network, network_outputs
+    from geovision.backends.smp import activation, network_outputs
 
-    random.seed(opts.seed)
-    np.random.seed(opts.seed)
-    torch.manual_seed(opts.seed)
+    net, cfg, imagenet = start_network(cfg, chips.train_images, opts, log)
+    mean, std = np.asarray(cfg.smp.mean, np.float32), np.asarray(cfg.smp.std, np.float32)
     device = pick_device(opts.device)
-    n_classes = len(cfg.classes)
-    stacked = np.stack(chips.train_images).astype(np.float32) / 255
-    mean = stacked.mean(axis=(0, 1, 2))
-    std = np.maximum(stacked.std(axis=(0, 1, 2)), 1e-3)
-    del stacked
-    rounded = (tuple(round(float(m), 5) for m in mean), tuple(round(float(s), 5) for s in std))
-    cfg = replace(cfg, smp=replace(cfg.smp, mean=rounded[0], std=rounded[1]))
-    net = build_network(cfg)
-    if opts.weights is not None:
-        try:  # weights_only: a state dict of tensors, never a pickle that runs code
-            start = torch.load(opts.weights, map_location="cpu", weights_only=True)
-            net.load_state_dict({k: v.float() for k, v in start.items()})
-        except (RuntimeError, AttributeError, pickle.UnpicklingError) as e:
-            raise TrainingError(
-                f"{opts.weights}: not weights of this network ({cfg.smp.arch}, {cfg.smp.encoder}, "
-                f"{cfg.smp.encoder_depth or 5} stages, {network_outputs(cfg)} outputs)"
-            ) from e
     net = net.to(device)
+    n_classes = len(cfg.classes)
     sigmoid = activation(cfg) == "sigmoid"
     n_net = network_outputs(cfg)
     weights = torch.tensor(opts.class_weights, device=device, dtype=torch.float32) if opts.class_weights else None
@@ -134,68 +254,35 @@ def train_smp(
             )
         dice = smp.losses.DiceLoss("multiclass", from_logits=True, ignore_index=IGNORE)
         ce = torch.nn.CrossEntropyLoss(weight=weights, ignore_index=IGNORE)
-    optimizer = torch.optim.AdamW(net.parameters(), lr=opts.lr, weight_decay=1e-4)
-    steps = max(1, len(chips.train_images) // opts.batch) * opts.epochs
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=opts.lr, total_steps=steps)
     aug = augmentation(opts.augment == "aerial")
-    order = list(range(len(chips.train_images)))
-    best: tuple[float, dict[str, Any], dict[str, float], int] | None = None
-    started = time.perf_counter()
-    for epoch in range(opts.epochs):
-        net.train()
-        random.shuffle(order)
-        losses = []
-        for i in range(0, max(1, len(order) - opts.batch + 1), opts.batch):  # the last partial batch is left out
-            pairs = [aug(image=chips.train_images[k], mask=chips.train_masks[k]) for k in order[i : i + opts.batch]]
-            x = _tensor([p["image"] for p in pairs], mean, std).to(device)
-            y = torch.from_numpy(np.stack([p["mask"] for p in pairs]).astype(np.int64)).to(device)
-            logits = net(x)
-            if sigmoid:  # no data counts for nothing: masked out of both losses
-                keep = (y != IGNORE).unsqueeze(1).float()
-                target = torch.nn.functional.one_hot(y.clamp(max=n_classes), n_classes + 1)[..., 1:]
-                target = target.permute(0, 3, 1, 2).float()
-                per_pixel = bce(logits, target) * keep
-                loss = dice(logits * keep - 20 * (1 - keep), target * keep) + per_pixel.sum() / keep.sum().clamp(min=1)
-            else:
-                loss = dice(logits, y) + ce(logits, y)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-            losses.append(float(loss.detach()))
-        scores = _validate(net, chips, mean, std, cfg, device)
-        log(f"epoch {epoch + 1}/{opts.epochs} loss {np.mean(losses):.3f} val {scores}")
-        if best is None or scores["iou"] > best[0]:
-            best = (
-                scores["iou"],
-                {k: v.detach().cpu().half().clone() for k, v in net.state_dict().items()},
-                scores,
-                epoch + 1,
-            )
-    assert best is not None
-    seconds = time.perf_counter() - started
-    out_dir.mkdir(parents=True, exist_ok=True)
-    weights_path = out_dir / "weights.pt"
-    torch.save(best[1], weights_path)
-    packaged = replace(
-        cfg,
-        weights=weights_path.resolve(),
-        sha256=sha256_file(weights_path),
-        record={
-            **cfg.record,
-            "training": {
-                "base": start_weights(opts.weights) if opts.weights else "from scratch",
-                "epochs": opts.epochs,
-                "best_epoch": best[3],
-                "seconds": round(seconds, 1),
-                "device": device,
-                **(info or {}),
-            },
-            "metrics": {"pixel_iou": best[2]["iou"], "pixel_f1": best[2]["f1"]},
-        },
+
+    def loss_of(batch: list[int]) -> Any:
+        pairs = [aug(image=chips.train_images[k], mask=chips.train_masks[k]) for k in batch]
+        x = as_tensor([p["image"] for p in pairs], mean, std).to(device)
+        y = torch.from_numpy(np.stack([p["mask"] for p in pairs]).astype(np.int64)).to(device)
+        logits = net(x)
+        if sigmoid:  # no data counts for nothing: masked out of both losses
+            keep = (y != IGNORE).unsqueeze(1).float()
+            target = torch.nn.functional.one_hot(y.clamp(max=n_classes), n_classes + 1)[..., 1:]
+            target = target.permute(0, 3, 1, 2).float()
+            per_pixel = bce(logits, target) * keep
+            return dice(logits * keep - 20 * (1 - keep), target * keep) + per_pixel.sum() / keep.sum().clamp(min=1)
+        return dice(logits, y) + ce(logits, y)
+
+    fitted = fit(
+        net, len(chips.train_images), loss_of, lambda: _validate(net, chips, mean, std, cfg, device), "iou", opts, log
     )
-    write_model_yaml(packaged, out_dir / "model.yaml")
-    return packaged
+    metrics = {"pixel_iou": fitted.scores["iou"], "pixel_f1": fitted.scores["f1"]}
+    return write_package(cfg, fitted, out_dir, opts, imagenet, metrics, info)
+
+
+def _base(weights: Path | None, imagenet: Pretrained | None) -> str:
+    """Where a run started, for the package's record."""
+    if weights is not None:
+        return start_weights(weights)
+    if imagenet is not None:
+        return f"encoder from ImageNet: {imagenet.package} ({imagenet.licence}, sha256 {imagenet.sha256})"
+    return "from scratch"
 
 
 def _validate(
@@ -209,7 +296,7 @@ def _validate(
     preds = []
     with torch.inference_mode():
         for i in range(0, len(chips.val_images), 8):
-            logits = net(_tensor(chips.val_images[i : i + 8], mean, std).to(device)).float()
+            logits = net(as_tensor(chips.val_images[i : i + 8], mean, std).to(device)).float()
             if activation(cfg) == "softmax":
                 best = logits.argmax(1).cpu().numpy()
                 preds.append(np.where(best > len(cfg.classes), 0, best))  # the boundary band is background

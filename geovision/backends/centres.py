@@ -1,0 +1,105 @@
+"""Box detection with a segmentation network: a heatmap of object centres, and each object's size.
+
+The design of CenterNet (Zhou et al., "Objects as Points", 2019) on a
+segmentation-models-pytorch encoder-decoder, so that a detector can start
+from an ImageNet encoder (:mod:`geovision.training.pretrained`) as the
+segmenters do. Per pixel the network gives one logit per class (is an
+object centred here?) and the log of the object's width and height. Peaks
+of the heatmap (3 x 3 local maxima) are objects. The graph hands on every
+pixel as a YOLO head does, (4 + classes, pixels) of centre x, centre y,
+width, height and class scores (zero off the peaks), so that decoding and
+duplicate removal are :mod:`.yolo_output`'s, on torch and in ONNX alike.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from geovision.backends.base import Detections
+from geovision.backends.yolo_output import decode
+from geovision.config import ModelConfig
+from geovision.errors import WeightsError, first_line
+
+#: sizes are learned as log(size / SIZE_SCALE) pixels, so that a typical object is near 0
+SIZE_SCALE = 32.0
+
+
+class CentreDetector:
+    """Batched centre-heatmap detection on torch (the ``smp`` backend with task ``detect``)."""
+
+    def __init__(self, cfg: ModelConfig, device: str | None = None, threads: int | None = None) -> None:
+        import torch
+
+        from geovision.backends.device import pick_device, torch_threads
+        from geovision.backends.smp import build_network, input_stats
+
+        self.cfg = cfg
+        self.device = pick_device(device)
+        torch_threads(self.device, threads)
+        self.torch = torch
+        net = build_network(cfg)
+        try:
+            state = torch.load(cfg.weights, map_location="cpu", weights_only=True)
+            net.load_state_dict({k: v.float() for k, v in state.items()})
+        except Exception as e:  # noqa: BLE001 - torch raises many kinds for a bad file
+            raise WeightsError(f"{cfg.weights.name}: not loadable weights for this model ({first_line(e)})") from e
+        self.half = self.device.startswith("cuda")
+        net = (net.half() if self.half else net).eval()
+        self.module = boxes_module()(net, *input_stats(cfg), len(cfg.classes), cfg.tile_size, self.half)
+        self.module = self.module.to(self.device)
+
+    def fit_batch(self, base: int) -> int:
+        """On CUDA, the batch size that fits half of the free GPU memory (measured on blank tiles)."""
+        from geovision.backends.device import cuda_batch_size
+
+        return cuda_batch_size(self.detect, self.cfg, base, self.device)
+
+    def detect(
+        self, images: Sequence[np.ndarray], confidence: float | None = None, iou: float | None = None
+    ) -> list[Detections]:
+        if not images:
+            return []
+        torch = self.torch
+        with torch.inference_mode():
+            out = self.module(torch.from_numpy(np.stack(images)).to(self.device)).cpu().numpy()
+        conf = self.cfg.confidence if confidence is None else confidence
+        iou = self.cfg.iou if iou is None else iou
+        return [decode(o, conf, iou, self.cfg.tile_size) for o in out]
+
+
+@functools.cache
+def boxes_module() -> Any:
+    """The module class, defined on first use so that importing this file does not import torch."""
+    import torch
+
+    class CentreBoxes(torch.nn.Module):
+        """uint8 NHWC tiles in; (n, 4 + classes, pixels) of cx, cy, w, h and peak scores out."""
+
+        def __init__(
+            self, net: Any, mean: np.ndarray, std: np.ndarray, n_classes: int, size: int, half: bool = False
+        ) -> None:
+            super().__init__()
+            self.net, self.n_classes, self.use_half = net, n_classes, half
+            self.scale: torch.Tensor
+            self.shift: torch.Tensor
+            self.grid: torch.Tensor
+            self.register_buffer("scale", torch.from_numpy(1 / (255 * std)).view(1, -1, 1, 1))
+            self.register_buffer("shift", torch.from_numpy(mean / std).view(1, -1, 1, 1))
+            centres = torch.arange(size, dtype=torch.float32) + 0.5
+            ys, xs = torch.meshgrid(centres, centres, indexing="ij")
+            self.register_buffer("grid", torch.stack([xs, ys])[None])  # (1, 2, size, size)
+
+        def forward(self, images: torch.Tensor) -> torch.Tensor:
+            x = images.permute(0, 3, 1, 2).float() * self.scale - self.shift
+            out = self.net(x.half() if self.use_half else x).float()
+            heat = out[:, : self.n_classes].sigmoid()
+            peaks = heat * (torch.nn.functional.max_pool2d(heat, 3, stride=1, padding=1) == heat).float()
+            size = out[:, self.n_classes : self.n_classes + 2].clamp(-8, 8).exp() * SIZE_SCALE
+            grid = self.grid.expand(out.shape[0], -1, -1, -1)
+            return torch.cat([grid, size, peaks], dim=1).flatten(2)
+
+    return CentreBoxes

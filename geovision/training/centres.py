@@ -1,0 +1,178 @@
+"""Training centre-heatmap box detectors (:mod:`geovision.backends.centres`) on a chip dataset.
+
+Chips are those the YOLO trainer gets (:func:`.chips.chip_detection_dataset`:
+PNG tiles and YOLO-format boxes), so the split, labelled areas and no-data
+handling are the same. Each box becomes a Gaussian bump on its class's
+heatmap, elliptical and as wide as the box (TTFNet's shape, Liu et al.
+2019), with the box's log width and height learned where the bump is high.
+The heatmap learns with CenterNet's penalty-reduced focal loss; the best
+epoch is the one with the highest box F1 (IoU 0.4) on the validation chips.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import shapely
+import yaml
+
+from geovision.backends.centres import SIZE_SCALE
+from geovision.config import ModelConfig
+from geovision.evaluate import match, pairwise_iou
+from geovision.training.common import aerial_augmentations
+from geovision.training.smp import SegTrainOptions, as_tensor, fit, start_network, write_package
+
+#: a bump's standard deviation as a share of the box's side (TTFNet's alpha / 6)
+BUMP = 0.54 / 6
+#: pixels whose bump is at least this high learn the box size
+SIZE_FLOOR = 0.3
+#: the heatmap's starting bias: every pixel starts at a probability of 0.1 (CenterNet's prior)
+PRIOR_BIAS = -2.19
+#: validation thresholds; the best F1's is recorded
+THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5)
+
+
+def read_chips(folder: Path, split: str) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Chip images and their boxes (n, 5: class, x1, y1, x2, y2 in pixels) from a YOLO chip dataset.
+
+    Transposed copies (``_T``) are left out: the augmentation turns and flips every chip.
+    """
+    from PIL import Image
+
+    images, boxes = [], []
+    for png in sorted((folder / "images" / split).glob("*.png")):
+        if png.stem.endswith("_T"):
+            continue
+        image = np.asarray(Image.open(png).convert("RGB"))
+        size = image.shape[0]
+        text = (folder / "labels" / split / f"{png.stem}.txt").read_text().split()
+        rows = np.asarray(text, np.float64).reshape(-1, 5)
+        c, cx, cy, w, h = rows.T
+        xyxy = np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=1) * size
+        images.append(image)
+        boxes.append(np.column_stack([c, xyxy]).astype(np.float32))
+    return images, boxes
+
+
+def targets(boxes: np.ndarray, size: int, n_classes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The heatmaps (classes, size, size), log sizes (2, size, size) and size weights (size, size) of
+    one chip's boxes (n, 5: class, x1, y1, x2, y2). Where bumps overlap, the smaller box's size wins."""
+    heat = np.zeros((n_classes, size, size), np.float32)
+    sizes = np.zeros((2, size, size), np.float32)
+    weight = np.zeros((size, size), np.float32)
+    order = np.argsort(-(boxes[:, 3] - boxes[:, 1]) * (boxes[:, 4] - boxes[:, 2]))  # large first, small on top
+    for c, x1, y1, x2, y2 in boxes[order]:
+        w, h = max(x2 - x1, 1.0), max(y2 - y1, 1.0)
+        cx, cy = min(int((x1 + x2) / 2), size - 1), min(int((y1 + y2) / 2), size - 1)
+        sx, sy = max(BUMP * w, 0.8), max(BUMP * h, 0.8)
+        rx, ry = int(3 * sx) + 1, int(3 * sy) + 1
+        xs, ys = np.arange(max(0, cx - rx), min(size, cx + rx + 1)), np.arange(max(0, cy - ry), min(size, cy + ry + 1))
+        bump = np.exp(-((xs[None] - cx) ** 2) / (2 * sx**2) - ((ys[:, None] - cy) ** 2) / (2 * sy**2))
+        window = np.ix_(ys, xs)
+        heat[int(c)][window] = np.maximum(heat[int(c)][window], bump)
+        learn = bump >= SIZE_FLOOR
+        sizes[0][window] = np.where(learn, np.log(w / SIZE_SCALE), sizes[0][window])
+        sizes[1][window] = np.where(learn, np.log(h / SIZE_SCALE), sizes[1][window])
+        weight[window] = np.where(learn, bump, weight[window])
+    return heat, sizes, weight
+
+
+def focal_loss(logits: Any, heat: Any) -> Any:
+    """CenterNet's focal loss: peaks (heat 1) are objects; near them, misses cost less."""
+    import torch
+
+    p = logits.sigmoid().clamp(1e-4, 1 - 1e-4)
+    peak = (heat >= 1 - 1e-6).float()
+    pos = peak * (1 - p) ** 2 * torch.log(p)
+    neg = (1 - peak) * (1 - heat) ** 4 * p**2 * torch.log(1 - p)
+    return -(pos.sum() + neg.sum()) / peak.sum().clamp(min=1)
+
+
+def augmentation(aerial: bool) -> Any:
+    """The segmenters' geometry and colour changes, with boxes carried along."""
+    import albumentations as A
+
+    geometry = A.Affine(scale=(0.7, 1.4) if aerial else (0.85, 1.15), p=0.6 if aerial else 0.5)
+    pixels = aerial_augmentations() if aerial else [A.RandomBrightnessContrast(0.2, 0.2, p=0.7)]
+    boxes = A.BboxParams(format="pascal_voc", label_fields=["classes"], min_visibility=0.3, clip=True)
+    return A.Compose([A.SquareSymmetry(p=1.0), geometry, *pixels], bbox_params=boxes)
+
+
+def box_f1(found: Sequence[Any], truth: Sequence[np.ndarray], iou: float = 0.4) -> dict[str, float]:
+    """Box F1 over chips at each of :data:`THRESHOLDS`: the best, and its threshold."""
+    best = {"f1": 0.0, "threshold": THRESHOLDS[0]}
+    for t in THRESHOLDS:
+        tp = fp = fn = 0
+        for det, boxes in zip(found, truth):
+            keep = det.scores >= t
+            pred, real = shapely.box(*det.boxes[keep].T), shapely.box(*boxes[:, 1:].T)
+            hits = int((match(pairwise_iou(pred, real), np.argsort(-det.scores[keep]), iou) >= 0).sum())
+            tp, fp, fn = tp + hits, fp + int(keep.sum()) - hits, fn + len(boxes) - hits
+        f1 = 2 * tp / max(1, 2 * tp + fp + fn)
+        if f1 > best["f1"]:
+            best = {"f1": round(f1, 4), "threshold": t}
+    return best
+
+
+def train_centres(
+    chip_dir: Path,
+    cfg: ModelConfig,
+    out_dir: Path,
+    opts: SegTrainOptions,
+    log: Callable[[str], None] = lambda s: None,
+    info: dict[str, Any] | None = None,
+    choose_confidence: bool = True,
+) -> ModelConfig:
+    """Train ``cfg``'s centre detector on the chips in ``chip_dir``; write the package (fp16 state dict +
+    model.yaml), with the confidence of the best validation F1 when ``choose_confidence``."""
+    import torch
+
+    from geovision.backends.centres import boxes_module
+    from geovision.backends.device import pick_device
+    from geovision.backends.yolo_output import decode
+
+    splits = yaml.safe_load((chip_dir / "data.yaml").read_text())  # validation may be the training chips
+    train_images, train_boxes = read_chips(chip_dir, Path(splits["train"]).name)
+    val_images, val_boxes = read_chips(chip_dir, Path(splits["val"]).name)
+    net, cfg, imagenet = start_network(cfg, train_images, opts, log)
+    n_classes, size = len(cfg.classes), cfg.tile_size
+    with torch.no_grad():  # start every pixel at a low centre probability, or the focal loss swamps the first steps
+        net.segmentation_head[0].bias[:n_classes] = PRIOR_BIAS
+    mean, std = np.asarray(cfg.smp.mean, np.float32), np.asarray(cfg.smp.std, np.float32)
+    device = pick_device(opts.device)
+    net = net.to(device)
+    aug = augmentation(opts.augment == "aerial")
+    boxes_of = boxes_module()(net, mean, std, n_classes, size)
+
+    def loss_of(batch: list[int]) -> Any:
+        xs, heats, sizes, weights = [], [], [], []
+        for k in batch:
+            b = train_boxes[k]
+            out = aug(image=train_images[k], bboxes=b[:, 1:], classes=b[:, 0])
+            kept = np.column_stack([out["classes"], out["bboxes"]]).reshape(-1, 5).astype(np.float32)
+            heat, log_size, weight = targets(kept, size, n_classes)
+            xs.append(out["image"])
+            heats.append(heat)
+            sizes.append(log_size)
+            weights.append(weight)
+        out = net(as_tensor(xs, mean, std).to(device))
+        want_heat, want_size, size_weight = (torch.from_numpy(np.stack(a)).to(device) for a in (heats, sizes, weights))
+        size_error = (out[:, n_classes : n_classes + 2] - want_size).abs().sum(1) * size_weight
+        return focal_loss(out[:, :n_classes], want_heat) + size_error.sum() / size_weight.sum().clamp(min=1)
+
+    def validate() -> dict[str, float]:
+        found = []
+        with torch.inference_mode():
+            for i in range(0, len(val_images), 8):
+                out = boxes_of(torch.from_numpy(np.stack(val_images[i : i + 8])).to(device)).cpu().numpy()
+                found += [decode(o, THRESHOLDS[0], cfg.iou, size) for o in out]
+        return box_f1(found, val_boxes)
+
+    fitted = fit(net, len(train_images), loss_of, validate, "f1", opts, log)
+    if choose_confidence:
+        cfg = cfg.with_overrides(confidence=fitted.scores["threshold"])
+    metrics = {"box_f1_iou_0.4": fitted.scores["f1"], "at_confidence": fitted.scores["threshold"]}
+    return write_package(cfg, fitted, out_dir, opts, imagenet, metrics, info)
