@@ -76,6 +76,21 @@ def test_train_centres_to_a_package_that_detect_runs_on_torch_and_onnx(tmp_path,
     assert len(onnx) == len(on_torch) > 0
     np.testing.assert_allclose(onnx.total_bounds, on_torch.total_bounds, atol=0.05)
     assert list(onnx["class"].unique()) == ["hut"]
+    # the package adapts as a shipped model does: `--weights PACKAGE` is its network, settings and weights
+    tuned = tmp_path / "tuned"
+    args = ["train", "detect", "--weights", str(pkg), "--images", str(img), "--labels", str(labels)]
+    r = CliRunner().invoke(main, [*args, "--class-field", "kind", "--epochs", "1", "--lr", "0", "-o", str(tuned)])
+    assert r.exit_code == 0, r.stderr
+    again = yaml.safe_load((tuned / "model.yaml").read_text())
+    assert (again["backend"], again["encoder"], again["tile_size"], again["resolution"]) == (
+        "smp",
+        cfg["encoder"],
+        64,
+        0.1,
+    )
+    assert again["training"]["base"].startswith("huts/weights.pt (sha256 ")
+    a, b = (torch.load(p / "weights.pt", weights_only=True) for p in (pkg, tuned))
+    assert torch.equal(a["encoder.model.conv_stem.weight"], b["encoder.model.conv_stem.weight"])  # at lr 0
 
 
 def test_read_chips_takes_yolo_boxes_in_pixels(tmp_path):

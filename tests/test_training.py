@@ -551,3 +551,13 @@ def test_time_bounds_a_training_run(tmp_path, task):
     r = CliRunner().invoke(main, [*args, "-o", str(tmp_path / "m"), "-q"])
     assert r.exit_code == 0, r.stderr
     assert 1 <= yaml.safe_load((tmp_path / "m" / "model.yaml").read_text())["training"]["epochs"] <= 3
+
+
+def test_the_learning_rate_rises_then_falls_to_nearly_nothing():
+    from geovision.training.smp import one_cycle
+
+    shares = [one_cycle(k / 100) for k in range(101)]
+    top = int(np.argmax(shares))
+    assert shares[0] == pytest.approx(0.04) and top == 30 and shares[top] == pytest.approx(1.0)
+    assert all(a <= b for a, b in zip(shares[:top], shares[1 : top + 1]))
+    assert all(a >= b for a, b in zip(shares[top:], shares[top + 1 :])) and shares[-1] == pytest.approx(1e-3)

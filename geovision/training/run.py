@@ -260,6 +260,8 @@ def with_start_model(raw: dict[str, Any]) -> dict[str, Any]:
         "vectorize": dict(vars(model.vectorize)),
         "batch": 8,
     }
+    if model.backend == "smp" and model.task == "detect":
+        defaults["detector"] = "centres"
     if model.backend == "smp":
         defaults.update(
             arch=model.smp.arch,

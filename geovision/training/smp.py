@@ -8,6 +8,7 @@ keeps the best epoch.
 
 from __future__ import annotations
 
+import math
 import pickle
 import random
 import time
@@ -151,10 +152,15 @@ def fit(
 
     optimizer = torch.optim.AdamW(net.parameters(), lr=opts.lr, weight_decay=1e-4)
     steps = max(1, n_train // opts.batch) * opts.epochs
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=opts.lr, total_steps=steps)
+    started = time.perf_counter()
+
+    def progress(step: int) -> float:  # of the steps, or of the time when that runs out first
+        spent = (time.perf_counter() - started) / opts.time_s if opts.time_s else 0.0
+        return min(1.0, max(step / steps, spent))
+
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: one_cycle(progress(step)))
     order = list(range(n_train))
     best: Fitted | None = None
-    started = time.perf_counter()
     epochs_run = 0
     for epoch in range(opts.epochs):
         elapsed = time.perf_counter() - started
@@ -181,6 +187,14 @@ def fit(
     assert best is not None
     best.epochs_run, best.seconds = epochs_run, time.perf_counter() - started
     return best
+
+
+def one_cycle(done: float, warm: float = 0.3, low: float = 0.04) -> float:
+    """The share of the top learning rate at ``done`` (0-1) of a run: up from ``low`` over the first
+    ``warm`` of it, then down to nearly nothing, both along a half cosine (Smith's one cycle)."""
+    if done < warm:
+        return low + (1 - low) * (1 - math.cos(math.pi * done / warm)) / 2
+    return 1e-3 + (1 - 1e-3) * (1 + math.cos(math.pi * (done - warm) / (1 - warm))) / 2
 
 
 def write_package(
