@@ -507,6 +507,8 @@ def test_fine_tuning_a_named_model_takes_its_settings_and_a_time_bound(tmp_path)
     assert spec_from_mapping({**raw, "time": "90s"}).time == 1.5
     assert spec_from_mapping({**raw, "time": "1.5h"}).time == 90
     assert spec_from_mapping({**raw, "time": 12}).time == 12
+    with pytest.raises(geovision.errors.TrainingError, match="--detector centres trains box detectors"):
+        spec_from_mapping({**raw, "weights": None, "task": "instance", "classes": ["x"], "detector": "centres"})
     for bad in ("soon", "0m", "-1h"):
         with pytest.raises(geovision.errors.TrainingError, match="time"):
             spec_from_mapping({**raw, "time": bad})

@@ -199,6 +199,8 @@ def spec_from_mapping(raw: dict[str, Any]) -> TrainSpec:
     missing = [k for k in ("task", "images", "labels", "output", "classes") if not raw.get(k)]
     if missing:
         raise TrainingError(f"training needs {', '.join('--' + m for m in missing)}")
+    if raw.get("detector", "yolo") != "yolo" and raw["task"] != "detect":
+        raise TrainingError(f"--detector {raw['detector']} trains box detectors (train detect), not {raw['task']}")
     as_paths = lambda v: tuple(Path(p) for p in ([v] if isinstance(v, (str, Path)) else v))  # noqa: E731
     raw["images"], raw["labels"] = as_paths(raw["images"]), as_paths(raw["labels"])
     raw["output"] = Path(raw["output"])
