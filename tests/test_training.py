@@ -499,7 +499,7 @@ def test_fine_tuning_a_named_model_takes_its_settings_and_a_time_bound(tmp_path)
     trees = geovision.resolve_model("trees")
     assert spec.task == "detect" and spec.classes == ("tree",) and spec.weights == trees.weights
     assert (spec.resolution, spec.tile_size, spec.overlap) == (trees.resolution_m, trees.tile_size, trees.overlap)
-    assert (spec.confidence, spec.iou) == (trees.confidence, trees.iou)
+    assert (spec.confidence, spec.iou) == (None, trees.iou)  # a box detector's is chosen on its validation chips
     assert spec.time == 8.0 and spec.options["optimizer"] == "AdamW" and spec.options["lr0"] == 0.001
     # what the user gives wins; --epochs alone sets no time bound
     spec = spec_from_mapping({**raw, "tile_size": 320, "epochs": 5, "options": {"lr0": 0.01}})
@@ -535,7 +535,9 @@ def test_fine_tuning_trees_on_one_small_plot(tmp_path):
     assert "the best epoch is chosen on the training chips" in r.stderr
     cfg = yaml.safe_load((tuned / "model.yaml").read_text())
     trees = yaml.safe_load((SAMPLES.parent / "configs" / "models" / "trees" / "model.yaml").read_text())
-    assert (cfg["resolution"], cfg["tile_size"], cfg["confidence"]) == (0.1, 416, trees["confidence"])
+    assert (cfg["resolution"], cfg["tile_size"]) == (0.1, 416)
+    assert cfg["confidence"] == cfg["metrics"]["at_confidence"] and 0.05 <= cfg["confidence"] <= 0.6
+    assert f"confidence: {cfg['confidence']:g}, where box F1 on the validation chips is best" in r.stderr
     assert cfg["training"]["base"] == f"trees/weights.pt (sha256 {trees['sha256']})"
     assert cfg["training"]["data"]["chips_val"] == 0 and cfg["training"]["epochs"] == 1
     found = geovision.detect(SAMPLES / "OSBS_029.tif", tuned, tmp_path / "t.gpkg").features

@@ -11,18 +11,17 @@ epoch is the one with the highest box F1 (IoU 0.4) on the validation chips.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import shapely
 import yaml
 
 from geovision.backends.centres import SIZE_SCALE
 from geovision.config import ModelConfig
-from geovision.evaluate import match, pairwise_iou
 from geovision.training.common import aerial_augmentations
+from geovision.training.scoring import THRESHOLDS, box_f1, read_chips
 from geovision.training.smp import SegTrainOptions, as_tensor, fit, start_network, write_package
 
 #: a bump's standard deviation as a share of the box's side (TTFNet's alpha / 6)
@@ -31,30 +30,6 @@ BUMP = 0.54 / 6
 SIZE_FLOOR = 0.3
 #: the heatmap's starting bias: every pixel starts at a probability of 0.1 (CenterNet's prior)
 PRIOR_BIAS = -2.19
-#: validation thresholds; the best F1's is recorded
-THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5)
-
-
-def read_chips(folder: Path, split: str) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Chip images and their boxes (n, 5: class, x1, y1, x2, y2 in pixels) from a YOLO chip dataset.
-
-    Transposed copies (``_T``) are left out: the augmentation turns and flips every chip.
-    """
-    from PIL import Image
-
-    images, boxes = [], []
-    for png in sorted((folder / "images" / split).glob("*.png")):
-        if png.stem.endswith("_T"):
-            continue
-        image = np.asarray(Image.open(png).convert("RGB"))
-        size = image.shape[0]
-        text = (folder / "labels" / split / f"{png.stem}.txt").read_text().split()
-        rows = np.asarray(text, np.float64).reshape(-1, 5)
-        c, cx, cy, w, h = rows.T
-        xyxy = np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=1) * size
-        images.append(image)
-        boxes.append(np.column_stack([c, xyxy]).astype(np.float32))
-    return images, boxes
 
 
 def targets(boxes: np.ndarray, size: int, n_classes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -99,22 +74,6 @@ def augmentation(aerial: bool) -> Any:
     pixels = aerial_augmentations() if aerial else [A.RandomBrightnessContrast(0.2, 0.2, p=0.7)]
     boxes = A.BboxParams(format="pascal_voc", label_fields=["classes"], min_visibility=0.3, clip=True)
     return A.Compose([A.SquareSymmetry(p=1.0), geometry, *pixels], bbox_params=boxes)
-
-
-def box_f1(found: Sequence[Any], truth: Sequence[np.ndarray], iou: float = 0.4) -> dict[str, float]:
-    """Box F1 over chips at each of :data:`THRESHOLDS`: the best, and its threshold."""
-    best = {"f1": 0.0, "threshold": THRESHOLDS[0]}
-    for t in THRESHOLDS:
-        tp = fp = fn = 0
-        for det, boxes in zip(found, truth):
-            keep = det.scores >= t
-            pred, real = shapely.box(*det.boxes[keep].T), shapely.box(*boxes[:, 1:].T)
-            hits = int((match(pairwise_iou(pred, real), np.argsort(-det.scores[keep]), iou) >= 0).sum())
-            tp, fp, fn = tp + hits, fp + int(keep.sum()) - hits, fn + len(boxes) - hits
-        f1 = 2 * tp / max(1, 2 * tp + fp + fn)
-        if f1 > best["f1"]:
-            best = {"f1": round(f1, 4), "threshold": t}
-    return best
 
 
 def train_centres(

@@ -37,7 +37,9 @@ from geovision.raster import ground_pixel_size_m, open_raster
 from geovision.registry import MODEL_NAME
 from geovision.training.centres import train_centres
 from geovision.training.chips import ChipOptions, chip_detection_dataset, chip_segmentation_dataset
+from geovision.training.common import write_model_yaml
 from geovision.training.pretrained import smp_encoder
+from geovision.training.scoring import chips_confidence
 from geovision.training.smp import SegTrainOptions, train_smp
 from geovision.training.yolo import DetectTrainOptions, train_yolo
 
@@ -238,8 +240,10 @@ def is_model_reference(weights: str) -> bool:
 
 def with_start_model(raw: dict[str, Any]) -> dict[str, Any]:
     """``raw`` starting from the model its ``weights`` names: that model's weights, and its task,
-    classes, resolution, tile size, thresholds and outline settings wherever ``raw`` gives none, with
-    fine-tuning settings (a small step, a time bound) for a run that adapts it to new imagery."""
+    classes, resolution, tile size, duplicate-removal IoU and outline settings wherever ``raw`` gives
+    none, with fine-tuning settings (a small step, a time bound) for a run that adapts it to new
+    imagery. A box detector's confidence is chosen anew on the validation chips; an outline model
+    keeps its own."""
     from geovision.errors import GeovisionError
     from geovision.registry import resolve_model
 
@@ -256,14 +260,15 @@ def with_start_model(raw: dict[str, Any]) -> dict[str, Any]:
         "resolution": model.resolution_m,
         "tile_size": model.tile_size,
         "overlap": model.overlap,
-        "confidence": model.confidence,
         "iou": model.iou,
         "grayscale": model.accept_grayscale,
         "vectorize": dict(vars(model.vectorize)),
         "batch": 8,
     }
-    if model.backend == "smp" and model.task == "detect":
-        defaults["detector"] = "centres"
+    if model.task == "detect":  # box detectors choose their confidence on the validation chips
+        defaults["detector"] = "centres" if model.backend == "smp" else "yolo"
+    else:
+        defaults["confidence"] = model.confidence
     if model.backend == "smp":
         defaults.update(
             arch=model.smp.arch,
@@ -511,7 +516,22 @@ def _train_detector(
         trusted=spec.trust_weights,
         network=network,
     )
-    train_yolo(staging / "chips" / "data.yaml", cfg, package, opts, log, info={"data": info})
+    packaged = train_yolo(staging / "chips" / "data.yaml", cfg, package, opts, log, info={"data": info})
+    if spec.task == "detect" and spec.confidence is None:
+        _confidence_from_chips(packaged, staging / "chips", spec.device, package / "model.yaml", log)
+
+
+def _confidence_from_chips(
+    cfg: ModelConfig, chip_dir: Path, device: str | None, yaml_path: Path, log: Callable[[str], None]
+) -> None:
+    """Make a trained YOLO detector's default confidence the one of its best box F1 on the validation chips."""
+    from geovision.backends.yolo import YoloDetector
+
+    detector = YoloDetector(cfg, device=device)
+    best = chips_confidence(lambda images, conf: detector.detect(images, conf), chip_dir)
+    log(f"confidence: {best['threshold']:g}, where box F1 on the validation chips is best ({best['f1']:.2f})")
+    metrics = {**cfg.record.get("metrics", {}), "box_f1_iou_0.4": best["f1"], "at_confidence": best["threshold"]}
+    write_model_yaml(replace(cfg, confidence=best["threshold"], record={**cfg.record, "metrics": metrics}), yaml_path)
 
 
 def _validate_on_training_chips(data_yaml: Path, log: Callable[[str], None]) -> None:
