@@ -20,37 +20,21 @@ from typing import Any
 import numpy as np
 
 from geovision.backends.base import Detections
+from geovision.backends.smp import SmpNetwork, input_stats
 from geovision.backends.yolo_output import decode
 from geovision.config import ModelConfig
-from geovision.errors import WeightsError, first_line
 
 #: sizes are learned as log(size / SIZE_SCALE) pixels, so that a typical object is near 0
 SIZE_SCALE = 32.0
 
 
-class CentreDetector:
+class CentreDetector(SmpNetwork):
     """Batched centre-heatmap detection on torch (the ``smp`` backend with task ``detect``)."""
 
     def __init__(self, cfg: ModelConfig, device: str | None = None, threads: int | None = None) -> None:
-        import torch
-
-        from geovision.backends.device import pick_device, torch_threads
-        from geovision.backends.smp import build_network, input_stats
-
-        self.cfg = cfg
-        self.device = pick_device(device)
-        torch_threads(self.device, threads)
-        self.torch = torch
-        net = build_network(cfg)
-        try:
-            state = torch.load(cfg.weights, map_location="cpu", weights_only=True)
-            net.load_state_dict({k: v.float() for k, v in state.items()})
-        except Exception as e:  # noqa: BLE001 - torch raises many kinds for a bad file
-            raise WeightsError(f"{cfg.weights.name}: not loadable weights for this model ({first_line(e)})") from e
-        self.half = self.device.startswith("cuda")
-        net = (net.half() if self.half else net).eval()
-        self.module = boxes_module()(net, *input_stats(cfg), len(cfg.classes), cfg.tile_size, self.half)
-        self.module = self.module.to(self.device)
+        super().__init__(cfg, device, threads)
+        stats = input_stats(cfg)
+        self.module = boxes_module()(self.net, *stats, len(cfg.classes), cfg.tile_size, self.half).to(self.device)
 
     def fit_batch(self, base: int) -> int:
         """On CUDA, the batch size that fits half of the free GPU memory (measured on blank tiles)."""

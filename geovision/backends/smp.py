@@ -98,8 +98,22 @@ def input_stats(cfg: ModelConfig) -> tuple[np.ndarray, np.ndarray]:
     return mean, std
 
 
-class SmpSegmenter:
-    """Batched smp inference on uint8 tiles: (n, outputs, size, size) probabilities."""
+def load_network(cfg: ModelConfig) -> Any:
+    """``cfg``'s network with the package's weights (a state dict, loaded with ``weights_only``)."""
+    import torch
+
+    net = build_network(cfg)
+    try:
+        state = torch.load(cfg.weights, map_location="cpu", weights_only=True)
+        net.load_state_dict({k: v.float() for k, v in state.items()})
+    except Exception as e:  # noqa: BLE001 - torch raises many kinds for a bad file
+        raise WeightsError(f"{cfg.weights.name}: not loadable weights for this model ({first_line(e)})") from e
+    return net
+
+
+class SmpNetwork:
+    """A package's smp network on its device, in half precision on CUDA: what the segmenter and the
+    centre detector (:mod:`.centres`) run."""
 
     def __init__(self, cfg: ModelConfig, device: str | None = None, threads: int | None = None) -> None:
         import torch
@@ -110,15 +124,16 @@ class SmpSegmenter:
         self.device = pick_device(device)
         torch_threads(self.device, threads)
         self.torch = torch
-        net = build_network(cfg)
-        try:
-            state = torch.load(cfg.weights, map_location="cpu", weights_only=True)
-            net.load_state_dict({k: v.float() for k, v in state.items()})
-        except Exception as e:  # noqa: BLE001 - torch raises many kinds for a bad file
-            msg = first_line(e)
-            raise WeightsError(f"{cfg.weights.name}: not loadable weights for this model ({msg})") from e
+        net = load_network(cfg)
         self.half = self.device.startswith("cuda")
         self.net = (net.half() if self.half else net).eval().to(self.device)
+
+
+class SmpSegmenter(SmpNetwork):
+    """Batched smp inference on uint8 tiles: (n, outputs, size, size) probabilities."""
+
+    def __init__(self, cfg: ModelConfig, device: str | None = None, threads: int | None = None) -> None:
+        super().__init__(cfg, device, threads)
         self.module = self.as_module()
 
     def as_module(self) -> Any:
