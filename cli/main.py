@@ -519,6 +519,8 @@ def train(
     geovision train detect --images ortho.tif --labels trees.gpkg --classes tree \\
         --resolution 0.1 --tile-size 640 --epochs 100 -o models/my-trees
     geovision train --config configs/training/trees.yaml
+    geovision train detect --weights trees --images a.tif b.tif --labels a.xml b.xml \\
+        --classes tree -o my-trees          # adapt a shipped model (8 minutes by default)
     """
     import geovision.training as training
 
