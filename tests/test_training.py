@@ -19,6 +19,7 @@ from geovision.cli.main import main
 from geovision.labels import ImageLabels, ImageShapes, LabelReport, read_areas, read_vector_labels, read_vector_shapes
 from geovision.training.chips import IGNORE, ChipOptions, chip_detection_dataset, chip_segmentation_dataset
 from geovision.training.run import read_labels, read_polygons, spec_from_mapping
+from geovision.training.scoring import THRESHOLDS
 from tests.conftest import squares_image, write_raster
 
 T = Affine(0.1, 0, 500000, 0, -0.1, 4000000)
@@ -499,7 +500,8 @@ def test_fine_tuning_a_named_model_takes_its_settings_and_a_time_bound(tmp_path)
     trees = geovision.resolve_model("trees")
     assert spec.task == "detect" and spec.classes == ("tree",) and spec.weights == trees.weights
     assert (spec.resolution, spec.tile_size, spec.overlap) == (trees.resolution_m, trees.tile_size, trees.overlap)
-    assert (spec.confidence, spec.iou) == (None, trees.iou)  # a box detector's is chosen on its validation chips
+    # a box detector's confidence is chosen on its validation chips; trees' stays if they hold too few boxes
+    assert (spec.confidence, spec.start_confidence, spec.iou) == (None, trees.confidence, trees.iou)
     assert spec.time == 8.0 and spec.options["optimizer"] == "AdamW" and spec.options["lr0"] == 0.001
     # what the user gives wins; --epochs alone sets no time bound
     spec = spec_from_mapping({**raw, "tile_size": 320, "epochs": 5, "options": {"lr0": 0.01}})
@@ -542,6 +544,18 @@ def test_fine_tuning_trees_on_one_small_plot(tmp_path):
     assert cfg["training"]["data"]["chips_val"] == 0 and cfg["training"]["epochs"] == 1
     found = geovision.detect(SAMPLES / "OSBS_029.tif", tuned, tmp_path / "t.gpkg").features
     assert len(found) > 10 and set(found["class"]) == {"tree"}
+
+
+def test_a_threshold_is_not_chosen_on_a_handful_of_boxes(tmp_path):
+    """Five labelled huts: the best of twelve thresholds on them is luck, so the start model's stays."""
+    img, labels = scene(tmp_path)
+    args = ["train", "detect", "--weights", "trees-fast", "--images", str(img), "--labels", str(labels)]
+    r = CliRunner().invoke(main, [*args, "--classes", "hut", "--epochs", "1", "-o", str(tmp_path / "m")])
+    assert r.exit_code == 0, r.stderr
+    kept = geovision.resolve_model("trees-fast").confidence
+    assert f"confidence: {kept:g}, as it was: " in r.stderr and "too few to choose one on" in r.stderr
+    cfg = yaml.safe_load((tmp_path / "m" / "model.yaml").read_text())
+    assert cfg["confidence"] == kept and cfg["metrics"]["at_confidence"] in THRESHOLDS
 
 
 @pytest.mark.parametrize("task", ["detect", "segment"])

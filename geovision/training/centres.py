@@ -21,7 +21,7 @@ import yaml
 from geovision.backends.centres import SIZE_SCALE
 from geovision.config import ModelConfig
 from geovision.training.common import aerial_augmentations
-from geovision.training.scoring import THRESHOLDS, box_f1, read_chips
+from geovision.training.scoring import MIN_BOXES, THRESHOLDS, box_f1, read_chips
 from geovision.training.smp import SegTrainOptions, as_tensor, fit, start_network, write_package
 
 #: a bump's standard deviation as a share of the box's side (TTFNet's alpha / 6)
@@ -131,7 +131,7 @@ def train_centres(
         return box_f1(found, val_boxes)
 
     fitted = fit(net, len(train_images), loss_of, validate, "f1", opts, log)
-    if choose_confidence:
+    if choose_confidence and sum(len(b) for b in val_boxes) >= MIN_BOXES:  # too few boxes: luck, not a choice
         cfg = cfg.with_overrides(confidence=fitted.scores["threshold"])
     metrics = {"box_f1_iou_0.4": fitted.scores["f1"], "at_confidence": fitted.scores["threshold"]}
     return write_package(cfg, fitted, out_dir, opts, imagenet, metrics, info)

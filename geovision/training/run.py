@@ -39,7 +39,7 @@ from geovision.training.centres import train_centres
 from geovision.training.chips import ChipOptions, chip_detection_dataset, chip_segmentation_dataset
 from geovision.training.common import write_model_yaml
 from geovision.training.pretrained import smp_encoder
-from geovision.training.scoring import chips_confidence
+from geovision.training.scoring import MIN_BOXES, chips_confidence
 from geovision.training.smp import SegTrainOptions, train_smp
 from geovision.training.yolo import DetectTrainOptions, train_yolo
 
@@ -108,6 +108,9 @@ class TrainSpec:
     #: box detectors: ``yolo`` (ultralytics YOLO11), or ``centres``: a centre heatmap on an smp network
     #: (``arch``, ``encoder``; an ImageNet encoder where one is packaged)
     detector: Literal["yolo", "centres"] = "yolo"
+    #: the confidence of the model a run fine-tunes (``--weights trees``): kept when the validation chips
+    #: hold too few boxes to choose one on
+    start_confidence: float | None = None
 
 
 TRAIN_SPEC_FIELDS = {f for f in TrainSpec.__dataclass_fields__}
@@ -266,7 +269,7 @@ def with_start_model(raw: dict[str, Any]) -> dict[str, Any]:
         "batch": 8,
     }
     if model.task == "detect":  # box detectors choose their confidence on the validation chips
-        defaults["detector"] = "centres" if model.backend == "smp" else "yolo"
+        defaults.update(detector="centres" if model.backend == "smp" else "yolo", start_confidence=model.confidence)
     else:
         defaults["confidence"] = model.confidence
     if model.backend == "smp":
@@ -467,7 +470,7 @@ def _train_detector(
         tile_size=spec.tile_size,
         overlap=overlap,
         resolution_m=spec.resolution,
-        confidence=spec.confidence if spec.confidence is not None else 0.25,
+        confidence=next(c for c in (spec.confidence, spec.start_confidence, 0.25) if c is not None),
         iou=spec.iou if spec.iou is not None else 0.5,
         accept_grayscale=spec.grayscale,
         description=f"YOLO11{spec.model_size}{'-seg' * instance} trained by geovision on {_data_summary(spec)}",
@@ -518,20 +521,27 @@ def _train_detector(
     )
     packaged = train_yolo(staging / "chips" / "data.yaml", cfg, package, opts, log, info={"data": info})
     if spec.task == "detect" and spec.confidence is None:
-        _confidence_from_chips(packaged, staging / "chips", spec.device, package / "model.yaml", log)
+        _confidence_from_chips(packaged, staging / "chips", spec, package / "model.yaml", log)
 
 
 def _confidence_from_chips(
-    cfg: ModelConfig, chip_dir: Path, device: str | None, yaml_path: Path, log: Callable[[str], None]
+    cfg: ModelConfig, chip_dir: Path, spec: TrainSpec, yaml_path: Path, log: Callable[[str], None]
 ) -> None:
-    """Make a trained YOLO detector's default confidence the one of its best box F1 on the validation chips."""
+    """Make a trained YOLO detector's default confidence the one of its best box F1 on the validation
+    chips; with too few boxes there to choose on, it keeps the one it has (a fine-tuned model's, or 0.25)."""
     from geovision.backends.yolo import YoloDetector
 
-    detector = YoloDetector(cfg, device=device)
+    detector = YoloDetector(cfg, device=spec.device)
     best = chips_confidence(lambda images, conf: detector.detect(images, conf), chip_dir)
-    log(f"confidence: {best['threshold']:g}, where box F1 on the validation chips is best ({best['f1']:.2f})")
+    chosen = best["threshold"]
+    if best["boxes"] < MIN_BOXES:
+        chosen = cfg.confidence
+        log(f"confidence: {chosen:g}, as it was: {best['boxes']} boxes on the validation chips are too few to "
+            f"choose one on (give --conf to detect, or label more)")  # fmt: skip
+    else:
+        log(f"confidence: {chosen:g}, where box F1 on the validation chips is best ({best['f1']:.2f})")
     metrics = {**cfg.record.get("metrics", {}), "box_f1_iou_0.4": best["f1"], "at_confidence": best["threshold"]}
-    write_model_yaml(replace(cfg, confidence=best["threshold"], record={**cfg.record, "metrics": metrics}), yaml_path)
+    write_model_yaml(replace(cfg, confidence=chosen, record={**cfg.record, "metrics": metrics}), yaml_path)
 
 
 def _validate_on_training_chips(data_yaml: Path, log: Callable[[str], None]) -> None:
