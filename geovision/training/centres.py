@@ -104,7 +104,7 @@ def train_centres(
     device = pick_device(opts.device)
     net = net.to(device)
     aug = augmentation(opts.augment == "aerial")
-    boxes_of = boxes_module()(net, mean, std, n_classes, size)
+    boxes_of = boxes_module()(net, mean, std, n_classes, size).to(device)  # its buffers beside the network
 
     def loss_of(batch: list[int]) -> Any:
         xs, heats, sizes, weights = [], [], [], []
