@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from geovision.backends.base import Detections
-from geovision.backends.smp import SmpNetwork, input_stats
+from geovision.backends.smp import SmpNetwork, input_stats, network_module
 from geovision.backends.yolo_output import decode
 from geovision.config import ModelConfig
 
@@ -60,26 +60,21 @@ def boxes_module() -> Any:
     """The module class, defined on first use so that importing this file does not import torch."""
     import torch
 
-    class CentreBoxes(torch.nn.Module):
+    class CentreBoxes(network_module()):  # type: ignore[misc]
         """uint8 NHWC tiles in; (n, 4 + classes, pixels) of cx, cy, w, h and peak scores out."""
 
         def __init__(
             self, net: Any, mean: np.ndarray, std: np.ndarray, n_classes: int, size: int, half: bool = False
         ) -> None:
-            super().__init__()
-            self.net, self.n_classes, self.use_half = net, n_classes, half
-            self.scale: torch.Tensor
-            self.shift: torch.Tensor
+            super().__init__(net, mean, std, half)
+            self.n_classes = n_classes
             self.grid: torch.Tensor
-            self.register_buffer("scale", torch.from_numpy(1 / (255 * std)).view(1, -1, 1, 1))
-            self.register_buffer("shift", torch.from_numpy(mean / std).view(1, -1, 1, 1))
             centres = torch.arange(size, dtype=torch.float32) + 0.5
             ys, xs = torch.meshgrid(centres, centres, indexing="ij")
             self.register_buffer("grid", torch.stack([xs, ys])[None])  # (1, 2, size, size)
 
         def forward(self, images: torch.Tensor) -> torch.Tensor:
-            x = images.permute(0, 3, 1, 2).float() * self.scale - self.shift
-            out = self.net(x.half() if self.use_half else x).float()
+            out = self.logits(images)
             heat = out[:, : self.n_classes].sigmoid()
             peaks = heat * (torch.nn.functional.max_pool2d(heat, 3, stride=1, padding=1) == heat).float()
             size = out[:, self.n_classes : self.n_classes + 2].clamp(-8, 8).exp() * SIZE_SCALE

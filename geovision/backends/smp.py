@@ -159,26 +159,44 @@ class SmpSegmenter(SmpNetwork):
 
 
 @functools.cache
-def _probabilities_module() -> Any:
-    """The module class, defined on first use so that importing this file does not import torch."""
+def network_module() -> Any:
+    """The base of the graphs ``geovision export`` writes for smp networks: uint8 NHWC tiles in,
+    normalised with the training statistics, the network's float logits out. Defined on first use
+    so that importing this file does not import torch."""
     import torch
 
-    class Probabilities(torch.nn.Module):
-        """Normalise uint8 NHWC tiles, run the network, turn logits into probabilities (background first)."""
-
-        def __init__(
-            self, net: Any, mean: np.ndarray, std: np.ndarray, softmax: bool, half: bool, boundary: bool = False
-        ) -> None:
+    class OnTiles(torch.nn.Module):
+        def __init__(self, net: Any, mean: np.ndarray, std: np.ndarray, half: bool) -> None:
             super().__init__()
-            self.net, self.use_softmax, self.use_half, self.boundary = net, softmax, half, boundary
+            self.net, self.use_half = net, half
             self.scale: torch.Tensor
             self.shift: torch.Tensor
             self.register_buffer("scale", torch.from_numpy(1 / (255 * std)).view(1, -1, 1, 1))
             self.register_buffer("shift", torch.from_numpy(mean / std).view(1, -1, 1, 1))
 
-        def forward(self, images: torch.Tensor) -> torch.Tensor:
+        def logits(self, images: torch.Tensor) -> torch.Tensor:
             x = images.permute(0, 3, 1, 2).float() * self.scale - self.shift
-            logits = self.net(x.half() if self.use_half else x).float()
+            return self.net(x.half() if self.use_half else x).float()
+
+    return OnTiles
+
+
+@functools.cache
+def _probabilities_module() -> Any:
+    """The module class, defined on first use so that importing this file does not import torch."""
+    import torch
+
+    class Probabilities(network_module()):  # type: ignore[misc]
+        """Normalise uint8 NHWC tiles, run the network, turn logits into probabilities (background first)."""
+
+        def __init__(
+            self, net: Any, mean: np.ndarray, std: np.ndarray, softmax: bool, half: bool, boundary: bool = False
+        ) -> None:
+            super().__init__(net, mean, std, half)
+            self.use_softmax, self.boundary = softmax, boundary
+
+        def forward(self, images: torch.Tensor) -> torch.Tensor:
+            logits = self.logits(images)
             if self.use_softmax:
                 probs = logits.softmax(dim=1)
                 if self.boundary:  # the outline band is background to everything downstream

@@ -11,7 +11,7 @@ epoch is the one with the highest box F1 (IoU 0.4) on the validation chips.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,7 @@ import yaml
 from geovision.backends.centres import SIZE_SCALE
 from geovision.config import ModelConfig
 from geovision.training.common import aerial_augmentations
-from geovision.training.scoring import MIN_BOXES, THRESHOLDS, box_f1, read_chips
+from geovision.training.scoring import MIN_BOXES, detected_f1, read_chips
 from geovision.training.smp import SegTrainOptions, as_tensor, fit, start_network, write_package
 
 #: a bump's standard deviation as a share of the box's side (TTFNet's alpha / 6)
@@ -122,13 +122,13 @@ def train_centres(
         size_error = (out[:, n_classes : n_classes + 2] - want_size).abs().sum(1) * size_weight
         return focal_loss(out[:, :n_classes], want_heat) + size_error.sum() / size_weight.sum().clamp(min=1)
 
-    def validate() -> dict[str, float]:
-        found = []
+    def detect(images: Sequence[np.ndarray], confidence: float) -> list[Any]:
         with torch.inference_mode():
-            for i in range(0, len(val_images), 8):
-                out = boxes_of(torch.from_numpy(np.stack(val_images[i : i + 8])).to(device)).cpu().numpy()
-                found += [decode(o, THRESHOLDS[0], cfg.iou, size) for o in out]
-        return box_f1(found, val_boxes)
+            out = boxes_of(torch.from_numpy(np.stack(images)).to(device)).cpu().numpy()
+        return [decode(o, confidence, cfg.iou, size) for o in out]
+
+    def validate() -> dict[str, float]:
+        return detected_f1(detect, val_images, val_boxes)
 
     fitted = fit(net, len(train_images), loss_of, validate, "f1", opts, log)
     if choose_confidence and sum(len(b) for b in val_boxes) >= MIN_BOXES:  # too few boxes: luck, not a choice

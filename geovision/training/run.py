@@ -23,7 +23,7 @@ import shapely
 import yaml
 
 from geovision.config import ModelConfig, SmpOptions, VectorizeOptions, load_config, settings
-from geovision.errors import OutputError, TrainingError, require
+from geovision.errors import GeovisionError, OutputError, TrainingError, require
 from geovision.labels import (
     ImageLabels,
     ImageShapes,
@@ -34,7 +34,7 @@ from geovision.labels import (
     read_vector_shapes,
 )
 from geovision.raster import ground_pixel_size_m, open_raster
-from geovision.registry import MODEL_NAME
+from geovision.registry import MODEL_NAME, resolve_model
 from geovision.training.centres import train_centres
 from geovision.training.chips import ChipOptions, chip_detection_dataset, chip_segmentation_dataset
 from geovision.training.common import write_model_yaml
@@ -247,9 +247,6 @@ def with_start_model(raw: dict[str, Any]) -> dict[str, Any]:
     none, with fine-tuning settings (a small step, a time bound) for a run that adapts it to new
     imagery. A box detector's confidence is chosen anew on the validation chips; an outline model
     keeps its own."""
-    from geovision.errors import GeovisionError
-    from geovision.registry import resolve_model
-
     try:
         model = resolve_model(str(raw["weights"]))
     except GeovisionError as e:

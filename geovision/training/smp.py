@@ -125,7 +125,7 @@ def start_network(
     return net, cfg, imagenet
 
 
-@dataclass
+@dataclass(frozen=True)
 class Fitted:
     """The best epoch of a run: its weights (fp16), validation scores and number; and the run's length."""
 
@@ -160,7 +160,7 @@ def fit(
 
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: one_cycle(progress(step)))
     order = list(range(n_train))
-    best: Fitted | None = None
+    best: tuple[dict[str, Any], dict[str, float], int] | None = None  # weights, scores, epoch
     epochs_run = 0
     for epoch in range(opts.epochs):
         elapsed = time.perf_counter() - started
@@ -181,12 +181,10 @@ def fit(
         net.eval()
         scores = validate()
         log(f"epoch {epoch + 1}/{opts.epochs} loss {np.mean(losses):.3f} val {scores}")
-        if best is None or scores[key] > best.scores[key]:
-            state = {k: v.detach().cpu().half().clone() for k, v in net.state_dict().items()}
-            best = Fitted(state, scores, epoch + 1, 0, 0.0)
+        if best is None or scores[key] > best[1][key]:
+            best = ({k: v.detach().cpu().half().clone() for k, v in net.state_dict().items()}, scores, epoch + 1)
     assert best is not None
-    best.epochs_run, best.seconds = epochs_run, time.perf_counter() - started
-    return best
+    return Fitted(*best, epochs_run, time.perf_counter() - started)
 
 
 def one_cycle(done: float, warm: float = 0.3, low: float = 0.04) -> float:
@@ -306,7 +304,6 @@ def _validate(
 
     from geovision.backends.smp import activation
 
-    net.eval()
     preds = []
     with torch.inference_mode():
         for i in range(0, len(chips.val_images), 8):
