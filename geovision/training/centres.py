@@ -66,14 +66,14 @@ def focal_loss(logits: Any, heat: Any) -> Any:
     return -(pos.sum() + neg.sum()) / peak.sum().clamp(min=1)
 
 
-def augmentation(aerial: bool) -> Any:
-    """The segmenters' geometry and colour changes, with boxes carried along."""
+def augmentation(aerial: bool, seed: int | None = None) -> Any:
+    """The segmenters' geometry and colour changes, with boxes carried along (``seed``: repeatable draws)."""
     import albumentations as A
 
     geometry = A.Affine(scale=(0.7, 1.4) if aerial else (0.85, 1.15), p=0.6 if aerial else 0.5)
     pixels = aerial_augmentations() if aerial else [A.RandomBrightnessContrast(0.2, 0.2, p=0.7)]
     boxes = A.BboxParams(format="pascal_voc", label_fields=["classes"], min_visibility=0.3, clip=True)
-    return A.Compose([A.SquareSymmetry(p=1.0), geometry, *pixels], bbox_params=boxes)
+    return A.Compose([A.SquareSymmetry(p=1.0), geometry, *pixels], bbox_params=boxes, seed=seed)
 
 
 def train_centres(
@@ -103,7 +103,7 @@ def train_centres(
     mean, std = np.asarray(cfg.smp.mean, np.float32), np.asarray(cfg.smp.std, np.float32)
     device = pick_device(opts.device)
     net = net.to(device)
-    aug = augmentation(opts.augment == "aerial")
+    aug = augmentation(opts.augment == "aerial", opts.seed)
     boxes_of = boxes_module()(net, mean, std, n_classes, size).to(device)  # its buffers beside the network
 
     def loss_of(batch: list[int]) -> Any:

@@ -43,12 +43,13 @@ class SegTrainOptions:
     time_s: float | None = None
 
 
-def augmentation(aerial: bool = True) -> Any:
+def augmentation(aerial: bool = True, seed: int | None = None) -> Any:
     """Augmentations for nadir imagery: no 'up', so all eight square symmetries are fair.
 
     With ``aerial``, also a random ground resolution (scale 0.7-1.4) and the
     colour, haze, blur and sensor changes of :func:`.common.aerial_augmentations`.
-    Pixels moved in from outside the chip are left out of the loss.
+    Pixels moved in from outside the chip are left out of the loss. ``seed`` makes the draws
+    repeatable (albumentations keeps its own random generator, which torch's seed does not reach).
     """
     import albumentations as A
 
@@ -61,7 +62,7 @@ def augmentation(aerial: bool = True) -> Any:
             A.RandomBrightnessContrast(brightness_limit=0.2, contrast_limit=0.2, p=0.7),
             A.GaussNoise(std_range=(0.0, 0.03), p=0.2),
         ]
-    return A.Compose([A.SquareSymmetry(p=1.0), geometry, *pixels])
+    return A.Compose([A.SquareSymmetry(p=1.0), geometry, *pixels], seed=seed)
 
 
 def as_tensor(images: Sequence[np.ndarray], mean: np.ndarray, std: np.ndarray) -> Any:
@@ -266,7 +267,7 @@ def train_smp(
             )
         dice = smp.losses.DiceLoss("multiclass", from_logits=True, ignore_index=IGNORE)
         ce = torch.nn.CrossEntropyLoss(weight=weights, ignore_index=IGNORE)
-    aug = augmentation(opts.augment == "aerial")
+    aug = augmentation(opts.augment == "aerial", opts.seed)
 
     def loss_of(batch: list[int]) -> Any:
         pairs = [aug(image=chips.train_images[k], mask=chips.train_masks[k]) for k in batch]
