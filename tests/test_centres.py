@@ -53,6 +53,18 @@ def test_targets_decode_back_to_their_boxes():
     np.testing.assert_array_equal(found.classes[order], want[:, 0])
 
 
+def test_a_flat_heatmap_has_no_peaks():
+    """Every pixel of a plateau equals its neighbourhood's maximum; none of them is an object."""
+    from geovision.backends.yolo_output import decode
+
+    size = 32
+    logits = torch.zeros(1, 3, size, size)
+    logits[:, 0] = -0.85  # a heat of 0.3 everywhere
+    module = boxes_module()(PerfectNet(logits), np.zeros(3, np.float32), np.ones(3, np.float32), 1, size)
+    out = module(torch.zeros(1, size, size, 3, dtype=torch.uint8)).numpy()
+    assert len(decode(out[0], 0.1, 0.5, size)) == 0
+
+
 def centre_args(img, labels) -> list[str]:
     args = ["train", "detect", "--detector", "centres", "--encoder", "tf_efficientnet_lite0", "--images", str(img)]
     args += ["--labels", str(labels), "--classes", "hut", "--class-field", "kind", "--resolution", "0.1"]

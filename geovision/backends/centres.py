@@ -76,7 +76,10 @@ def boxes_module() -> Any:
         def forward(self, images: torch.Tensor) -> torch.Tensor:
             out = self.logits(images)
             heat = out[:, : self.n_classes].sigmoid()
-            peaks = heat * (torch.nn.functional.max_pool2d(heat, 3, stride=1, padding=1) == heat).float()
+            pool = torch.nn.functional
+            top = pool.max_pool2d(heat, 3, stride=1, padding=1) == heat
+            rises = heat > pool.avg_pool2d(heat, 3, stride=1, padding=1, count_include_pad=False)  # not a plateau
+            peaks = heat * (top & rises).float()
             size = out[:, self.n_classes : self.n_classes + 2].clamp(-8, 8).exp() * SIZE_SCALE
             grid = self.grid.expand(out.shape[0], -1, -1, -1)
             return torch.cat([grid, size, peaks], dim=1).flatten(2)
