@@ -143,6 +143,34 @@ progress_option = click.option(
     help="bar: a progress bar; lines: 'progress DONE/TOTAL' lines on stderr, for programs that run geovision.",
 )
 debug_option = click.option("--debug", is_flag=True, help="Show tracebacks of unexpected failures.")
+qml_option = click.option(
+    "--qml", is_flag=True, help="Also write the layer's QGIS style as a .qml beside it (GeoPackages carry it inside)."
+)
+
+
+class _Progress:
+    """The progress callback of a command: a tqdm bar of tiles, or 'progress DONE/TOTAL' lines."""
+
+    def __init__(self, quiet: bool, style: str, desc: str) -> None:
+        self.quiet, self.style, self.desc = quiet, style, desc
+        self.bar: Any = None
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.quiet:
+            return
+        if self.style == "lines":
+            click.echo(f"progress {done}/{total}", err=True)
+            return
+        if self.bar is None:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, unit="tile", desc=self.desc, file=sys.stderr, dynamic_ncols=True)
+        self.bar.total = total
+        self.bar.update(done - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 @click.group(cls=_Cli, context_settings={"help_option_names": ["-h", "--help"]})
@@ -200,9 +228,7 @@ def main() -> None:
     default=None,
     help="Segmenters and instance segmenters: keep outlines as traced (building models square them up).",
 )
-@click.option(
-    "--qml", is_flag=True, help="Also write the layer's QGIS style as a .qml beside it (GeoPackages carry it inside)."
-)
+@qml_option
 @click.option("--overwrite", is_flag=True, help="Replace the output if it exists.")
 @trust_option
 @progress_option
@@ -234,27 +260,13 @@ def detect(
     debug: bool,
 ) -> None:
     """Detect objects in RASTER and write them to a layer (-o, or RASTER-NAME.MODEL.gpkg here)."""
-    from tqdm import tqdm
-
     import geovision
 
     _log_to_stderr(quiet)
     cfg = _run(lambda: geovision.resolve_model(model, trust), debug)
     if output is None:
         output = str(geovision.default_output(raster, cfg))
-    bar: tqdm | None = None
-
-    def progress(done: int, total: int) -> None:
-        nonlocal bar
-        if quiet:
-            return
-        if progress_style == "lines":
-            click.echo(f"progress {done}/{total}", err=True)
-            return
-        if bar is None:
-            bar = tqdm(total=total, unit="tile", desc="detect", file=sys.stderr, dynamic_ncols=True)
-        bar.update(done - bar.n)
-
+    progress = _Progress(quiet, progress_style, "detect")
     try:
         result = _run(
             lambda: geovision.detect(
@@ -282,8 +294,7 @@ def detect(
             debug,
         )
     finally:
-        if bar is not None:
-            bar.close()
+        progress.close()
     if not quiet:
         s = result.stats
         per_class = ", ".join(f"{n} {c}" for c, n in sorted(s.counts.items())) or "no objects"
@@ -638,6 +649,117 @@ def evaluate(
     click.echo(text_table(*table_rows(ev)))
     if report and not quiet:
         click.echo(f"report: {report}", err=True)
+
+
+@main.command()
+@click.argument("before", type=click.Path(path_type=str))
+@click.argument("after", type=click.Path(path_type=str))
+@click.option(
+    "-o", "--output", required=True, type=click.Path(path_type=str), help="Change layer: .gpkg, .geojson or .shp."
+)
+@click.option("-m", "--model", help="BEFORE and AFTER are rasters: detect their objects with this model first.")
+@conf_option
+@device_option
+@click.option(
+    "--iou", type=click.FloatRange(0, 1), default=0.5, show_default=True, help="IoU for a match (as evaluate)."
+)
+@click.option(
+    "--area-change",
+    type=click.FloatRange(0, min_open=True),
+    default=0.25,
+    show_default=True,
+    help="Matched objects whose area changed by more than this share are grown or shrunk.",
+)
+@click.option("--class-field", default="class", show_default=True, help="Field with class names ('' for one class).")
+@click.option("--no-align", "align", flag_value=False, default=True, help="Compare the layers where they lie.")
+@click.option(
+    "--shift", nargs=2, type=float, metavar="DX DY", help="Move BEFORE by DX metres east, DY north (no estimate)."
+)
+@click.option(
+    "--max-shift",
+    type=click.FloatRange(0, min_open=True),
+    default=10.0,
+    show_default=True,
+    help="Largest shift between the surveys to look for, in metres.",
+)
+@click.option("--quicklook", type=click.Path(path_type=str), help="Also draw the changes over the AFTER raster (PNG).")
+@click.option("--json", "as_json", is_flag=True, help="Summary as machine-readable JSON.")
+@qml_option
+@click.option("--overwrite", is_flag=True, help="Replace the outputs if they exist.")
+@progress_option
+@quiet_option
+@debug_option
+def compare(
+    before: str,
+    after: str,
+    output: str,
+    model: str | None,
+    conf: float | None,
+    device: str | None,
+    iou: float,
+    area_change: float,
+    class_field: str,
+    align: bool,
+    shift: tuple[float, float] | None,
+    max_shift: float,
+    quicklook: str | None,
+    as_json: bool,
+    qml: bool,
+    overwrite: bool,
+    progress_style: str,
+    quiet: bool,
+    debug: bool,
+) -> None:
+    """What changed between two surveys, object by object: kept, grown, shrunk, gone, new.
+
+    BEFORE and AFTER are layers of objects (any format and CRS), or two rasters
+    with --model. The shift between them is estimated from the objects and
+    applied to BEFORE before matching, unless --no-align or --shift.
+    """
+    import geovision
+
+    _log_to_stderr(quiet)
+    progress = _Progress(quiet, progress_style, "detect")
+    try:
+        result = _run(
+            lambda: geovision.compare(
+                before,
+                after,
+                output,
+                model=model,
+                confidence=conf,
+                device=device,
+                iou=iou,
+                area_change=area_change,
+                class_field=class_field or None,
+                align=align,
+                shift=shift or None,
+                max_shift=max_shift,
+                quicklook=quicklook,
+                qml=qml,
+                overwrite=overwrite,
+                progress=progress,
+            ),
+            debug,
+        )
+    finally:
+        progress.close()
+    if not quiet:  # on stderr too, where the QGIS plugin's log reads it
+        click.echo(
+            f"{result.n_before} objects before, {result.n_after} after; {result.shift.describe()} -> {result.output}",
+            err=True,
+        )
+    if as_json:
+        click.echo(json.dumps(result.to_dict(), indent=2))
+        return
+    counts = result.counts()
+    classes = sorted({c for per in counts.values() for c in per})
+    click.echo(f"shift: {result.shift.describe()}")
+    rows = [("change", *classes, "total")]
+    rows += [(change, *(str(per[c]) for c in classes), str(sum(per.values()))) for change, per in counts.items()]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        click.echo("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip())
 
 
 @main.command()

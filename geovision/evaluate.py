@@ -100,9 +100,10 @@ def inside(gdf: gpd.GeoDataFrame, area: Any) -> gpd.GeoDataFrame:
     return gdf[shapely.contains_xy(area, shapely.get_x(points), shapely.get_y(points))]
 
 
-def read_layer(path: str | os.PathLike[str], role: str) -> gpd.GeoDataFrame:
-    """A predicted or truth layer, less its empty geometries."""
-    gdf = read_vector(path, EvaluationError, role)
+def read_layer(path: str | os.PathLike[str], role: str, fids: bool = False) -> gpd.GeoDataFrame:
+    """A predicted or truth layer, less its empty geometries; with ``fids``, indexed by the file's own
+    feature ids (a GeoPackage's fid, as QGIS shows it)."""
+    gdf = read_vector(path, EvaluationError, role, fids)
     return gdf[~(gdf.geometry.isna() | gdf.geometry.is_empty)]
 
 
@@ -207,31 +208,52 @@ def _classes(gdf: gpd.GeoDataFrame, field: str | None) -> np.ndarray:
     return np.full(len(gdf), "all", dtype=object).astype(str)
 
 
-def pairwise_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Dense (len(a), len(b)) IoU matrix, computed only for intersecting pairs (STRtree)."""
-    out = np.zeros((len(a), len(b)))
+def iou_pairs(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The intersecting pairs (i into ``a``, j into ``b``, found by an STRtree) and their IoU."""
     if len(a) == 0 or len(b) == 0:
-        return out
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0)
     i, j = shapely.STRtree(b).query(a, predicate="intersects")
     inter = shapely.area(shapely.intersection(a[i], b[j]))
     union = shapely.area(a[i]) + shapely.area(b[j]) - inter
-    out[i, j] = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+    return i, j, np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+
+
+def pairwise_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Dense (len(a), len(b)) IoU matrix, computed only for intersecting pairs (STRtree)."""
+    out = np.zeros((len(a), len(b)))
+    i, j, ious = iou_pairs(a, b)
+    out[i, j] = ious
     return out
 
 
 def match(ious: np.ndarray, order: np.ndarray, threshold: float) -> np.ndarray:
-    """Greedy one-to-one matching: for each prediction in ``order``, the free truth of highest IoU.
+    """Greedy one-to-one matching on a dense IoU matrix; see :func:`match_pairs`."""
+    i, j = np.nonzero(ious >= threshold)
+    return match_pairs(i, j, ious[i, j], order, threshold, ious.shape[0])
 
+
+def match_pairs(
+    i: np.ndarray, j: np.ndarray, ious: np.ndarray, order: np.ndarray, threshold: float, n: int
+) -> np.ndarray:
+    """Greedy one-to-one matching: for each of the ``n`` predictions in ``order``, the free truth
+    of highest IoU (the lowest index on a tie), if it reaches ``threshold``.
+
+    The candidates are pairs (prediction ``i``, truth ``j``, their IoU), so that
+    layers of many thousand objects need no dense matrix. This is the one
+    matcher: ``evaluate``, ``quicklook`` and ``compare`` agree on what a match is.
     Returns, per prediction, the index of its truth object or -1.
     """
-    matched = np.full(ious.shape[0], -1)
-    taken = np.zeros(ious.shape[1], bool)
-    for k in order:
-        candidates = np.where(taken, -1.0, ious[k])
-        if candidates.size and candidates.max() >= threshold:
-            j = int(candidates.argmax())
-            matched[k] = j
-            taken[j] = True
+    matched = np.full(n, -1)
+    rank = np.full(n, -1)
+    rank[order] = np.arange(len(order))
+    keep = (ious >= threshold) & (rank[i] >= 0)  # predictions not in ``order`` take no part
+    i, j, ious = i[keep], j[keep], ious[keep]
+    taken: set[int] = set()
+    for k in np.lexsort((j, -ious, rank[i])):
+        p, t = int(i[k]), int(j[k])
+        if matched[p] < 0 and t not in taken:
+            matched[p] = t
+            taken.add(t)
     return matched
 
 

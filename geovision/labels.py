@@ -188,9 +188,11 @@ def feature_layer(path: str | os.PathLike[str]) -> str | None:
     return names[0] if names else None
 
 
-def read_vector(path: str | os.PathLike[str], error: type[GeovisionError], role: str = "") -> gpd.GeoDataFrame:
+def read_vector(
+    path: str | os.PathLike[str], error: type[GeovisionError], role: str = "", fids: bool = False
+) -> gpd.GeoDataFrame:
     """A vector layer (any format GDAL reads) with a CRS, or one line as ``error``: labels,
-    truth and predictions are all read here."""
+    truth and predictions are all read here. ``fids``: indexed by the file's feature ids."""
     import geopandas as gpd
 
     p = Path(path)
@@ -198,7 +200,7 @@ def read_vector(path: str | os.PathLike[str], error: type[GeovisionError], role:
     if not p.exists():
         raise error(f"{where}: no such file")
     try:
-        gdf = gpd.read_file(p, layer=feature_layer(p))
+        gdf = gpd.read_file(p, layer=feature_layer(p), fid_as_index=fids)
     except Exception as e:  # noqa: BLE001 - pyogrio raises several kinds
         raise error(f"{where}: not a readable vector layer ({first_line(e)})") from e
     if gdf.crs is None:

@@ -54,6 +54,23 @@ def quicklook(
     overwrite: bool = True,
 ) -> Quicklook:
     """Write a PNG of ``raster``, at most ``size`` px on its long side, with ``pred`` drawn over it."""
+    out = check_output(output, overwrite, suffixes=(".png",))
+    with open_raster(raster) as ds:
+        crs = ds.crs
+    return draw(raster, out, _layers(pred, truth, crs, iou, class_field), size=size, bands=bands, overwrite=overwrite)
+
+
+def draw(
+    raster: str | os.PathLike[str],
+    output: str | os.PathLike[str],
+    layers: dict[str, tuple[gpd.GeoDataFrame, tuple[int, int, int]]],
+    *,
+    size: int = 2048,
+    bands: tuple[int, ...] | None = None,
+    overwrite: bool = True,
+) -> Quicklook:
+    """Write a PNG of ``raster`` with the outlines of ``layers`` (legend name -> layer, RGB colour)
+    drawn over it, in the order given, with a key."""
     from PIL import Image, ImageDraw
 
     out = check_output(output, overwrite, suffixes=(".png",))
@@ -65,18 +82,19 @@ def quicklook(
         to_pixels = ~(ds.transform @ Affine.scale(ds.width / width, ds.height / height))
         crs = ds.crs
     canvas = Image.fromarray(image)
-    draw = ImageDraw.Draw(canvas)
+    pen = ImageDraw.Draw(canvas)
     line = max(1, round(min(width, height) / 500))
     counts: dict[str, int] = {}
-    layers = _layers(pred, truth, crs, iou, class_field)
     for name, (gdf, colour) in layers.items():
         counts[name] = len(gdf)
+        if crs is not None and gdf.crs is not None:
+            gdf = gdf.to_crs(crs)
         for geom in gdf.geometry:
             for ring in _rings(geom):
                 xy = shapely.get_coordinates(ring)
                 cols, rows = to_pixels @ (xy[:, 0], xy[:, 1])
-                draw.line(list(zip(cols.tolist(), rows.tolist())), fill=colour, width=line)
-    _legend(draw, {f"{k} ({counts[k]})": c for k, (_, c) in layers.items()})
+                pen.line(list(zip(cols.tolist(), rows.tolist())), fill=colour, width=line)
+    _legend(pen, {f"{k} ({counts[k]})": c for k, (_, c) in layers.items()})
     with atomic_output(out) as tmp:
         canvas.save(tmp, format="PNG")
     return Quicklook(out, width, height, counts)

@@ -22,8 +22,9 @@ OUTLINE_MM = 0.5
 STYLE_NAME = "geovision"
 
 
-def qml(classes: Sequence[str], field: str = "class") -> str:
-    """A QGIS 3 style (QML) drawing polygons by ``field``: one outline colour per class, no fill."""
+def qml(classes: Sequence[str], field: str = "class", colours: Sequence[str] | None = None) -> str:
+    """A QGIS 3 style (QML) drawing polygons by ``field``: one outline colour per class (``colours``,
+    as "R,G,B", or the palette's), no fill."""
     root = ET.Element("qgis", {"version": "3.22.0", "styleCategories": "Symbology"})
     renderer = ET.SubElement(
         root,
@@ -34,7 +35,7 @@ def qml(classes: Sequence[str], field: str = "class") -> str:
     symbols = ET.SubElement(renderer, "symbols")
     for i, name in enumerate(classes):
         ET.SubElement(categories, "category", {"render": "true", "symbol": str(i), "value": name, "label": name})
-        _outline_symbol(symbols, str(i), PALETTE[i % len(PALETTE)])
+        _outline_symbol(symbols, str(i), colours[i] if colours else PALETTE[i % len(PALETTE)])
     ET.SubElement(root, "layerGeometryType").text = "2"  # polygons
     body = ET.tostring(root, encoding="unicode")
     return f"<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>\n{body}\n"

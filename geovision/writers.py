@@ -121,12 +121,16 @@ def write_layer(
     overwrite: bool = False,
     classes: Sequence[str] | None = None,
     qml_file: bool = False,
+    style_field: str = "class",
+    colours: Sequence[str] | None = None,
 ) -> Path:
     """Write ``gdf`` to ``path`` atomically, in the format its extension names.
 
-    With ``classes``, a GeoPackage carries a default QGIS style (one outline
-    colour per class, :mod:`geovision.style`); ``qml_file`` also writes it as
-    a ``.qml`` beside the layer, which QGIS loads with GeoJSON and Shapefiles.
+    A GeoPackage carries a default QGIS style (one outline colour per value
+    of ``style_field``: ``classes``, or the layer's own values, in
+    ``colours`` or :mod:`geovision.style`'s palette); ``qml_file`` also writes
+    it as a ``.qml`` beside the layer, which QGIS loads with GeoJSON and
+    Shapefiles.
     """
     p = check_output(path, overwrite)
     if qml_file:
@@ -159,8 +163,8 @@ def write_layer(
         except Exception as e:  # noqa: BLE001 - GDAL write errors come in several types
             raise OutputError(f"{p}: could not write layer ({e})") from e
         if driver == "GPKG" or qml_file:  # the style is only made where it is written
-            names = classes if classes is not None else sorted(set(gdf["class"])) if "class" in gdf else []
-            look = style.qml(names)
+            names = classes if classes is not None else sorted(set(gdf[style_field])) if style_field in gdf else []
+            look = style.qml(names, style_field, colours)
         if driver == "GPKG":
             style.add_gpkg_style(tmp, p.stem, look)
         if qml_file:

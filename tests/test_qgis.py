@@ -75,9 +75,9 @@ def qgis_report(tmp_path_factory) -> dict:
 
 
 @needs_qgis
-def test_the_provider_lists_both_algorithms_and_the_models_of_the_command(qgis_report):
+def test_the_provider_lists_its_algorithms_and_the_models_of_the_command(qgis_report):
     assert qgis_report["qgis"].startswith("3.")
-    assert qgis_report["algorithms"] == ["geovision:batch", "geovision:detect"]
+    assert qgis_report["algorithms"] == ["geovision:batch", "geovision:compare", "geovision:detect"]
     names = {m.name for m in geovision.list_models()}
     assert set(qgis_report["model_options"]) == names | {"model file..."}
 

@@ -1,4 +1,5 @@
-"""The Processing algorithms: "Detect objects" (one raster) and "Detect objects in a folder" (batch).
+"""The Processing algorithms: "Detect objects" (one raster), "Detect objects in a folder" (batch) and
+"Compare surveys" (two layers of objects, object by object).
 
 Each builds the geovision command line, writes it to the log (to repeat the
 run headless), runs it (:mod:`.runner`) with its progress in the dialog,
@@ -15,12 +16,14 @@ from qgis.core import (
     QgsProcessingLayerPostProcessorInterface,
     QgsProcessingOutputFolder,
     QgsProcessingOutputVectorLayer,
+    QgsProcessingParameterBoolean,
     QgsProcessingParameterEnum,
     QgsProcessingParameterFile,
     QgsProcessingParameterFolderDestination,
     QgsProcessingParameterNumber,
     QgsProcessingParameterRasterLayer,
     QgsProcessingParameterVectorDestination,
+    QgsProcessingParameterVectorLayer,
 )
 from qgis.PyQt.QtGui import QIcon
 
@@ -242,3 +245,45 @@ class BatchAlgorithm(_GeovisionAlgorithm):
             raise QgsProcessingException(f"geovision ended without writing {merged}")
         self._load_styled(merged, f"{os.path.basename(folder.rstrip(os.sep))} objects", "MERGED", context)
         return {"MERGED": merged, "FOLDER": output}
+
+
+class CompareAlgorithm(_GeovisionAlgorithm):
+    def name(self):
+        return "compare"
+
+    def displayName(self):  # noqa: N802 - QGIS's name
+        return "Compare surveys"
+
+    def shortHelpString(self):  # noqa: N802 - QGIS's name
+        return (
+            "What changed between two surveys of one place, object by object: every object of both layers with "
+            "a change field (kept, grown, shrunk, gone, new), the matched partner's id, both areas and their IoU. "
+            "The shift between the two surveys is estimated from the objects and removed before matching "
+            "(unless unticked), and written to the log."
+        )
+
+    def initAlgorithm(self, config=None):  # noqa: N802 - QGIS's name
+        polygons = [QgsProcessing.TypeVectorPolygon]
+        self.addParameter(QgsProcessingParameterVectorLayer("BEFORE", "Objects before", polygons))
+        self.addParameter(QgsProcessingParameterVectorLayer("AFTER", "Objects after", polygons))
+        self.addParameter(QgsProcessingParameterBoolean("ALIGN", "Estimate and remove the shift", defaultValue=True))
+        self.addParameter(
+            QgsProcessingParameterVectorDestination("OUTPUT", "Changes", type=QgsProcessing.TypeVectorPolygon)
+        )
+
+    def processAlgorithm(self, parameters, context, feedback):  # noqa: N802 - QGIS's name
+        sources = []
+        for key in ("BEFORE", "AFTER"):
+            layer = self.parameterAsVectorLayer(parameters, key, context)
+            if layer is None or layer.providerType() != "ogr":
+                raise QgsProcessingException(f"{key.lower()}: geovision reads layer files (GDAL/OGR)")
+            sources.append(layer.source().split("|")[0])
+        output = self.parameterAsOutputLayer(parameters, "OUTPUT", context)
+        try:
+            executable = runner.find_executable(configured_executable())
+        except runner.GeovisionCommandError as e:
+            raise QgsProcessingException(str(e)) from e
+        align = self.parameterAsBoolean(parameters, "ALIGN", context)
+        self._run(runner.compare_command(executable, *sources, output, align), feedback)
+        self._style_when_loaded(output, context)
+        return {"OUTPUT": output}

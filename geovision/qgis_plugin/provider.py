@@ -3,7 +3,7 @@
 from qgis.core import QgsProcessingProvider
 from qgis.PyQt.QtGui import QIcon
 
-from .algorithms import ICON, BatchAlgorithm, DetectAlgorithm
+from .algorithms import ICON, BatchAlgorithm, CompareAlgorithm, DetectAlgorithm
 from .settings import EXECUTABLE_SETTING
 
 
@@ -33,6 +33,7 @@ class GeovisionProvider(QgsProcessingProvider):
     def loadAlgorithms(self):  # noqa: N802 - QGIS's name
         self.addAlgorithm(DetectAlgorithm())
         self.addAlgorithm(BatchAlgorithm())
+        self.addAlgorithm(CompareAlgorithm())
 
     def id(self):
         return "geovision"

@@ -111,6 +111,16 @@ def batch_command(
     return [executable, "batch", folder, "--model", model, "-o", output_folder, *_model_options(confidence, device)]
 
 
+def compare_command(executable: str, before: str, after: str, output: str, align: bool = True) -> list[str]:
+    """The ``geovision compare`` command line for two layers of objects."""
+    cmd = [executable, "compare", before, after, "-o", output]
+    if not align:
+        cmd.append("--no-align")
+    if not output.lower().endswith(".gpkg"):
+        cmd.append("--qml")
+    return [*cmd, "--overwrite"]
+
+
 def _model_options(confidence: float | None, device: str | None) -> list[str]:
     """--conf and --device when they differ from the command's defaults (the model's threshold, auto)."""
     options = ["--conf", f"{confidence:g}"] if confidence is not None else []
