@@ -149,10 +149,11 @@ qml_option = click.option(
 
 
 class _Progress:
-    """The progress callback of a command: a tqdm bar of tiles, or 'progress DONE/TOTAL' lines."""
+    """The progress callback of a command: a tqdm bar (of tiles, or a cluster's bands), or
+    'progress DONE/TOTAL' lines."""
 
-    def __init__(self, quiet: bool, style: str, desc: str) -> None:
-        self.quiet, self.style, self.desc = quiet, style, desc
+    def __init__(self, quiet: bool, style: str, desc: str, unit: str = "tile") -> None:
+        self.quiet, self.style, self.desc, self.unit = quiet, style, desc, unit
         self.bar: Any = None
 
     def __call__(self, done: int, total: int) -> None:
@@ -164,7 +165,7 @@ class _Progress:
         if self.bar is None:
             from tqdm import tqdm
 
-            self.bar = tqdm(total=total, unit="tile", desc=self.desc, file=sys.stderr, dynamic_ncols=True)
+            self.bar = tqdm(total=total, unit=self.unit, desc=self.desc, file=sys.stderr, dynamic_ncols=True)
         self.bar.total = total
         self.bar.update(done - self.bar.n)
 
@@ -229,6 +230,20 @@ def main() -> None:
     help="Segmenters and instance segmenters: keep outlines as traced (building models square them up).",
 )
 @qml_option
+@click.option(
+    "--workers",
+    type=click.IntRange(1),
+    help="Split the raster into bands of tile rows over a local Dask cluster of this many processes.",
+)
+@click.option(
+    "--scheduler",
+    help="Split the raster over the Dask cluster at this address (tcp://host:8786); every worker must read RASTER.",
+)
+@click.option(
+    "--band-rows",
+    type=click.IntRange(1),
+    help="With a cluster: tile rows a task (default: four bands a worker thread).",
+)
 @click.option("--overwrite", is_flag=True, help="Replace the output if it exists.")
 @trust_option
 @progress_option
@@ -253,6 +268,9 @@ def detect(
     tta: bool,
     regularize: bool | None,
     qml: bool,
+    workers: int | None,
+    scheduler: str | None,
+    band_rows: int | None,
     overwrite: bool,
     trust: bool,
     progress_style: str,
@@ -266,7 +284,8 @@ def detect(
     cfg = _run(lambda: geovision.resolve_model(model, trust), debug)
     if output is None:
         output = str(geovision.default_output(raster, cfg))
-    progress = _Progress(quiet, progress_style, "detect")
+    distributed = workers is not None or scheduler is not None
+    progress = _Progress(quiet, progress_style, "detect", unit="band" if distributed else "tile")
     try:
         result = _run(
             lambda: geovision.detect(
@@ -290,6 +309,9 @@ def detect(
                 progress=progress,
                 runtime=backend,
                 quantize=quantize,
+                scheduler=scheduler,
+                workers=workers,
+                band_rows=band_rows,
             ),
             debug,
         )

@@ -38,8 +38,10 @@ import pandas as pd
 import shapely
 
 from geovision.backends.device import cuda_devices, cuda_present, usable_cores
+from geovision.backends.loader import loaded_backend
+from geovision.cluster import connect, worker_threads
 from geovision.config import ModelConfig
-from geovision.errors import GeovisionError, OutputError, RasterError, installed, require
+from geovision.errors import GeovisionError, OutputError, RasterError, installed
 from geovision.labels import feature_layer
 from geovision.raster import RASTER_INPUT_SUFFIXES
 from geovision.registry import resolve_model
@@ -113,21 +115,6 @@ _WORKER_DEVICE: str | None = None
 #: This local worker process's share of the CPU cores, else None (all of them).
 _WORKER_THREADS: int | None = None
 
-#: Models loaded in this process, so a worker loads each model once for all its scenes.
-_LOADED: dict[tuple[Any, ...], Any] = {}
-
-
-def _backend(
-    cfg: ModelConfig, device: str | None, runtime: str | None, quantize: str | None, threads: int | None
-) -> Any:
-    """The model, loaded once per worker process and reused for every scene it runs."""
-    from geovision.backends.loader import load_backend
-
-    key = (str(cfg.weights), cfg.sha256 or "", cfg.task, device, runtime, quantize, threads)
-    if key not in _LOADED:
-        _LOADED[key] = load_backend(cfg, device, runtime, quantize, threads)
-    return _LOADED[key]
-
 
 def process_scene(
     raster: str,
@@ -160,7 +147,7 @@ def process_scene(
         threads=threads or usable_cores(),
     )
     try:
-        r = detect(src, cfg, output, overwrite=True, backend=_backend(cfg, device, runtime, quantize, threads))
+        r = detect(src, cfg, output, overwrite=True, backend=loaded_backend(cfg, device, runtime, quantize, threads))
     except GeovisionError as e:
         result.error = str(e)
     except Exception as e:  # noqa: BLE001 - one bad scene must not stop a survey
@@ -287,12 +274,7 @@ def _dask_scene(
     raster: str, cfg: ModelConfig, output: str, device: str | None, runtime: str | None, quantize: str | None
 ) -> SceneResult:
     """:func:`process_scene` on a Dask worker, with the model given its share of the worker's cores."""
-    from dask.distributed import get_worker
-
-    worker = get_worker()
-    slots = getattr(getattr(worker, "state", worker), "nthreads", 1) or 1  # tasks that run at once
-    threads = max(1, usable_cores() // slots)
-    return process_scene(raster, cfg, output, device, runtime, quantize, threads)
+    return process_scene(raster, cfg, output, device, runtime, quantize, worker_threads())
 
 
 def worker_device(index: int, gpus: int) -> str | None:
@@ -301,15 +283,9 @@ def worker_device(index: int, gpus: int) -> str | None:
 
 
 def _run_dask(jobs: list[tuple[Any, ...]], scheduler: str, record: Callable[[SceneResult], None]) -> None:
-    require("--scheduler", "dask", "dask.distributed")
-    from dask.distributed import Client
-    from dask.distributed import as_completed as dask_completed
+    with connect(scheduler) as client:  # says which extra to install when dask is not there
+        from dask.distributed import as_completed as dask_completed
 
-    try:
-        client = Client(scheduler, timeout="20s")
-    except (OSError, TimeoutError) as e:
-        raise GeovisionError(f"cannot reach the Dask scheduler at {scheduler} ({e})") from e
-    with client:
         futures = [client.submit(_dask_scene, *job, pure=False) for job in jobs]
         for f in dask_completed(futures):
             record(f.result())

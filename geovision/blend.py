@@ -10,6 +10,7 @@ final and leave as a strip. Memory does not grow with the raster's height.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -40,17 +41,24 @@ class Strip:
         return self.classes.shape[0]
 
 
+def warmup_rows(grid: TileGrid) -> int:
+    """Tile rows above a row that reach into it: a blender started that many rows before row ``r``
+    emits, from row ``r`` on, exactly the strips of one started at the top (the rows before it
+    are incomplete and are thrown away)."""
+    return math.ceil(grid.tile_size / grid.stride) - 1
+
+
 class BandBlender:
     """Accumulates weighted tile probabilities row by row of tiles and emits final strips."""
 
-    def __init__(self, grid: TileGrid, n_outputs: int, threshold: float = 0.5) -> None:
+    def __init__(self, grid: TileGrid, n_outputs: int, threshold: float = 0.5, first_row: int = 0) -> None:
         self.grid = grid
         self.threshold = threshold
         t = grid.tile_size
         self.window = hann_window(t)
         self.acc = np.zeros((n_outputs, t, grid.width), np.float32)
         self.weight = np.zeros((t, grid.width), np.float32)
-        self.row = 0
+        self.row = first_row  # a band of the grid starts part-way down (see :func:`warmup_rows`)
 
     def add(self, x0: int, probs: np.ndarray, valid: np.ndarray) -> None:
         """Add one tile of the current row: ``probs`` (outputs, t, t), ``valid`` (t, t)."""

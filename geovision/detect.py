@@ -9,11 +9,14 @@ proportional to the raster's size is ever held.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import itertools
+import math
 import os
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, cast
@@ -23,11 +26,13 @@ import numpy as np
 import shapely
 
 from geovision.backends.base import Detections, Detector, Segmenter
-from geovision.backends.loader import load_backend
+from geovision.backends.device import usable_cores
+from geovision.backends.loader import load_backend, loaded_backend, runtime_config
 from geovision.backends.tta import FlipTTA
-from geovision.blend import BandBlender
+from geovision.blend import BandBlender, Strip, warmup_rows
+from geovision.cluster import check_readable, connect, in_order, slots, worker_threads
 from geovision.config import ModelConfig
-from geovision.errors import ModelError, OutputError, RasterError
+from geovision.errors import GeovisionError, ModelError, OutputError, RasterError
 from geovision.merge import Boxes, SeamMerger, largest_polygons, tile_boxes
 from geovision.raster import (
     ReadPlan,
@@ -41,7 +46,15 @@ from geovision.raster import (
 )
 from geovision.registry import resolve_model
 from geovision.tiling import Tile, TileGrid
-from geovision.vectorize import Shape, StripVectorizer, VectorizeOptions, carve_overlaps, clean, vectorize_options
+from geovision.vectorize import (
+    Shape,
+    StripVectorizer,
+    VectorizeOptions,
+    carve_overlaps,
+    clean,
+    polygonize,
+    vectorize_options,
+)
 from geovision.writers import RasterSink, check_output, check_qml, object_layer, write_layer
 
 #: Called with (tiles done, tiles in total) as the run goes.
@@ -108,6 +121,9 @@ def detect(
     runtime: str | None = "auto",
     quantize: str | None = None,
     backend: Detector | Segmenter | None = None,
+    scheduler: str | None = None,
+    workers: int | None = None,
+    band_rows: int | None = None,
 ) -> DetectResult:
     """Find objects in ``raster`` with ``model`` and optionally write them to ``output``.
 
@@ -133,6 +149,12 @@ def detect(
     ``torch`` or ``onnx``; ``quantize="int8"`` runs an int8 ONNX model.
     ``backend`` replaces the backend the config names (for tests and custom
     backends).
+    ``scheduler`` (a dask.distributed address) or ``workers`` (a local
+    cluster of that many processes) splits the raster into bands of
+    ``band_rows`` tile rows (default: four bands per worker thread), one task
+    a band; the workers read and run their bands, and this process merges
+    the bands' objects with the seam logic of tiles, so the layer is the one
+    a single process writes. ``progress`` then counts bands.
     """
     started = time.perf_counter()
     cfg = model if isinstance(model, ModelConfig) else resolve_model(model)
@@ -150,6 +172,13 @@ def detect(
         raise ModelError(f"model '{cfg.name}' is a segmenter; --tta merges mirrored objects of detectors")
     if cfg.task != "segment" and (mask_out or prob_out):
         raise ModelError(f"model '{cfg.name}' is a detector; --mask-out and --prob-out need a segmentation model")
+    distributed = scheduler is not None or workers is not None
+    if distributed and (mask_out or prob_out):
+        raise OutputError(
+            "--mask-out and --prob-out are one GeoTIFF written by one process; run without a cluster for them"
+        )
+    if distributed and backend is not None:
+        raise ModelError("a backend object runs in this process; a cluster loads the model on each worker")
     _check_distinct(raster, [p for p in (output, mask_out, prob_out) if p is not None])
     for path in (output, mask_out, prob_out):
         if path is not None:
@@ -158,42 +187,36 @@ def detect(
         if output is None:
             raise OutputError("a .qml style goes beside an output layer; give one")
         check_qml(output, overwrite)
-    with open_raster(raster) as ds:
-        plan = plan_read(
-            ds,
-            cfg.resolution_m,
-            cfg.in_channels,
-            cfg.bands,
-            cfg.normalization,
-            cfg.accept_grayscale,
-            pixel_coords=pixel_coords or pixel_size is not None,
-            native_resolution_m=pixel_size,
-        )
-        source_name = raster_name(ds.name)
+    reading = _Reading(pixel_coords or pixel_size is not None, pixel_size)
+    plan, source_name = _plan(raster, cfg, reading)
     if plan.crs is None and output is not None and Path(output).suffix.lower() in {".geojson", ".json"}:
         # GeoJSON is longitude/latitude by definition: pixel columns and rows would be read as degrees
         raise OutputError(f"{output}: pixel coordinates cannot be GeoJSON (always WGS84); use .gpkg or .shp")
-    if backend is None:
-        backend = load_backend(cfg, device, runtime, quantize)
-    if batch_size is None and backend.device.startswith("cuda"):  # also a batch worker's loaded model
-        cfg = cfg.with_overrides(batch_size=backend.fit_batch(cfg.batch_size))
+    stats = RunStats(megapixels=plan.source_width * plan.source_height / 1e6)
     grid = TileGrid(plan.width, plan.height, cfg.tile_size, cfg.overlap)
-    stats = RunStats(
-        megapixels=plan.source_width * plan.source_height / 1e6, backend=f"{type(backend).__name__} on {backend.device}"
-    )
-    if cfg.task == "segment":
-        run = backend.segment  # type: ignore[union-attr]
-    else:  # thresholds of this call, not those the backend was loaded with
-        detector = cast(Detector, backend)
-        if tta:
-            detector = FlipTTA(detector, cfg.iou)
-        run = functools.partial(detector.detect, confidence=cfg.confidence, iou=cfg.iou)
-    rows = _tile_rows(run, plan, grid, cfg.batch_size, stats, progress)
-    if cfg.task == "segment":
+    with contextlib.ExitStack() as stack:
+        if distributed:
+            # a local cluster's workers share this machine's cores; a remote worker takes its own
+            threads = max(1, usable_cores() // workers) if scheduler is None and workers else None
+            job = _BandJob(str(raster), cfg, reading, tta, device, runtime, quantize, batch_size is None, threads)
+            client = stack.enter_context(connect(scheduler, workers))
+            pieces = _band_pieces(client, job, grid, band_rows, stats, progress)
+        else:
+            if backend is None:
+                backend = load_backend(cfg, device, runtime, quantize)
+            cfg = _fit_batch(cfg, backend, batch_size is None)
+            stats.backend = f"{type(backend).__name__} on {backend.device}"
+            rows = _tile_rows(_model_call(backend, cfg, tta), plan, grid, cfg.batch_size, stats, progress)
+            if cfg.task == "segment":
+                sink = stack.enter_context(RasterSink(plan, mask_out, prob_out, cfg.classes, overwrite))
+                pieces = _strip_shapes(_strips(rows, grid, cfg), sink.write)
+            else:
+                pieces = _row_boxes(rows, grid)
         opts = vectorize_options(cfg, regularize)
-        gdf = _segment(rows, plan, grid, cfg, opts, source_name, mask_out, prob_out, overwrite)
-    else:
-        gdf = _to_features(_merge_rows(rows, grid, cfg), plan, cfg, source_name, vectorize_options(cfg, regularize))
+        if cfg.task == "segment":
+            gdf = _shape_layer(_dissolve(pieces, grid), plan, grid, cfg, opts, source_name)
+        else:
+            gdf = _to_features(_merge_rows(pieces, grid, cfg), plan, cfg, source_name, opts)
     if stats.tiles_skipped == stats.tiles:
         raise RasterError(f"{source_name}: raster holds no valid pixels (all nodata)")
     stats.counts.update(gdf["class"].tolist())
@@ -226,17 +249,19 @@ def _tile_rows(
     batch_size: int,
     stats: RunStats,
     progress: ProgressCallback | None,
+    rows: range | None = None,
 ) -> Iterator[TileRow]:
-    """Run the model (``run``: a batch of tiles to one output each) over the grid; yield each
-    row's (tile, output) pairs once the row is complete.
+    """Run the model (``run``: a batch of tiles to one output each) over the grid's ``rows``
+    (default: all); yield each row's (tile, output) pairs once the row is complete.
 
     Tiles are read ahead in a background thread and sent in batches that may
     span rows; rows come out in order, tiles with no valid pixel left out.
     """
-    total = len(grid)
+    rows = range(grid.n_rows) if rows is None else rows
+    total = len(rows) * grid.n_cols
     per_row: dict[int, list[tuple[TileData, Any]]] = {}
-    remaining = {r: grid.n_cols for r in range(grid.n_rows)}
-    next_row = 0
+    remaining = {r: grid.n_cols for r in rows}
+    next_row = rows.start
     batch: list[TileData] = []
 
     def flush() -> Iterator[TileRow]:
@@ -249,11 +274,12 @@ def _tile_rows(
             batch = []
             if progress:
                 progress(stats.tiles, total)
-        while next_row < grid.n_rows and remaining[next_row] == 0:
+        while next_row < rows.stop and remaining[next_row] == 0:
             yield next_row, per_row.pop(next_row, [])
             next_row += 1
 
-    for item in prefetch(iter_tiles(plan, iter(grid)), depth=2 * batch_size):
+    tiles = (tile for r in rows for tile in grid.row(r))
+    for item in prefetch(iter_tiles(plan, tiles), depth=2 * batch_size):
         if isinstance(item, Tile):
             remaining[item.row] -= 1
             stats.tiles += 1
@@ -265,39 +291,53 @@ def _tile_rows(
     yield from flush()
 
 
-def _merge_rows(rows: Iterator[TileRow], grid: TileGrid, cfg: ModelConfig) -> Boxes:
-    """Detections of every row through the seam merger: one box per object."""
+def _row_boxes(rows: Iterator[TileRow], grid: TileGrid) -> Iterator[tuple[int, Boxes]]:
+    """Each row's detections in model-grid pixels, less those centred on nodata or padding."""
+    for row, items in rows:
+        yield row, Boxes.concat([_keep_on_data(td, dets, grid) for td, dets in items])
+
+
+def _merge_rows(rows: Iterable[tuple[int, Boxes]], grid: TileGrid, cfg: ModelConfig) -> Boxes:
+    """Rows of detections, in order, through the seam merger: one box per object."""
     merger = SeamMerger(grid, nms_iou=cfg.iou)
-    final = [
-        merger.add_row(row, Boxes.concat([_keep_on_data(td, dets, grid) for td, dets in items])) for row, items in rows
-    ]
-    return Boxes.concat(final)
+    return Boxes.concat([merger.add_row(row, boxes) for row, boxes in rows])
 
 
-def _segment(
-    rows: Iterator[TileRow],
-    plan: ReadPlan,
-    grid: TileGrid,
-    cfg: ModelConfig,
-    opts: VectorizeOptions,
-    source: str,
-    mask_out: str | os.PathLike[str] | None,
-    prob_out: str | os.PathLike[str] | None,
-    overwrite: bool,
-) -> gpd.GeoDataFrame:
-    """Blend tile probabilities band by band, vectorise each final strip, write rasters on request."""
-    blender = BandBlender(grid, len(cfg.classes) + 1, threshold=cfg.confidence)
+#: A polygonised strip: its first and end model-grid rows, and its shapes.
+StripShapes = tuple[int, int, list[Shape]]
+
+
+def _strips(rows: Iterator[TileRow], grid: TileGrid, cfg: ModelConfig, first_row: int = 0) -> Iterator[Strip]:
+    """Tile probabilities blended band by band into final strips (rows from ``first_row`` on)."""
+    blender = BandBlender(grid, len(cfg.classes) + 1, threshold=cfg.confidence, first_row=first_row)
+    for _, items in rows:
+        for td, probs in items:
+            blender.add(td.tile.x0, probs, td.valid)
+        yield blender.finish_row()
+
+
+def _strip_shapes(strips: Iterator[Strip], on_strip: Callable[[Strip], None]) -> Iterator[StripShapes]:
+    """Each strip handed to ``on_strip`` (the raster outputs), then polygonised."""
+    for strip in strips:
+        on_strip(strip)
+        yield strip.y0, strip.y0 + strip.rows, list(polygonize(strip))
+
+
+def _dissolve(pieces: Iterable[StripShapes], grid: TileGrid) -> list[Shape]:
+    """Strips' shapes, in order, joined across strip seams into one shape per region."""
     vectorizer = StripVectorizer(grid.width, grid.height)
-    pixel_m = (plan.pixel_size_m[0] * plan.pixel_size_m[1]) ** 0.5
     shapes: list[Shape] = []
-    with RasterSink(plan, mask_out, prob_out, cfg.classes, overwrite) as sink:
-        for _, items in rows:
-            for td, probs in items:
-                blender.add(td.tile.x0, probs, td.valid)
-            strip = blender.finish_row()
-            sink.write(strip)
-            shapes.extend(vectorizer.add(strip))
-        shapes.extend(vectorizer.finish())
+    for y_top, y_bottom, new in pieces:
+        shapes.extend(vectorizer.add_shapes(new, y_top, y_bottom))
+    shapes.extend(vectorizer.finish())
+    return shapes
+
+
+def _shape_layer(
+    shapes: list[Shape], plan: ReadPlan, grid: TileGrid, cfg: ModelConfig, opts: VectorizeOptions, source: str
+) -> gpd.GeoDataFrame:
+    """Regions cleaned up as the model says (:func:`.vectorize.clean`), as polygons in the raster's CRS."""
+    pixel_m = (plan.pixel_size_m[0] * plan.pixel_size_m[1]) ** 0.5
     kept = [(s, g) for s in shapes if (g := clean(s.geom, opts, pixel_m, plan.pixel_area_m2)) is not None]
     if opts.grow_m > 0 or opts.regularize:  # grown or squared outlines stay on the raster
         grid_box = shapely.box(0, 0, grid.width, grid.height)
@@ -307,6 +347,130 @@ def _segment(
     class_ids = np.array([s.cls - 1 for s, _ in kept], dtype=np.int32)
     scores = np.array([s.score for s, _ in kept])
     return object_layer(cfg.classes, class_ids, scores, areas, source, geoms, plan.crs)
+
+
+@dataclass(frozen=True)
+class _Reading:
+    """How the raster is read, the same in every process: pixel coordinates, and their ground size."""
+
+    pixel_coords: bool = False
+    pixel_size: float | None = None
+
+
+def _plan(raster: str | os.PathLike[str], cfg: ModelConfig, reading: _Reading) -> tuple[ReadPlan, str]:
+    """The raster's read plan for ``cfg``, and its name for the ``source`` field."""
+    with open_raster(raster) as ds:
+        plan = plan_read(
+            ds,
+            cfg.resolution_m,
+            cfg.in_channels,
+            cfg.bands,
+            cfg.normalization,
+            cfg.accept_grayscale,
+            pixel_coords=reading.pixel_coords,
+            native_resolution_m=reading.pixel_size,
+        )
+        return plan, raster_name(ds.name)
+
+
+def _fit_batch(cfg: ModelConfig, backend: Detector | Segmenter, fit: bool) -> ModelConfig:
+    """On a GPU, the batch that fits its memory, unless one was asked for."""
+    if fit and backend.device.startswith("cuda"):
+        return cfg.with_overrides(batch_size=backend.fit_batch(cfg.batch_size))
+    return cfg
+
+
+def _model_call(backend: Detector | Segmenter, cfg: ModelConfig, tta: bool) -> Callable[[list[np.ndarray]], Any]:
+    """A batch of tiles to one output each: a segmenter's probabilities, or a detector's boxes at
+    this call's thresholds (not those the backend was loaded with)."""
+    if cfg.task == "segment":
+        return backend.segment  # type: ignore[union-attr]
+    detector = cast(Detector, backend)
+    if tta:
+        detector = FlipTTA(detector, cfg.iou)
+    return functools.partial(detector.detect, confidence=cfg.confidence, iou=cfg.iou)
+
+
+@dataclass(frozen=True)
+class _BandJob:
+    """What a cluster worker needs to run bands of one raster."""
+
+    raster: str
+    cfg: ModelConfig
+    reading: _Reading
+    tta: bool
+    device: str | None
+    runtime: str | None
+    quantize: str | None
+    fit_batch: bool
+    threads: int | None  # the model's CPU threads (None: the worker's share of its cores)
+
+
+@dataclass
+class BandResult:
+    """One band's objects (detectors: (row, boxes); segmenters: polygonised strips) and tile counts."""
+
+    pieces: list[Any]
+    tiles: int
+    skipped: int
+    backend: str
+
+
+def detect_band(job: _BandJob, rows: range) -> BandResult:
+    """On a cluster worker: run the tile rows ``rows`` of the raster and return their objects.
+
+    A segmenter's band also runs the tile rows above it that blend into its
+    first rows (:func:`.blend.warmup_rows`) and throws their strips away, so
+    its strips are those of a single process, bit for bit.
+    """
+    try:
+        return _run_band(job, rows)
+    except GeovisionError as e:  # the user's error, without its chain: GDAL's errors do not unpickle
+        error = type(e)(*e.args)
+    raise error
+
+
+def _run_band(job: _BandJob, rows: range) -> BandResult:
+    plan, _ = _plan(job.raster, job.cfg, job.reading)
+    backend = loaded_backend(job.cfg, job.device, job.runtime, job.quantize, job.threads or worker_threads())
+    cfg = _fit_batch(job.cfg, backend, job.fit_batch)
+    grid = TileGrid(plan.width, plan.height, cfg.tile_size, cfg.overlap)
+    call = _model_call(backend, cfg, job.tta)
+    stats = RunStats()
+    tile_rows = _tile_rows(call, plan, grid, cfg.batch_size, stats, None, rows)
+    pieces: list[Any]
+    if cfg.task == "segment":
+        first = max(0, rows.start - warmup_rows(grid))
+        warmup = _tile_rows(call, plan, grid, cfg.batch_size, RunStats(), None, range(first, rows.start))
+        strips = _strip_shapes(_strips(itertools.chain(warmup, tile_rows), grid, cfg, first), lambda _: None)
+        pieces = [p for p in strips if p[0] >= grid.row_start(rows.start)]
+    else:
+        pieces = list(_row_boxes(tile_rows, grid))
+    return BandResult(pieces, stats.tiles, stats.tiles_skipped, f"{type(backend).__name__} on {backend.device}")
+
+
+def _band_pieces(
+    client: Any,
+    job: _BandJob,
+    grid: TileGrid,
+    band_rows: int | None,
+    stats: RunStats,
+    progress: ProgressCallback | None,
+) -> Iterator[Any]:
+    """Every band's pieces, in raster order, from the cluster; ``stats`` counts their tiles."""
+    check_readable(client, job.raster)
+    runtime_config(job.cfg, job.device, job.runtime, job.quantize)  # export for ONNX here once, not per worker
+    cfg = job.cfg
+    n_slots = slots(client)
+    if band_rows is None:  # four bands a worker thread, so that a slow band does not hold up the end
+        band_rows = max(math.ceil(grid.n_rows / (4 * n_slots)), 4 * warmup_rows(grid) if cfg.task == "segment" else 1)
+    bands = [(job, range(r, min(r + band_rows, grid.n_rows))) for r in range(0, grid.n_rows, band_rows)]
+    where = f"{len(bands)} bands on {len(client.nthreads())} Dask workers"
+    for band in in_order(client, detect_band, bands, progress):
+        stats.tiles += band.tiles
+        stats.tiles_skipped += band.skipped
+        stats.backend = f"{band.backend}, {where}"
+        yield from band.pieces
 
 
 def _apply(plan: ReadPlan, xy: np.ndarray) -> np.ndarray:

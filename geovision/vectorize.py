@@ -51,8 +51,11 @@ class StripVectorizer:
         self.open: list[Shape] = []
 
     def add(self, strip: Strip) -> Iterator[Shape]:
-        new = list(_polygonize(strip))
-        y_top, y_bottom = strip.y0, strip.y0 + strip.rows
+        return self.add_shapes(list(polygonize(strip)), strip.y0, strip.y0 + strip.rows)
+
+    def add_shapes(self, new: list[Shape], y_top: int, y_bottom: int) -> Iterator[Shape]:
+        """:meth:`add` for a strip already polygonised (model-grid rows ``y_top`` to ``y_bottom``),
+        as a cluster's workers hand strips back: as shapes, never pixels."""
         merged = self._dissolve(new, y_top) if self.open else new
         still_open = []
         for s in merged:
@@ -96,7 +99,7 @@ class StripVectorizer:
         return out
 
 
-def _polygonize(strip: Strip) -> Iterator[Shape]:
+def polygonize(strip: Strip) -> Iterator[Shape]:
     """Polygons of a strip's connected regions (4-connected), per class, with score sums."""
     from scipy import ndimage  # segmenters only: box detectors never load it
 

@@ -60,6 +60,7 @@ def test_what_needs_an_extra_says_which_in_one_line(tmp_path):
         (("detect", SAMPLES / "OSBS_029.tif", "--model", ROOT / "configs" / "models" / "trees" / "weights.pt",
           "-o", tmp_path / "a.gpkg"), "torch"),  # a bare .pt is read by ultralytics
         (("batch", SAMPLES, "--model", "trees", "-o", tmp_path / "b", "--scheduler", "tcp://127.0.0.1:9"), "dask"),
+        (("detect", SAMPLES / "OSBS_029.tif", "--model", "trees", "-o", tmp_path / "a.gpkg", "--workers", "2"), "dask"),
     ]  # fmt: skip
     for args, extra in cases:
         r = light(tmp_path, *args, "-q")

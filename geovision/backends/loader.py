@@ -6,6 +6,8 @@ imports ultralytics (AGPL-3.0), and the ONNX path needs neither it nor torch.
 
 from __future__ import annotations
 
+from typing import Any
+
 from geovision.backends.base import TORCH_RUNTIMES, Detector, Segmenter
 from geovision.config import ModelConfig, verify_weights
 from geovision.errors import ModelError, installed, require
@@ -98,3 +100,21 @@ def load_backend(
     if cfg.task == "segment":
         return load_segmenter(cfg, device, threads)
     return load_detector(cfg, device, threads)
+
+
+#: Models loaded in this process, so that a worker loads each model once for all its scenes or bands.
+_LOADED: dict[tuple[Any, ...], Detector | Segmenter] = {}
+
+
+def loaded_backend(
+    cfg: ModelConfig,
+    device: str | None = None,
+    runtime: str | None = "auto",
+    quantize: str | None = None,
+    threads: int | None = None,
+) -> Detector | Segmenter:
+    """:func:`load_backend`, once per process for the same model and settings (a worker's)."""
+    key = (str(cfg.weights), cfg.sha256 or "", cfg.task, device, runtime, quantize, threads)
+    if key not in _LOADED:
+        _LOADED[key] = load_backend(cfg, device, runtime, quantize, threads)
+    return _LOADED[key]
