@@ -140,6 +140,13 @@ def run_checks(args: argparse.Namespace, gui: bool) -> dict:
     subprocess.run(again, check=True, capture_output=True)
     report["logged_command"] = {"line": logged, **layer_facts(str(work / "again.gpkg"))}
 
+    # compare surveys: the detected layer against itself, every object kept, styled by change
+    feedback = Recorder()
+    changes = processing.run(
+        "geovision:compare", {"BEFORE": out, "AFTER": out, "OUTPUT": str(work / "changes.gpkg")}, feedback=feedback
+    )
+    report["compare"] = {"console": feedback.console, **layer_facts(changes["OUTPUT"])}
+
     # a GeoJSON output gets its .qml, and a temporary output is a GeoPackage
     geojson = str(work / "trees.geojson")
     processing.run("geovision:detect", {"INPUT": args.raster, "MODEL": "trees", "OUTPUT": geojson})

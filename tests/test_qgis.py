@@ -98,6 +98,15 @@ def test_detect_writes_the_same_objects_as_the_cli_in_the_raster_crs_with_a_styl
 
 
 @needs_qgis
+def test_compare_surveys_writes_every_object_styled_by_its_change(qgis_report):
+    out = qgis_report["compare"]
+    assert out["valid"] and out["count"] == qgis_report["detect"]["count"]
+    assert out["renderer"] == "categorizedSymbol" and out["class_field"] == "change"
+    assert out["categories"] == ["kept", "grown", "shrunk", "gone", "new"] and out["no_fill"]
+    assert any("BEFORE moved by (+0.00 m, +0.00 m)" in line for line in out["console"]), out["console"]
+
+
+@needs_qgis
 def test_the_log_gives_a_command_line_that_repeats_the_run_headless(qgis_report):
     line = qgis_report["logged_command"]["line"]
     assert " detect " in line and "--model trees" in line and "OSBS_029.tif" in line
