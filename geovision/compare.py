@@ -59,6 +59,7 @@ CHANGE_COLOURS = {
 CHANGE_COLUMNS = (
     "change",
     "class",
+    "class_id",
     "score",
     "area_m2",
     "before_id",
@@ -296,6 +297,7 @@ def _change_layer(
     rows = {
         "change": np.concatenate([change, np.full(len(gone), "gone")]).astype(object),
         "class": np.concatenate([a_cls, b_cls[gone]]).astype(object),
+        "class_id": pd.array(np.concatenate([_optional(a, "class_id"), _optional(b, "class_id")[gone]]), dtype="Int64"),
         "score": np.concatenate([_optional(a, "score"), _optional(b, "score")[gone]]),
         "area_m2": np.round(np.concatenate([area_a, area_b[gone]]), 3),
         "before_id": pd.array([*(b_ids[m] if m >= 0 else None for m in matched), *b_ids[gone]], dtype="Int64"),
@@ -310,6 +312,7 @@ def _change_layer(
 
 
 def _optional(gdf: gpd.GeoDataFrame, column: str) -> np.ndarray:
+    """A numeric column of ``gdf``, or NaN where it has none."""
     return gdf[column].to_numpy(float) if column in gdf.columns else np.full(len(gdf), np.nan)
 
 

@@ -259,7 +259,7 @@ def test_two_rasters_with_the_trees_model_end_to_end(tmp_path):
     assert (out["change"] != "gone").sum() == len(found[1]) >= 3
     assert (out["change"] == "gone").sum() + out["change"].isin(["kept", "grown", "shrunk"]).sum() == len(found[0])
     assert set(out["source"]) <= {before.name, after.name}
-    assert out["score"].between(0, 1).all()
+    assert out["score"].between(0, 1).all() and (out["class_id"] == 0).all()  # detect's fields carried over
     assert "progress" in r.stderr
     from PIL import Image
 
