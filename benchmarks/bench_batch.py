@@ -26,9 +26,7 @@ from pathlib import Path
 
 import rasterio
 from affine import Affine
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_detect import SAMPLE, make_raster  # noqa: E402
+from common import SAMPLE, make_raster
 
 
 def make_scenes(folder: Path, n: int, size: int, sample: Path) -> list[Path]:

@@ -5,7 +5,7 @@ Run on demand (not part of the tests):
     python benchmarks/bench_cluster.py --model trees --size 20000 --workers 2
 
 Builds a ``--size`` px square GeoTIFF (400 MP at 20000) from a real sample
-tile repeated, written block by block, then runs ``geovision detect`` from the
+tile (mirrored copies, written block by block, as bench_detect.py does), then runs ``geovision detect`` from the
 shell: once in one process, once with ``--workers N``. While each runs, the
 resident memory of the command (the driver) and of each of its child
 processes (the workers) is sampled every 0.2 s. The driver's CPU seconds in
@@ -25,27 +25,8 @@ import time
 from pathlib import Path
 
 import geopandas as gpd
-import numpy as np
 import psutil
-import rasterio
-from rasterio.windows import Window
-
-SAMPLE = Path(__file__).resolve().parents[1] / "sample_tiles" / "OSBS_029.tif"
-
-
-def make_big(path: Path, size: int, sample: Path) -> Path:
-    """``sample`` repeated to ``size`` x ``size`` px, written in strips (never whole in memory)."""
-    with rasterio.open(sample) as ds:
-        data, profile = ds.read(), ds.profile
-    h, w = data.shape[1:]
-    profile.update(width=size, height=size, tiled=True, blockxsize=512, blockysize=512, compress="deflate")
-    profile.pop("nodata", None)
-    strip = np.tile(data, (1, 1, -(-size // w)))[:, :, :size]
-    with rasterio.open(path, "w", **profile, BIGTIFF="YES") as out:
-        for y in range(0, size, h):
-            rows = min(h, size - y)
-            out.write(strip[:, :rows], window=Window(0, y, size, rows))
-    return path
+from common import SAMPLE, make_raster
 
 
 def run(cmd: list[str]) -> dict[str, float]:
@@ -82,7 +63,7 @@ def main() -> None:
     print("| run | seconds | MP/s | driver peak RSS MB | worker peak RSS MB | driver CPU s (share of wall) | objects |")
     print("|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
-        big = make_big(Path(tmp) / "big.tif", args.size, args.sample)
+        big = make_raster(Path(tmp) / "big.tif", args.size, args.sample)
         layers = []
         split = ["--workers", str(args.workers)] + (["--band-rows", str(args.band_rows)] if args.band_rows else [])
         for label, extra in (("1 process", []), (f"--workers {args.workers}", split)):

@@ -24,74 +24,12 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-import rasterio
-from affine import Affine
-from rasterio.windows import Window
-
-ROOT = Path(__file__).resolve().parents[1]
-SAMPLE = ROOT / "sample_tiles" / "OSBS_029.tif"
-
-
-def make_raster(path: Path, size: int, sample: Path = SAMPLE) -> Path:
-    """A size x size GeoTIFF like ``sample`` (bands, dtype, CRS, pixel size), tiled with mirrored copies of it."""
-    with rasterio.open(sample) as src:
-        tile = src.read()
-        like = src.profile
-    # mirror so neighbouring copies meet without a hard edge
-    block = np.concatenate(
-        [np.concatenate([tile, tile[:, :, ::-1]], 2), np.concatenate([tile[:, ::-1], tile[:, ::-1, ::-1]], 2)], 1
-    )
-    bh, bw = block.shape[1:]
-    t = like["transform"]
-    profile = dict(
-        driver="GTiff",
-        width=size,
-        height=size,
-        count=like["count"],
-        dtype=like["dtype"],
-        crs=like["crs"],
-        transform=Affine(t.a, 0, t.c, 0, t.e, t.f),
-        nodata=like.get("nodata"),
-        tiled=True,
-        blockxsize=512,
-        blockysize=512,
-        compress="deflate",
-        BIGTIFF="IF_SAFER",
-    )
-    with rasterio.open(path, "w", **profile) as dst:
-        for y in range(0, size, 512):
-            h = min(512, size - y)
-            rows = np.arange(y, y + h) % bh
-            strip = block[:, rows][:, :, np.arange(size) % bw]
-            dst.write(strip, window=Window(0, y, size, h))
-    return path
-
-
-def time_command(cmd: list[str]) -> tuple[float, float, str]:
-    """Wall seconds, peak RSS (MB) and last stdout line of a command.
-
-    It runs under a fresh Python wrapper so that the peak RSS of its children
-    is this command's alone.
-    """
-    wrapper = (
-        "import resource, subprocess, sys;"
-        "r = subprocess.run(sys.argv[1:], check=True, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True);"
-        "lines = r.stdout.strip().splitlines();"
-        "print(lines[-1] if lines else '');"
-        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
-    )
-    t0 = time.perf_counter()
-    out = subprocess.run([sys.executable, "-c", wrapper, *cmd], check=True, capture_output=True, text=True)
-    seconds = time.perf_counter() - t0
-    *_, last, rss = out.stdout.splitlines()
-    return seconds, int(rss) / 1024, last
+from common import SAMPLE, bare_forward, load_tiles, make_raster, time_command
 
 
 def in_process_seconds(model: str, raster: Path, out: Path, runtime: str) -> tuple[float, float, int]:
@@ -101,7 +39,6 @@ def in_process_seconds(model: str, raster: Path, out: Path, runtime: str) -> tup
     the bare forward is the network alone on the run's tiles, read and batched
     beforehand, as a user of the bare model runs it (bench_peers.bare_forward).
     """
-    from bench_peers import bare_forward, load_tiles
 
     import geovision
     from geovision.backends import load_backend

@@ -38,62 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_detect import SAMPLE, make_raster, time_command  # noqa: E402
-
-
-def load_tiles(cfg: Any, raster: Path) -> list[np.ndarray]:
-    """The uint8 tiles ``geovision detect`` feeds the model, read beforehand."""
-    from geovision.raster import iter_tiles, open_raster, plan_read
-    from geovision.tiling import TileGrid
-
-    with open_raster(raster) as ds:
-        plan = plan_read(ds, cfg.resolution_m, cfg.in_channels, cfg.bands, cfg.normalization, cfg.accept_grayscale)
-    grid = TileGrid(plan.width, plan.height, cfg.tile_size, cfg.overlap)
-    return [td.image for td in iter_tiles(plan, iter(grid)) if hasattr(td, "image")]
-
-
-def bare_forward(cfg: Any, images: list[np.ndarray], runtime: str, quantize: str | None = None) -> float:
-    """Seconds of the network alone over ``images`` in the model's batches, after one warm-up batch."""
-    from geovision.backends import load_backend
-
-    backend: Any = load_backend(cfg, "cpu", runtime, quantize)
-    n = cfg.batch_size
-    if runtime == "onnx":
-        batches: list[Any] = [
-            np.stack(images[i : i + n])
-            if backend.raw_input
-            else np.stack(images[i : i + n]).transpose(0, 3, 1, 2).astype(np.float32) / 255
-            for i in range(0, len(images), n)
-        ]
-        name = backend.input_name
-
-        def call(b: Any) -> Any:
-            return backend.session.run(None, {name: b})
-
-    else:
-        import torch
-
-        if cfg.task == "segment":
-            batches = [torch.from_numpy(np.stack(images[i : i + n])) for i in range(0, len(images), n)]
-            net = backend.module
-        else:
-            batches = [
-                torch.from_numpy(np.stack(images[i : i + n])).permute(0, 3, 1, 2).float() / 255
-                for i in range(0, len(images), n)
-            ]
-            net = backend.net
-
-        def call(b: Any) -> Any:
-            with torch.inference_mode():
-                return net(b)
-
-    call(batches[0])
-    t0 = time.perf_counter()
-    for b in batches:
-        call(b)
-    return time.perf_counter() - t0
+from common import SAMPLE, bare_forward, load_tiles, make_raster, time_command
 
 
 def geodeep_model(cfg: Any, folder: Path) -> Path:

@@ -576,7 +576,6 @@ def train(
 
 @main.command()
 @click.argument("model")
-@click.option("--format", "fmt", type=click.Choice(["onnx"]), default="onnx", show_default=True)
 @click.option("-o", "--output", help="Output file (default: beside the weights).")
 @click.option(
     "--package",
@@ -590,7 +589,7 @@ def train(
 @quiet_option
 @debug_option
 def export(
-    model: str, fmt: str, output: str | None, into_package: bool, overwrite: bool, trust: bool, quiet: bool, debug: bool
+    model: str, output: str | None, into_package: bool, overwrite: bool, trust: bool, quiet: bool, debug: bool
 ) -> None:
     """Export MODEL to ONNX with its model YAML embedded; `detect --model FILE.onnx` runs it."""
     import geovision

@@ -30,7 +30,7 @@ from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 from rasterio.windows import Window
 
 from geovision.errors import BandError, GeoreferenceError, RasterError, first_line
-from geovision.tiling import Tile, TileGrid
+from geovision.tiling import Tile
 
 #: File names taken for rasters when a folder is searched or a file could be either kind.
 RASTER_INPUT_SUFFIXES = (".tif", ".tiff", ".vrt", ".jp2", ".img")
@@ -103,10 +103,6 @@ class ReadPlan:
     @property
     def pixel_area_m2(self) -> float:
         return self.pixel_size_m[0] * self.pixel_size_m[1]
-
-    def to_source_pixels(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Model-grid pixel coordinates to source-raster pixel coordinates."""
-        return x * self.scale_x, y * self.scale_y
 
 
 #: URL schemes GDAL reads over the network (through /vsicurl/ and friends).
@@ -459,12 +455,6 @@ def _cache_option(ds: rasterio.io.DatasetReader, plan: ReadPlan, tile_size: int)
 def block_cache(nbytes: int) -> dict[str, int]:
     """rasterio.Env options giving GDAL a block cache of ``nbytes``, unless the user set GDAL_CACHEMAX."""
     return {} if "GDAL_CACHEMAX" in os.environ else {"GDAL_CACHEMAX": nbytes}
-
-
-def tile_rows(grid: TileGrid) -> Iterator[list[Tile]]:
-    """The grid's tiles, one list per row, top to bottom."""
-    for r in range(grid.n_rows):
-        yield grid.row(r)
 
 
 T = TypeVar("T")

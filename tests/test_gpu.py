@@ -22,10 +22,11 @@ def test_yolo_on_cuda_matches_cpu():
     gpu = geovision.detect(SAMPLE_TREES, "trees", device="cuda", confidence=0.1)
     # fp16 on the GPU: the same objects, boxes within a pixel (0.1 m)
     assert abs(len(gpu.features) - len(cpu.features)) <= max(1, len(cpu.features) // 20)
-    a = np.array(sorted(g.centroid.coords[0] for g in cpu.features.geometry))
-    b = np.array(sorted(g.centroid.coords[0] for g in gpu.features.geometry))
-    if len(a) == len(b):
-        assert np.abs(a - b).max() < 0.1
+    a = np.array([g.centroid.coords[0] for g in cpu.features.geometry])
+    b = np.array([g.centroid.coords[0] for g in gpu.features.geometry])
+    # every CPU box has a GPU box centred within a pixel, bar the few that fp16 puts across the threshold
+    nearest = np.sqrt(((a[:, None, :] - b[None, :, :]) ** 2).sum(axis=2)).min(axis=1)
+    assert (nearest < 0.1).mean() >= 0.95, np.sort(nearest)[-5:]
 
 
 def test_unet_segmenter_on_cuda_matches_cpu():

@@ -6,13 +6,14 @@ import os
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 from click.testing import CliRunner
 
 from geovision.cli.main import main
 from geovision.config import sha256_file
 from geovision.registry import resolve_model
+
+torch = pytest.importorskip("torch")  # every test here needs it
 
 ROOT = Path(__file__).parent.parent
 TILE = ROOT / "sample_tiles" / "OSBS_029.tif"

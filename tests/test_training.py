@@ -337,9 +337,16 @@ def test_train_cli_to_package_that_detect_and_onnx_run(tmp_path, recwarn):
 
 def test_training_config_file_with_flag_overrides(tmp_path):
     scene(tmp_path)
-    cfg = train_config(tmp_path, class_field="nope", output="out")
+    cfg = train_config(tmp_path, class_field="nope", output="out", epochs=50)
     r = CliRunner().invoke(main, ["train", "--config", str(cfg)])
     assert r.exit_code == 2 and "no field 'nope'" in r.stderr  # the config's own (wrong) field is used
+    assert not (tmp_path / "out").exists()
+    # flags win over the file: the right field, one epoch, another output folder
+    flags = ["--class-field", "kind", "--epochs", "1", "-o", str(tmp_path / "flagged"), "-q"]
+    r = CliRunner().invoke(main, ["train", "--config", str(cfg), *flags])
+    assert r.exit_code == 0, r.stderr
+    package = yaml.safe_load((tmp_path / "flagged" / "model.yaml").read_text())
+    assert package["training"]["epochs"] == 1 and package["classes"] == ["hut"]
     assert not (tmp_path / "out").exists()
 
 

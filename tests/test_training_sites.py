@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import rasterio
 import shapely
-import torch
 import yaml
 from click.testing import CliRunner
 
@@ -31,6 +30,8 @@ from geovision.training.chips import (
 )
 from geovision.training.smp import pixel_scores
 from tests.conftest import UTM_10CM, squares_image, write_raster
+
+torch = pytest.importorskip("torch")  # every test here needs it
 
 ROOT = Path(__file__).resolve().parents[1]
 VOC = (

@@ -22,7 +22,6 @@ import warnings
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Literal
 
 import yaml
 
@@ -313,6 +312,3 @@ def read_onnx_config(path: Path) -> ModelConfig:
     raw = yaml.safe_load(text)
     raw["weights"] = str(path.resolve())
     return config_from_dict(raw, path.resolve())
-
-
-ExportFormat = Literal["onnx"]
