@@ -37,7 +37,11 @@ def main() -> None:
 
     from qgis.core import QgsApplication
 
-    app = QgsApplication([], gui)
+    # a profile of this run's own: the settings the checks write (the plugin's executable) never
+    # reach the user's QGIS, where a path from a deleted checkout would break their next run
+    profile = Path(args.work) / "qgis-profile"
+    profile.mkdir(parents=True, exist_ok=True)
+    app = QgsApplication([], gui, str(profile))
     app.initQgis()
     try:
         report = run_checks(args, gui)
