@@ -29,6 +29,10 @@ _SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 Task = Literal["detect", "segment", "instance"]
 
 
+#: The confidence threshold of a model that names none (YOLO's own default).
+DEFAULT_CONFIDENCE = 0.25
+
+
 @dataclass(frozen=True)
 class SmpOptions:
     """How an smp segmenter's network is built and fed (the YAML's ``arch``, ``encoder`` ... keys)."""
@@ -86,7 +90,7 @@ class ModelConfig:
     bands: tuple[int, ...] | None = None
     accept_grayscale: bool = False
     normalization: Normalization = field(default_factory=Normalization)
-    confidence: float = 0.25
+    confidence: float = DEFAULT_CONFIDENCE
     iou: float = 0.5
     batch_size: int = 8
     description: str = ""
@@ -182,7 +186,7 @@ def config_from_dict(raw: dict[str, Any], path: Path) -> ModelConfig:
             bands=tuple(int(b) for b in bands) if bands else None,
             accept_grayscale=bool(raw.get("accept_grayscale", False)),
             normalization=norm,
-            confidence=float(raw.get("confidence", 0.25)),
+            confidence=float(raw.get("confidence", DEFAULT_CONFIDENCE)),
             iou=float(raw.get("iou", 0.5)),
             batch_size=int(raw.get("batch_size", 8)),
             description=str(raw.get("description", "")),

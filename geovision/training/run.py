@@ -22,7 +22,7 @@ import numpy as np
 import shapely
 import yaml
 
-from geovision.config import ModelConfig, SmpOptions, VectorizeOptions, load_config, settings
+from geovision.config import DEFAULT_CONFIDENCE, ModelConfig, SmpOptions, VectorizeOptions, load_config, settings
 from geovision.errors import GeovisionError, OutputError, TrainingError, require
 from geovision.labels import (
     ImageLabels,
@@ -467,7 +467,7 @@ def _train_detector(
         tile_size=spec.tile_size,
         overlap=overlap,
         resolution_m=spec.resolution,
-        confidence=next(c for c in (spec.confidence, spec.start_confidence, 0.25) if c is not None),
+        confidence=next(c for c in (spec.confidence, spec.start_confidence, DEFAULT_CONFIDENCE) if c is not None),
         iou=spec.iou if spec.iou is not None else 0.5,
         accept_grayscale=spec.grayscale,
         description=f"YOLO11{spec.model_size}{'-seg' * instance} trained by geovision on {_data_summary(spec)}",
