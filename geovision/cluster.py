@@ -49,6 +49,12 @@ def connect(
         dashboard_address=None,
         silence_logs=logging.CRITICAL,  # workers lose their scheduler on Ctrl-C; their errors come as results
     )
+    # The cluster's scheduler runs in this process and times every garbage collection from a
+    # gc callback; a Ctrl-C that lands in a callback is lost (Python prints it as ignored), so
+    # the run would go on. The scheduler has no need of the timing: turn it off.
+    from distributed.gc import disable_gc_diagnosis
+
+    disable_gc_diagnosis()
     with cluster, Client(cluster) as client:
         yield client
 
