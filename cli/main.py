@@ -408,7 +408,7 @@ def batch(
     from tqdm import tqdm
 
     import geovision
-    from geovision.batch import SceneResult, run_batch
+    from geovision.batch import SceneResult
 
     _log_to_stderr(quiet)
     cfg = _run(lambda: geovision.resolve_model(model, trust), debug)
@@ -439,7 +439,7 @@ def batch(
 
     try:
         result = _run(
-            lambda: run_batch(
+            lambda: geovision.run_batch(
                 inputs,
                 cfg,
                 output,
@@ -555,6 +555,7 @@ def train(
     geovision train detect --weights trees --images a.tif b.tif --labels a.xml b.xml \\
         --classes tree -o my-trees          # adapt a shipped model (8 minutes by default)
     """
+    import geovision
     import geovision.training as training
 
     def spec() -> training.TrainSpec:
@@ -570,7 +571,7 @@ def train(
         if not quiet:
             click.echo(msg, err=True)
 
-    result = _run(lambda: training.train(spec(), log=log), debug)
+    result = _run(lambda: geovision.train(spec(), log=log), debug)
     click.echo(f"model package: {result.source}", err=True)
 
 
@@ -593,7 +594,6 @@ def export(
 ) -> None:
     """Export MODEL to ONNX with its model YAML embedded; `detect --model FILE.onnx` runs it."""
     import geovision
-    from geovision.backends.export import export_onnx, package_onnx
 
     _log_to_stderr(quiet)
     if into_package and output:
@@ -601,9 +601,9 @@ def export(
         sys.exit(EXIT_BAD_INPUT)
     cfg = _run(lambda: geovision.resolve_model(model, trust), debug)
     if into_package:
-        path = _run(lambda: package_onnx(cfg, overwrite=overwrite), debug)
+        path = _run(lambda: geovision.package_onnx(cfg, overwrite=overwrite), debug)
     else:
-        path = _run(lambda: export_onnx(cfg, output, overwrite=overwrite), debug)
+        path = _run(lambda: geovision.export_onnx(cfg, output, overwrite=overwrite), debug)
     click.echo(str(path))
 
 
@@ -655,9 +655,9 @@ def evaluate(
 
             ev: Any = evaluate_pixels(pred, truth, class_field or None, list(classes) or None)
         else:
-            from geovision.evaluate import evaluate as evaluate_objects
+            import geovision
 
-            ev = evaluate_objects(pred, truth, iou=iou, class_field=class_field or None, boxes=boxes, area=area)
+            ev = geovision.evaluate(pred, truth, iou=iou, class_field=class_field or None, boxes=boxes, area=area)
         if report:
             write_report(ev, report, pred, truth, overwrite=overwrite)
         return ev
@@ -809,10 +809,10 @@ def quicklook(
     debug: bool,
 ) -> None:
     """Draw PRED (and --truth) over a downsampled RASTER into a PNG."""
-    from geovision.quicklook import quicklook as make_quicklook
+    import geovision
 
     look = _run(
-        lambda: make_quicklook(
+        lambda: geovision.quicklook(
             raster,
             output,
             pred,

@@ -244,3 +244,16 @@ def test_importing_ultralytics_leaves_the_environment_as_it_was():
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == "[[], false]"  # nothing left behind, and offline all the same
+
+
+def test_every_command_has_its_function_and_every_user_error_its_type_in_the_public_api():
+    import inspect
+
+    import geovision
+    import geovision.errors as errors
+
+    for name in ("detect", "run_batch", "compare", "evaluate", "quicklook", "train", "export_onnx", "list_models"):
+        assert callable(getattr(geovision, name)) and name in geovision.__all__, name
+    kinds = {n for n, k in vars(errors).items() if inspect.isclass(k) and issubclass(k, errors.GeovisionError)}
+    assert kinds <= set(geovision.__all__), kinds - set(geovision.__all__)
+    assert all(hasattr(geovision, n) for n in geovision.__all__)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -109,7 +110,7 @@ def test_user_errors_live_in_one_module_and_an_empty_message_is_still_one_line()
     kinds = [errors.DeviceError, errors.LabelError, errors.TrainingError, errors.EvaluationError, errors.WeightsError]
     assert all(issubclass(k, errors.GeovisionError) for k in kinds)
     assert geovision.training.run.TrainingError is errors.TrainingError  # the modules use these, not their own
-    assert geovision.evaluate.EvaluationError is errors.EvaluationError
+    assert sys.modules["geovision.evaluate"].EvaluationError is errors.EvaluationError
     assert geovision.labels.LabelError is errors.LabelError
     assert geovision.backends.device.DeviceError is errors.DeviceError
     assert errors.first_line(RuntimeError()) == "RuntimeError"  # was IndexError: a bug instead of one line
