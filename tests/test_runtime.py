@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import geopandas as gpd
@@ -214,3 +215,18 @@ def test_int8_quantisation_silences_only_onnxruntime(tmp_path):
     assert (tmp_path / "int8.onnx").is_file()
     assert sent[0] > 10 and len(received) == sent[0]
     assert logging.root.handlers == roots  # no handler left behind (basicConfig would add one)
+
+
+def test_one_table_names_every_backend_and_what_it_loads_and_exports():
+    from geovision.backends.registry import BACKENDS, resolve
+
+    for name, entry in BACKENDS.items():
+        for task, target in entry.loaders.items():
+            assert callable(resolve(target)), (name, task)
+        if entry.exporter:
+            assert callable(resolve(entry.exporter)), name
+    cfg = resolve_model("trees")
+    with pytest.raises(ModelError, match=r"unknown backend 'tflite' \(known: yolo, smp, onnx\)"):
+        load_backend(replace(cfg, backend="tflite"), runtime="torch")
+    with pytest.raises(ModelError, match="the 'yolo' backend runs no segment models"):
+        load_backend(replace(cfg, task="segment"), runtime="torch")

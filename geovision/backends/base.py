@@ -8,9 +8,6 @@ from typing import Protocol
 
 import numpy as np
 
-#: what running each backend on torch needs (the ``torch`` extra)
-TORCH_RUNTIMES = {"yolo": ("torch", "ultralytics"), "smp": ("torch", "segmentation_models_pytorch")}
-
 
 @dataclass
 class Detections:

@@ -19,13 +19,12 @@ import shutil
 import tempfile
 import time
 import warnings
-from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
 import yaml
 
-from geovision.backends.base import TORCH_RUNTIMES
+from geovision.backends.registry import BACKENDS, backend, resolve
 from geovision.config import ModelConfig, config_from_dict, config_to_dict, sha256_file, verify_weights
 from geovision.errors import ModelError, OutputError, WeightsError, first_line, require
 from geovision.writers import atomic_output
@@ -47,10 +46,12 @@ def export_onnx(
     NHWC tiles themselves and hand back probabilities (background first),
     their normalisation and activation being part of the graph.
     """
-    exporter = _EXPORTERS.get(cfg.backend)
-    if exporter is None:
-        raise ModelError(f"model '{cfg.name}': cannot export the '{cfg.backend}' backend (known: yolo, smp)")
-    require(f"exporting model '{cfg.name}' to ONNX", "torch", *TORCH_RUNTIMES[cfg.backend])
+    entry = backend(cfg.backend, cfg.name)
+    if entry.exporter is None:
+        known = ", ".join(n for n, b in BACKENDS.items() if b.exporter)
+        raise ModelError(f"model '{cfg.name}': cannot export the '{cfg.backend}' backend (known: {known})")
+    require(f"exporting model '{cfg.name}' to ONNX", "torch", *entry.torch_modules)
+    exporter = resolve(entry.exporter)
     verify_weights(cfg)
     out = Path(output) if output else cfg.weights.with_suffix(".onnx")
     if out.exists() and not overwrite:
@@ -64,7 +65,8 @@ def export_onnx(
     return out
 
 
-def _export_yolo(cfg: ModelConfig, tmp: Path, opset: int) -> Path:
+def export_yolo_graph(cfg: ModelConfig, tmp: Path, opset: int) -> Path:
+    """A YOLO model's ONNX graph, written by ultralytics into ``tmp``."""
     from geovision.backends.yolo import load_yolo
 
     work = tmp / cfg.weights.name  # ultralytics writes the export beside the weights: not in the package
@@ -80,7 +82,8 @@ def _export_yolo(cfg: ModelConfig, tmp: Path, opset: int) -> Path:
     )
 
 
-def _export_smp(cfg: ModelConfig, tmp: Path, opset: int) -> Path:
+def export_smp_graph(cfg: ModelConfig, tmp: Path, opset: int) -> Path:
+    """An smp network's ONNX graph (a segmenter's probabilities, or a centre detector's boxes) in ``tmp``."""
     import torch
 
     from geovision.backends.centres import CentreDetector
@@ -105,9 +108,6 @@ def _export_smp(cfg: ModelConfig, tmp: Path, opset: int) -> Path:
             dynamo=False,
         )
     return path
-
-
-_EXPORTERS: dict[str, Callable[[ModelConfig, Path, int], Path]] = {"yolo": _export_yolo, "smp": _export_smp}
 
 
 def _publish(src: Path, out: Path) -> None:

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from geovision.backends.base import TORCH_RUNTIMES, Detector, Segmenter
+from geovision.backends.base import Detector, Segmenter
+from geovision.backends.registry import BACKENDS, backend, resolve
 from geovision.config import ModelConfig, verify_weights
 from geovision.errors import ModelError, installed, require
 
@@ -45,7 +46,7 @@ def runtime_config(
     if choose_runtime(cfg, device, runtime) == "torch":
         if quantize:
             raise ModelError("--quantize needs the onnx backend (--backend onnx)")
-        require("the torch backend", "torch", *TORCH_RUNTIMES.get(cfg.backend, ("torch",)))
+        require("the torch backend", "torch", *(backend(cfg.backend, cfg.name).torch_modules or ("torch",)))
         verify_weights(cfg)
         return cfg
     from geovision.backends.export import cached_onnx
@@ -57,34 +58,22 @@ def load_segmenter(cfg: ModelConfig, device: str | None = None, threads: int | N
     """The segmentation backend named by ``cfg.backend``, loaded on ``device``."""
     if cfg.task != "segment":
         raise ModelError(f"model '{cfg.name}' is a {cfg.task} model, not a segmenter")
-    if cfg.backend == "smp":
-        from geovision.backends.smp import SmpSegmenter
-
-        return SmpSegmenter(cfg, device=device, threads=threads)
-    if cfg.backend == "onnx":
-        from geovision.backends.onnx import OnnxSegmenter
-
-        return OnnxSegmenter(cfg, device=device, threads=threads)
-    raise ModelError(f"model '{cfg.name}': unknown segmentation backend '{cfg.backend}' (known: smp, onnx)")
+    return _load(cfg, device, threads)  # type: ignore[no-any-return]
 
 
 def load_detector(cfg: ModelConfig, device: str | None = None, threads: int | None = None) -> Detector:
     """The detector backend named by ``cfg.backend``, loaded on ``device``."""
     if cfg.task not in ("detect", "instance"):
         raise ModelError(f"model '{cfg.name}' is a {cfg.task} model, not a detector")
-    if cfg.backend == "yolo":
-        from geovision.backends.yolo import YoloDetector
+    return _load(cfg, device, threads)  # type: ignore[no-any-return]
 
-        return YoloDetector(cfg, device=device, threads=threads)
-    if cfg.backend == "smp" and cfg.task == "detect":
-        from geovision.backends.centres import CentreDetector
 
-        return CentreDetector(cfg, device=device, threads=threads)
-    if cfg.backend == "onnx":
-        from geovision.backends.onnx import OnnxDetector
-
-        return OnnxDetector(cfg, device=device, threads=threads)
-    raise ModelError(f"model '{cfg.name}': unknown detection backend '{cfg.backend}' (known: yolo, smp, onnx)")
+def _load(cfg: ModelConfig, device: str | None, threads: int | None) -> Any:
+    entry = backend(cfg.backend, cfg.name)
+    if cfg.task not in entry.loaders:
+        known = ", ".join(n for n, b in BACKENDS.items() if cfg.task in b.loaders)
+        raise ModelError(f"model '{cfg.name}': the '{cfg.backend}' backend runs no {cfg.task} models (known: {known})")
+    return resolve(entry.loaders[cfg.task])(cfg, device=device, threads=threads)
 
 
 def load_backend(
