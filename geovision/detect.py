@@ -198,7 +198,9 @@ def detect(
         if distributed:
             # a local cluster's workers share this machine's cores; a remote worker takes its own
             threads = max(1, usable_cores() // workers) if scheduler is None and workers else None
-            job = _BandJob(str(raster), cfg, reading, tta, device, runtime, quantize, batch_size is None, threads)
+            # workers need not share this process's working folder: a local path goes as an absolute one
+            where = str(raster) if is_remote(raster) else str(Path(raster).resolve())
+            job = _BandJob(where, cfg, reading, tta, device, runtime, quantize, batch_size is None, threads)
             client = stack.enter_context(connect(scheduler, workers))
             pieces = _band_pieces(client, job, grid, band_rows, stats, progress)
         else:

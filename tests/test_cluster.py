@@ -121,9 +121,12 @@ def test_a_raster_some_worker_cannot_read_is_refused_before_any_task(cluster, tm
             check_readable(client, str(tmp_path / "only-here.tif"))
 
 
-def test_cli_workers_and_one_line_errors(forest, tmp_path):
+def test_cli_workers_and_one_line_errors(forest, tmp_path, monkeypatch):
     out = tmp_path / "o.gpkg"
-    r = run("detect", forest, "-m", "trees", "-o", out, "--workers", "2", "--band-rows", "2", "--progress", "lines")
+    monkeypatch.chdir(forest.parent)  # a relative path works: the workers get it made absolute
+    r = run(
+        "detect", forest.name, "-m", "trees", "-o", out, "--workers", "2", "--band-rows", "2", "--progress", "lines"
+    )
     assert r.exit_code == 0, r.stderr
     assert "progress 3/3" in r.stderr and "bands on 2 Dask workers" in r.stderr
     assert_same_layer(geovision.detect(forest, "trees").features, gpd.read_file(out))
