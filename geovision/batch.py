@@ -38,7 +38,7 @@ import pandas as pd
 import shapely
 
 from geovision.backends.device import cuda_devices, cuda_present, usable_cores
-from geovision.backends.loader import loaded_backend
+from geovision.backends.loader import load_backend
 from geovision.cluster import connect, worker_threads
 from geovision.config import ModelConfig
 from geovision.errors import GeovisionError, OutputError, RasterError, installed
@@ -147,7 +147,8 @@ def process_scene(
         threads=threads or usable_cores(),
     )
     try:
-        r = detect(src, cfg, output, overwrite=True, backend=loaded_backend(cfg, device, runtime, quantize, threads))
+        backend = load_backend(cfg, device, runtime, quantize, threads, reuse=True)
+        r = detect(src, cfg, output, overwrite=True, backend=backend)
     except GeovisionError as e:
         result.error = str(e)
     except Exception as e:  # noqa: BLE001 - one bad scene must not stop a survey

@@ -27,7 +27,7 @@ import shapely
 
 from geovision.backends.base import Detections, Detector, Segmenter
 from geovision.backends.device import usable_cores
-from geovision.backends.loader import load_backend, loaded_backend, runtime_config
+from geovision.backends.loader import load_backend, runtime_config
 from geovision.backends.tta import FlipTTA
 from geovision.blend import BandBlender, Strip, warmup_rows
 from geovision.cluster import check_readable, connect, in_order, slots, worker_threads
@@ -434,7 +434,7 @@ def detect_band(job: _BandJob, rows: range) -> BandResult:
 
 def _run_band(job: _BandJob, rows: range) -> BandResult:
     plan, _ = _plan(job.raster, job.cfg, job.reading)
-    backend = loaded_backend(job.cfg, job.device, job.runtime, job.quantize, job.threads or worker_threads())
+    backend = load_backend(job.cfg, job.device, job.runtime, job.quantize, job.threads or worker_threads(), reuse=True)
     cfg = _fit_batch(job.cfg, backend, job.fit_batch)
     grid = TileGrid(plan.width, plan.height, cfg.tile_size, cfg.overlap)
     call = _model_call(backend, cfg, job.tta)

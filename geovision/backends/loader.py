@@ -76,34 +76,27 @@ def _load(cfg: ModelConfig, device: str | None, threads: int | None) -> Any:
     return resolve(entry.loaders[cfg.task])(cfg, device=device, threads=threads)
 
 
+#: Models loaded in this process with ``reuse``, so that a worker loads each model once for all
+#: its scenes or bands.
+_LOADED: dict[tuple[Any, ...], Detector | Segmenter] = {}
+
+
 def load_backend(
     cfg: ModelConfig,
     device: str | None = None,
     runtime: str | None = "auto",
     quantize: str | None = None,
     threads: int | None = None,
+    reuse: bool = False,
 ) -> Detector | Segmenter:
     """The backend ``cfg`` runs on (see :func:`choose_runtime`), loaded on ``device`` once its
-    weights' hash is checked; ``threads`` caps ONNX Runtime's CPU threads (a batch worker's share)."""
-    cfg = runtime_config(cfg, device, runtime, quantize)
-    if cfg.task == "segment":
-        return load_segmenter(cfg, device, threads)
-    return load_detector(cfg, device, threads)
-
-
-#: Models loaded in this process, so that a worker loads each model once for all its scenes or bands.
-_LOADED: dict[tuple[Any, ...], Detector | Segmenter] = {}
-
-
-def loaded_backend(
-    cfg: ModelConfig,
-    device: str | None = None,
-    runtime: str | None = "auto",
-    quantize: str | None = None,
-    threads: int | None = None,
-) -> Detector | Segmenter:
-    """:func:`load_backend`, once per process for the same model and settings (a worker's)."""
+    weights' hash is checked; ``threads`` caps ONNX Runtime's CPU threads (a worker's share).
+    ``reuse``: the one this process loaded before for the same model and settings (a worker's)."""
     key = (str(cfg.weights), cfg.sha256 or "", cfg.task, device, runtime, quantize, threads)
-    if key not in _LOADED:
-        _LOADED[key] = load_backend(cfg, device, runtime, quantize, threads)
-    return _LOADED[key]
+    if reuse and key in _LOADED:
+        return _LOADED[key]
+    cfg = runtime_config(cfg, device, runtime, quantize)
+    loaded = load_segmenter(cfg, device, threads) if cfg.task == "segment" else load_detector(cfg, device, threads)
+    if reuse:
+        _LOADED[key] = loaded
+    return loaded
