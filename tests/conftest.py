@@ -126,6 +126,19 @@ def tiled_copy(path: Path, src: Path, reps: int) -> Path:
     return path
 
 
+def damaged_raster(path: Path, height: int, width: int, block: tuple[int, int]) -> Path:
+    """A random tiled, compressed GeoTIFF whose block (row, column) of 256 px has its deflate stream
+    destroyed: GDAL opens the file and fails only when that block is read."""
+    data = np.random.default_rng(0).integers(0, 255, (3, height, width), dtype=np.uint8)
+    write_raster(path, data, tiled=True, blockxsize=256, blockysize=256, compress="deflate")
+    with rasterio.open(path) as ds:
+        offset = int(ds.get_tag_item(f"BLOCK_OFFSET_{block[1]}_{block[0]}", "TIFF", bidx=1))
+    raw = bytearray(path.read_bytes())
+    raw[offset : offset + 2000] = b"\xff" * 2000
+    path.write_bytes(bytes(raw))
+    return path
+
+
 def squares_image(height: int, width: int, squares: Sequence[tuple[int, int, int, int]], bands: int = 3) -> np.ndarray:
     """uint8 image, dark grey background with white squares (x1, y1, x2, y2) in pixels."""
     img = np.full((bands, height, width), 40, np.uint8)

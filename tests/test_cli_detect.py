@@ -20,7 +20,7 @@ from affine import Affine
 from click.testing import CliRunner
 
 from geovision.cli.main import main
-from tests.conftest import ROOT, SAMPLE_TREES, squares_image, write_raster
+from tests.conftest import ROOT, SAMPLE_TREES, damaged_raster, squares_image, write_raster
 
 TREES_YAML = ROOT / "configs" / "models" / "trees" / "model.yaml"
 
@@ -163,7 +163,6 @@ def test_gcp_only_raster_refused(tmp_path):
     from rasterio.control import GroundControlPoint
 
     path = write_raster(tmp_path / "g.tif", squares_image(64, 64, []), crs=None)
-    import rasterio
 
     with pytest.warns(rasterio.errors.NotGeoreferencedWarning), rasterio.open(path, "r+") as ds:
         ds.gcps = (
@@ -235,7 +234,6 @@ def test_real_yolo_on_sample_tile_end_to_end(tmp_path):
     gdf = gpd.read_file(out)
     assert gdf.crs.to_epsg() == 32617
     assert 25 <= len(gdf) <= 120  # OSBS_029 holds 61 labelled crowns; the model finds 46
-    import rasterio
 
     with rasterio.open(SAMPLE_TREES) as ds:
         left, bottom, right, top = ds.bounds
@@ -308,13 +306,7 @@ def test_a_shapefile_exists_when_any_of_its_parts_does(tmp_path):
 
 
 def test_a_corrupt_tile_inside_a_raster_is_one_line_naming_the_window(tmp_path):
-    data = np.random.default_rng(0).integers(0, 255, (3, 512, 512), dtype=np.uint8)
-    path = write_raster(tmp_path / "c.tif", data, tiled=True, blockxsize=256, blockysize=256, compress="deflate")
-    with rasterio.open(path) as ds:
-        offset = int(ds.get_tag_item("BLOCK_OFFSET_1_1", "TIFF", bidx=1))
-    raw = bytearray(path.read_bytes())
-    raw[offset : offset + 2000] = b"\xff" * 2000  # the deflate stream of one block, destroyed
-    path.write_bytes(bytes(raw))
+    path = damaged_raster(tmp_path / "c.tif", 512, 512, block=(1, 1))
     out = tmp_path / "o.gpkg"
     r = run("detect", path, "-m", "trees", "-o", out, "-q")
     assert_user_error(r, "c.tif: cannot read pixels", out)

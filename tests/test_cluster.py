@@ -10,9 +10,7 @@ import sys
 from pathlib import Path
 
 import geopandas as gpd
-import numpy as np
 import pytest
-import rasterio
 from click.testing import CliRunner
 
 import geovision
@@ -20,7 +18,7 @@ from geovision.cli.main import main
 from geovision.cluster import check_readable, connect
 from geovision.raster import open_raster, plan_read
 from geovision.tiling import TileGrid
-from tests.conftest import ROOT, SAMPLE_TREES, tiled_copy, write_raster
+from tests.conftest import ROOT, SAMPLE_TREES, damaged_raster, tiled_copy
 
 pytest.importorskip("dask.distributed")
 
@@ -149,13 +147,7 @@ def test_cli_workers_and_one_line_errors(forest, tmp_path, monkeypatch):
 
 
 def test_a_damaged_block_in_a_band_is_the_one_line_of_one_process(tmp_path):
-    data = np.random.default_rng(0).integers(0, 255, (3, 1200, 512), dtype=np.uint8)
-    path = write_raster(tmp_path / "c.tif", data, tiled=True, blockxsize=256, blockysize=256, compress="deflate")
-    with rasterio.open(path) as ds:
-        offset = int(ds.get_tag_item("BLOCK_OFFSET_1_3", "TIFF", bidx=1))
-    raw = bytearray(path.read_bytes())
-    raw[offset : offset + 2000] = b"\xff" * 2000  # one block, far down the raster, destroyed
-    path.write_bytes(bytes(raw))
+    path = damaged_raster(tmp_path / "c.tif", 1200, 512, block=(3, 1))  # a block far down the raster
     alone = run("detect", path, "-m", "trees", "-o", tmp_path / "a.gpkg", "-q")
     split = run("detect", path, "-m", "trees", "-o", tmp_path / "b.gpkg", "-q", "--workers", "2", "--band-rows", "1")
     assert alone.exit_code == split.exit_code == 2
