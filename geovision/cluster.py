@@ -59,11 +59,6 @@ def connect(
         yield client
 
 
-def slots(client: Any) -> int:
-    """How many tasks the cluster runs at once (its workers' threads)."""
-    return max(1, sum(client.nthreads().values()))
-
-
 def _can_open(raster: str) -> str:
     """On a worker: '' if it opens ``raster``, else why not (one line)."""
     import rasterio

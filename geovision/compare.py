@@ -39,7 +39,7 @@ import shapely
 from geovision.config import ModelConfig
 from geovision.detect import detect
 from geovision.errors import EvaluationError
-from geovision.evaluate import _valid, iou_pairs, match_pairs, read_layer
+from geovision.evaluate import _valid, drop_empty, iou_pairs, match_pairs, read_layer
 from geovision.quicklook import draw
 from geovision.raster import RASTER_INPUT_SUFFIXES
 from geovision.registry import resolve_model
@@ -186,7 +186,7 @@ def _read(layer: str | os.PathLike[str] | gpd.GeoDataFrame, role: str) -> gpd.Ge
         raise EvaluationError(f"{role} layer has no CRS")
     if not pd.api.types.is_integer_dtype(layer.index):
         layer = layer.reset_index(drop=True)
-    return layer[~(layer.geometry.isna() | layer.geometry.is_empty)]
+    return drop_empty(layer)
 
 
 def _boxes_meet(b: gpd.GeoDataFrame, a: gpd.GeoDataFrame, margin: float) -> bool:

@@ -30,7 +30,7 @@ from geovision.backends.device import usable_cores
 from geovision.backends.loader import load_backend, runtime_config
 from geovision.backends.tta import FlipTTA
 from geovision.blend import BandBlender, Strip, warmup_rows
-from geovision.cluster import check_readable, connect, in_order, slots, worker_threads
+from geovision.cluster import check_readable, connect, in_order, worker_threads
 from geovision.config import ModelConfig
 from geovision.errors import GeovisionError, ModelError, OutputError, RasterError
 from geovision.merge import Boxes, SeamMerger, largest_polygons, tile_boxes
@@ -463,11 +463,12 @@ def _band_pieces(
     check_readable(client, job.raster)
     runtime_config(job.cfg, job.device, job.runtime, job.quantize)  # export for ONNX here once, not per worker
     cfg = job.cfg
-    n_slots = slots(client)
+    threads = client.nthreads()  # worker -> threads: one call to the scheduler
+    n_slots = max(1, sum(threads.values()))  # tasks the cluster runs at once
     if band_rows is None:  # four bands a worker thread, so that a slow band does not hold up the end
         band_rows = max(math.ceil(grid.n_rows / (4 * n_slots)), 4 * warmup_rows(grid) if cfg.task == "segment" else 1)
     bands = [(job, range(r, min(r + band_rows, grid.n_rows))) for r in range(0, grid.n_rows, band_rows)]
-    where = f"{len(bands)} bands on {len(client.nthreads())} Dask workers"
+    where = f"{len(bands)} bands on {len(threads)} Dask workers"
     for band in in_order(client, detect_band, bands, progress):
         stats.tiles += band.tiles
         stats.tiles_skipped += band.skipped

@@ -103,7 +103,11 @@ def inside(gdf: gpd.GeoDataFrame, area: Any) -> gpd.GeoDataFrame:
 def read_layer(path: str | os.PathLike[str], role: str, fids: bool = False) -> gpd.GeoDataFrame:
     """A predicted or truth layer, less its empty geometries; with ``fids``, indexed by the file's own
     feature ids (a GeoPackage's fid, as QGIS shows it)."""
-    gdf = read_vector(path, EvaluationError, role, fids)
+    return drop_empty(read_vector(path, EvaluationError, role, fids))
+
+
+def drop_empty(gdf: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
+    """``gdf`` less its features with no geometry or an empty one."""
     return gdf[~(gdf.geometry.isna() | gdf.geometry.is_empty)]
 
 
