@@ -43,7 +43,7 @@ from geovision.cluster import connect, worker_threads
 from geovision.config import ModelConfig
 from geovision.errors import GeovisionError, OutputError, RasterError, installed
 from geovision.labels import feature_layer
-from geovision.raster import RASTER_INPUT_SUFFIXES
+from geovision.raster import is_raster_path
 from geovision.registry import resolve_model
 from geovision.writers import atomic_output
 
@@ -91,7 +91,7 @@ def find_inputs(spec: str | os.PathLike[str]) -> list[Path]:
     """Rasters named by a folder (searched recursively), a glob, or a text file of paths."""
     p = Path(spec)
     if p.is_dir():
-        found = sorted(q for q in p.rglob("*") if q.suffix.lower() in RASTER_INPUT_SUFFIXES and q.is_file())
+        found = sorted(q for q in p.rglob("*") if is_raster_path(q) and q.is_file())
     elif p.is_file() and p.suffix.lower() in {".txt", ".lst", ".list"}:
         lines = [ln.strip() for ln in p.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
         found = [(p.parent / ln) if not Path(ln).is_absolute() else Path(ln) for ln in lines]

@@ -29,7 +29,7 @@ def connect(
     """A dask.distributed ``Client``: of the cluster at ``scheduler`` (waiting ``timeout`` for it),
     or of a local cluster of ``workers`` processes with ``threads`` threads each, made now and
     closed on leaving."""
-    option = "--scheduler" if scheduler else "--workers"
+    option = "`scheduler`" if scheduler else "`workers`"
     require(option, "dask", "dask.distributed")
     from dask.distributed import Client, LocalCluster
 

@@ -39,9 +39,10 @@ import shapely
 from geovision.config import ModelConfig
 from geovision.detect import detect
 from geovision.errors import EvaluationError
-from geovision.evaluate import _valid, drop_empty, iou_pairs, match_pairs, read_layer
+from geovision.evaluate import _valid, drop_empty, match_pairs, read_layer
+from geovision.geometry import iou_pairs
 from geovision.quicklook import draw
-from geovision.raster import RASTER_INPUT_SUFFIXES
+from geovision.raster import is_raster_path
 from geovision.registry import resolve_model
 from geovision.writers import check_output, check_qml, write_layer
 
@@ -89,7 +90,7 @@ class Shift:
         moved = f"BEFORE moved by ({self.dx:+.2f} m, {self.dy:+.2f} m)"
         if self.how == "estimated":
             return f"{moved}, estimated from {self.matches} matched objects"
-        return f"{moved}, as given" if self.how == "given" else "not aligned (--no-align)"
+        return f"{moved}, as given" if self.how == "given" else "not aligned (`align=False`)"
 
 
 @dataclass
@@ -168,7 +169,7 @@ def compare_layers(
     else:
         for name, layer in (("BEFORE", b), ("AFTER", a)):
             if len(layer) == 0:
-                raise EvaluationError(f"{name} holds no objects: nothing to estimate the shift from (or --no-align)")
+                raise EvaluationError(f"{name} holds no objects: nothing to estimate the shift from (or `align=False`)")
         dx, dy, n = estimate_shift(bg, ag, b_cls, a_cls, max_shift / metre)
         used = Shift(dx * metre, dy * metre, "estimated", n)
     bg = shapely.transform(bg, lambda xy: xy + np.array([used.dx, used.dy]) / metre)
@@ -227,7 +228,7 @@ def estimate_shift(
     if len(offsets) < MIN_MATCHES:
         raise EvaluationError(
             f"too few objects near each other to estimate the shift ({len(offsets)} pairs within {max_shift:g} "
-            "of each other); give --shift DX DY or --no-align"
+            "of each other); give `shift=(dx, dy)` or `align=False`"
         )
     estimate = _vote(offsets, max_shift)
     n = 0
@@ -239,7 +240,7 @@ def estimate_shift(
         if n < MIN_MATCHES:
             raise EvaluationError(
                 f"too few objects match to estimate the shift ({n} at IoU {CONFIDENT_IOU} once moved by "
-                f"({estimate[0]:+.2f}, {estimate[1]:+.2f})); give --shift DX DY or --no-align"
+                f"({estimate[0]:+.2f}, {estimate[1]:+.2f})); give `shift=(dx, dy)` or `align=False`"
             )
         new = np.median(ac[confident] - bc[matched[confident]], axis=0)
         settled = bool(np.hypot(*(new - estimate)) < 0.005)
@@ -353,7 +354,7 @@ def compare(
     and written whole or not at all.
     """
     layers: list[Any] = [before, after]
-    rasters = [isinstance(x, (str, os.PathLike)) and Path(x).suffix.lower() in RASTER_INPUT_SUFFIXES for x in layers]
+    rasters = [isinstance(x, (str, os.PathLike)) and is_raster_path(x) for x in layers]
     if model is None and any(rasters):
         raster = layers[rasters.index(True)]
         raise EvaluationError(f"{raster} is a raster: give a model to detect its objects first")

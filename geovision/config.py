@@ -41,6 +41,9 @@ class SmpOptions:
     encoder: str = "resnet34"
     encoder_depth: int | None = None
     decoder_channels: tuple[int, ...] | None = None
+    #: input pixels per output pixel (FPN only: 1, 2 or 4); a centre detector's heatmap at a quarter of
+    #: the resolution, as CenterNet's, has 16 times fewer background pixels to learn
+    output_stride: int = 1
     #: None: sigmoid for one class without an outline band, softmax otherwise
     activation: Literal["sigmoid", "softmax"] | None = None
     #: the network also marks a band along every outline, so touching objects come out apart
@@ -247,6 +250,7 @@ def _smp_options(raw: dict[str, Any]) -> SmpOptions:
         encoder=str(raw.get("encoder", "resnet34")),
         encoder_depth=int(depth) if depth else None,
         decoder_channels=tuple(int(c) for c in channels) if channels else None,
+        output_stride=int(raw.get("output_stride", 1)),
         activation=act,
         boundary=bool(raw.get("boundary", False)),
         mean=_floats(raw.get("mean")),
@@ -313,7 +317,10 @@ def config_to_dict(cfg: ModelConfig, relative_to: Path | None = None) -> dict[st
         "description": cfg.description,
     }
     if cfg.task == "segment" or cfg.backend == "smp":  # segmenters, and centre detectors on an smp network
-        out.update({k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg.smp).items() if v is not None})
+        smp = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg.smp).items() if v is not None}
+        if smp["output_stride"] == 1:  # the usual case; older packages do not name it
+            del smp["output_stride"]
+        out.update(smp)
     if cfg.task != "detect":
         out["vectorize"] = asdict(cfg.vectorize)
     if cfg.packaged_onnx is not None:

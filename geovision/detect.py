@@ -17,13 +17,12 @@ import os
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
 import geopandas as gpd
 import numpy as np
-import shapely
 
 from geovision.backends.base import Detections, Detector, Segmenter
 from geovision.backends.device import usable_cores
@@ -33,7 +32,7 @@ from geovision.blend import BandBlender, Strip, warmup_rows
 from geovision.cluster import check_readable, connect, in_order, worker_threads
 from geovision.config import ModelConfig
 from geovision.errors import GeovisionError, ModelError, OutputError, RasterError
-from geovision.merge import Boxes, SeamMerger, largest_polygons, tile_boxes
+from geovision.merge import Boxes, SeamMerger, tile_boxes
 from geovision.raster import (
     ReadPlan,
     TileData,
@@ -50,12 +49,13 @@ from geovision.vectorize import (
     Shape,
     StripVectorizer,
     VectorizeOptions,
-    carve_overlaps,
-    clean,
+    box_layer,
+    outline_layer,
     polygonize,
+    region_layer,
     vectorize_options,
 )
-from geovision.writers import RasterSink, check_output, check_qml, object_layer, write_layer
+from geovision.writers import RasterSink, check_output, check_qml, write_layer
 
 #: Called with (tiles done, tiles in total) as the run goes.
 ProgressCallback = Callable[[int, int], None]
@@ -163,19 +163,15 @@ def detect(
     )
     threshold = cfg.confidence
     if review_confidence is not None:
-        if cfg.task == "segment":
-            raise ModelError(f"model '{cfg.name}' is a segmenter; a review band needs a detector")
         if not 0 <= review_confidence < threshold:
-            raise ModelError(f"--review-conf must be below the confidence threshold ({threshold:g})")
+            raise ModelError(f"`review_confidence` must be below the confidence threshold ({threshold:g})")
         cfg = cfg.with_overrides(confidence=review_confidence)
-    if tta and cfg.task == "segment":
-        raise ModelError(f"model '{cfg.name}' is a segmenter; --tta merges mirrored objects of detectors")
-    if cfg.task != "segment" and (mask_out or prob_out):
-        raise ModelError(f"model '{cfg.name}' is a detector; --mask-out and --prob-out need a segmentation model")
+    objects = _objects(cfg)
+    _check_task(objects, review_confidence is not None, tta, mask_out is not None or prob_out is not None)
     distributed = scheduler is not None or workers is not None
     if distributed and (mask_out or prob_out):
         raise OutputError(
-            "--mask-out and --prob-out are one GeoTIFF written by one process; run without a cluster for them"
+            "`mask_out` and `prob_out` are one GeoTIFF written by one process; run without a cluster for them"
         )
     if distributed and backend is not None:
         raise ModelError("a backend object runs in this process; a cluster loads the model on each worker")
@@ -206,19 +202,12 @@ def detect(
         else:
             if backend is None:
                 backend = load_backend(cfg, device, runtime, quantize)
-            cfg = _fit_batch(cfg, backend, batch_size is None)
+            objects.cfg = cfg = _fit_batch(cfg, backend, batch_size is None)
             stats.backend = f"{type(backend).__name__} on {backend.device}"
-            rows = _tile_rows(_model_call(backend, cfg, tta), plan, grid, cfg.batch_size, stats, progress)
-            if cfg.task == "segment":
-                sink = stack.enter_context(RasterSink(plan, mask_out, prob_out, cfg.classes, overwrite))
-                pieces = _strip_shapes(_strips(rows, grid, cfg), sink.write)
-            else:
-                pieces = _row_boxes(rows, grid)
-        opts = vectorize_options(cfg, regularize)
-        if cfg.task == "segment":
-            gdf = _shape_layer(_dissolve(pieces, grid), plan, grid, cfg, opts, source_name)
-        else:
-            gdf = _to_features(_merge_rows(pieces, grid, cfg), plan, cfg, source_name, opts)
+            rows = _tile_rows(objects.model_call(backend, tta), plan, grid, cfg.batch_size, stats, progress)
+            sink = stack.enter_context(RasterSink(plan, mask_out, prob_out, cfg.classes, overwrite))
+            pieces = objects.pieces(rows, grid, sink.write)
+        gdf = objects.layer(pieces, plan, grid, vectorize_options(cfg, regularize), source_name)
     if stats.tiles_skipped == stats.tiles:
         raise RasterError(f"{source_name}: raster holds no valid pixels (all nodata)")
     stats.counts.update(gdf["class"].tolist())
@@ -229,6 +218,17 @@ def detect(
     path = write_layer(gdf, output, overwrite, cfg.classes, qml) if output is not None else None
     stats.seconds = time.perf_counter() - started
     return DetectResult(gdf, stats, cfg, path)
+
+
+def _check_task(objects: Objects, review: bool, tta: bool, rasters: bool) -> None:
+    """Refuse options the model's kind of output has no use for."""
+    name = objects.cfg.name
+    if not objects.rasters and rasters:
+        raise ModelError(f"model '{name}' is a detector; `mask_out` and `prob_out` need a segmentation model")
+    if objects.rasters and review:
+        raise ModelError(f"model '{name}' is a segmenter; a review band (`review_confidence`) needs a detector")
+    if objects.rasters and tta:
+        raise ModelError(f"model '{name}' is a segmenter; `tta` merges mirrored objects of detectors")
 
 
 def _check_distinct(raster: str | os.PathLike[str], outputs: list[str | os.PathLike[str]]) -> None:
@@ -242,10 +242,12 @@ def _check_distinct(raster: str | os.PathLike[str], outputs: list[str | os.PathL
 
 
 TileRow = tuple[int, list[tuple[TileData, Any]]]
+#: A batch of tiles to one model output each.
+ModelCall = Callable[[list[np.ndarray]], Any]
 
 
 def _tile_rows(
-    run: Callable[[list[np.ndarray]], Any],
+    run: ModelCall,
     plan: ReadPlan,
     grid: TileGrid,
     batch_size: int,
@@ -293,62 +295,129 @@ def _tile_rows(
     yield from flush()
 
 
-def _row_boxes(rows: Iterator[TileRow], grid: TileGrid) -> Iterator[tuple[int, Boxes]]:
-    """Each row's detections in model-grid pixels, less those centred on nodata or padding."""
-    for row, items in rows:
-        yield row, Boxes.concat([_keep_on_data(td, dets, grid) for td, dets in items])
+class _Boxes:
+    """A box detector's tile rows to objects: boxes in model-grid pixels, merged across seams row by row.
+
+    One such object per kind of model (boxes, outlines, masks) holds every
+    step of ``detect`` that differs between them, so the run itself is one
+    straight pipe: plan, model calls, pieces per row (or per cluster band),
+    one layer.
+    """
+
+    #: whether the model writes class and probability rasters (``mask_out``/``prob_out``)
+    rasters = False
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        self.cfg = cfg
+
+    def min_band_rows(self, grid: TileGrid) -> int:
+        """The fewest tile rows worth a cluster task."""
+        return 1
+
+    def model_call(self, backend: Detector | Segmenter, tta: bool) -> ModelCall:
+        """A batch of tiles to one output each: boxes at this run's thresholds (not those the backend
+        was loaded with), mirrored views merged with ``tta``."""
+        detector = cast(Detector, backend)
+        if tta:
+            detector = FlipTTA(detector, self.cfg.iou)
+        return functools.partial(detector.detect, confidence=self.cfg.confidence, iou=self.cfg.iou)
+
+    def pieces(self, rows: Iterator[TileRow], grid: TileGrid, on_strip: Callable[[Strip], None]) -> Iterator[Any]:
+        """Each row's detections in model-grid pixels, less those centred on nodata or padding."""
+        for row, items in rows:
+            yield row, Boxes.concat([_keep_on_data(td, dets, grid) for td, dets in items])
+
+    def band(self, call: ModelCall, plan: ReadPlan, grid: TileGrid, rows: range, stats: RunStats) -> list[Any]:
+        """On a cluster worker: the pieces of the tile rows ``rows``."""
+        return list(self.pieces(_tile_rows(call, plan, grid, self.cfg.batch_size, stats, None, rows), grid, _drop))
+
+    def layer(
+        self, pieces: Iterable[Any], plan: ReadPlan, grid: TileGrid, opts: VectorizeOptions, source: str
+    ) -> gpd.GeoDataFrame:
+        return box_layer(self._merged(pieces, grid), plan, self.cfg.classes, source)
+
+    def _merged(self, pieces: Iterable[tuple[int, Boxes]], grid: TileGrid) -> Boxes:
+        """Rows of detections, in order, through the seam merger: one box per object."""
+        merger = SeamMerger(grid, nms_iou=self.cfg.iou)
+        return Boxes.concat([merger.add_row(row, boxes) for row, boxes in pieces])
 
 
-def _merge_rows(rows: Iterable[tuple[int, Boxes]], grid: TileGrid, cfg: ModelConfig) -> Boxes:
-    """Rows of detections, in order, through the seam merger: one box per object."""
-    merger = SeamMerger(grid, nms_iou=cfg.iou)
-    return Boxes.concat([merger.add_row(row, boxes) for row, boxes in rows])
+class _Outlines(_Boxes):
+    """An instance segmenter's: boxes with outlines, merged like boxes, outlines cleaned up as the model says."""
+
+    def layer(
+        self, pieces: Iterable[Any], plan: ReadPlan, grid: TileGrid, opts: VectorizeOptions, source: str
+    ) -> gpd.GeoDataFrame:
+        return outline_layer(self._merged(pieces, grid), plan, self.cfg.classes, source, opts)
 
 
 #: A polygonised strip: its first and end model-grid rows, and its shapes.
 StripShapes = tuple[int, int, list[Shape]]
 
 
-def _strips(rows: Iterator[TileRow], grid: TileGrid, cfg: ModelConfig, first_row: int = 0) -> Iterator[Strip]:
-    """Tile probabilities blended band by band into final strips (rows from ``first_row`` on)."""
-    blender = BandBlender(grid, len(cfg.classes) + 1, threshold=cfg.confidence, first_row=first_row)
-    for _, items in rows:
-        for td, probs in items:
-            blender.add(td.tile.x0, probs, td.valid)
-        yield blender.finish_row()
+class _Masks:
+    """A segmenter's: tile probabilities blended into strips, polygonised, dissolved across strip seams."""
+
+    rasters = True
+
+    def __init__(self, cfg: ModelConfig, first_row: int = 0) -> None:
+        self.cfg, self.first_row = cfg, first_row
+
+    def min_band_rows(self, grid: TileGrid) -> int:
+        """Four times the rows a band runs above its own, so that the extra work stays a small share."""
+        return 4 * warmup_rows(grid)
+
+    def model_call(self, backend: Detector | Segmenter, tta: bool) -> ModelCall:
+        return cast(Segmenter, backend).segment
+
+    def pieces(
+        self, rows: Iterator[TileRow], grid: TileGrid, on_strip: Callable[[Strip], None]
+    ) -> Iterator[StripShapes]:
+        """Tile probabilities blended band by band into final strips (from ``first_row`` on), each
+        handed to ``on_strip`` (the raster outputs), then polygonised."""
+        cfg = self.cfg
+        blender = BandBlender(grid, len(cfg.classes) + 1, threshold=cfg.confidence, first_row=self.first_row)
+        for _, items in rows:
+            for td, probs in items:
+                blender.add(td.tile.x0, probs, td.valid)
+            strip = blender.finish_row()
+            on_strip(strip)
+            yield strip.y0, strip.y0 + strip.rows, list(polygonize(strip))
+
+    def layer(
+        self, pieces: Iterable[StripShapes], plan: ReadPlan, grid: TileGrid, opts: VectorizeOptions, source: str
+    ) -> gpd.GeoDataFrame:
+        vectorizer = StripVectorizer(grid.width, grid.height)
+        shapes: list[Shape] = []
+        for y_top, y_bottom, new in pieces:
+            shapes.extend(vectorizer.add_shapes(new, y_top, y_bottom))
+        shapes.extend(vectorizer.finish())
+        return region_layer(shapes, plan, self.cfg.classes, source, opts)
+
+    def band(self, call: ModelCall, plan: ReadPlan, grid: TileGrid, rows: range, stats: RunStats) -> list[Any]:
+        """On a cluster worker: the strips of the tile rows ``rows``. The band also runs the rows above
+        it that blend into its first rows (:func:`.blend.warmup_rows`) and throws their strips away, so
+        its strips are those of a single process, bit for bit."""
+        size = self.cfg.batch_size
+        first = max(0, rows.start - warmup_rows(grid))
+        warmup = _tile_rows(call, plan, grid, size, RunStats(), None, range(first, rows.start))
+        tile_rows = itertools.chain(warmup, _tile_rows(call, plan, grid, size, stats, None, rows))
+        strips = _Masks(self.cfg, first).pieces(tile_rows, grid, _drop)
+        return [p for p in strips if p[0] >= grid.row_start(rows.start)]
 
 
-def _strip_shapes(strips: Iterator[Strip], on_strip: Callable[[Strip], None]) -> Iterator[StripShapes]:
-    """Each strip handed to ``on_strip`` (the raster outputs), then polygonised."""
-    for strip in strips:
-        on_strip(strip)
-        yield strip.y0, strip.y0 + strip.rows, list(polygonize(strip))
+Objects = _Boxes | _Masks
 
 
-def _dissolve(pieces: Iterable[StripShapes], grid: TileGrid) -> list[Shape]:
-    """Strips' shapes, in order, joined across strip seams into one shape per region."""
-    vectorizer = StripVectorizer(grid.width, grid.height)
-    shapes: list[Shape] = []
-    for y_top, y_bottom, new in pieces:
-        shapes.extend(vectorizer.add_shapes(new, y_top, y_bottom))
-    shapes.extend(vectorizer.finish())
-    return shapes
+def _drop(strip: Strip) -> None:
+    """Strips go to no raster output (detectors, and cluster workers)."""
 
 
-def _shape_layer(
-    shapes: list[Shape], plan: ReadPlan, grid: TileGrid, cfg: ModelConfig, opts: VectorizeOptions, source: str
-) -> gpd.GeoDataFrame:
-    """Regions cleaned up as the model says (:func:`.vectorize.clean`), as polygons in the raster's CRS."""
-    pixel_m = (plan.pixel_size_m[0] * plan.pixel_size_m[1]) ** 0.5
-    kept = [(s, g) for s in shapes if (g := clean(s.geom, opts, pixel_m, plan.pixel_area_m2)) is not None]
-    if opts.grow_m > 0 or opts.regularize:  # grown or squared outlines stay on the raster
-        grid_box = shapely.box(0, 0, grid.width, grid.height)
-        kept = [(s, g if grid_box.contains(g) else g.intersection(grid_box)) for s, g in kept]
-    geoms = [shapely.transform(g, lambda xy: _apply(plan, xy)) for _, g in kept]
-    areas = np.array([g.area * plan.pixel_area_m2 for _, g in kept]) if plan.crs else None
-    class_ids = np.array([s.cls - 1 for s, _ in kept], dtype=np.int32)
-    scores = np.array([s.score for s, _ in kept])
-    return object_layer(cfg.classes, class_ids, scores, areas, source, geoms, plan.crs)
+def _objects(cfg: ModelConfig, first_row: int = 0) -> Objects:
+    """How ``cfg``'s tile outputs become objects."""
+    if cfg.task == "segment":
+        return _Masks(cfg, first_row)
+    return _Outlines(cfg) if cfg.task == "instance" else _Boxes(cfg)
 
 
 @dataclass(frozen=True)
@@ -437,17 +506,9 @@ def _run_band(job: _BandJob, rows: range) -> BandResult:
     backend = load_backend(job.cfg, job.device, job.runtime, job.quantize, job.threads or worker_threads(), reuse=True)
     cfg = _fit_batch(job.cfg, backend, job.fit_batch)
     grid = TileGrid(plan.width, plan.height, cfg.tile_size, cfg.overlap)
-    call = _model_call(backend, cfg, job.tta)
     stats = RunStats()
-    tile_rows = _tile_rows(call, plan, grid, cfg.batch_size, stats, None, rows)
-    pieces: list[Any]
-    if cfg.task == "segment":
-        first = max(0, rows.start - warmup_rows(grid))
-        warmup = _tile_rows(call, plan, grid, cfg.batch_size, RunStats(), None, range(first, rows.start))
-        strips = _strip_shapes(_strips(itertools.chain(warmup, tile_rows), grid, cfg, first), lambda _: None)
-        pieces = [p for p in strips if p[0] >= grid.row_start(rows.start)]
-    else:
-        pieces = list(_row_boxes(tile_rows, grid))
+    objects = _objects(cfg)
+    pieces = objects.band(objects.model_call(backend, job.tta), plan, grid, rows, stats)
     return BandResult(pieces, stats.tiles, stats.tiles_skipped, f"{type(backend).__name__} on {backend.device}")
 
 
@@ -466,7 +527,7 @@ def _band_pieces(
     threads = client.nthreads()  # worker -> threads: one call to the scheduler
     n_slots = max(1, sum(threads.values()))  # tasks the cluster runs at once
     if band_rows is None:  # four bands a worker thread, so that a slow band does not hold up the end
-        band_rows = max(math.ceil(grid.n_rows / (4 * n_slots)), 4 * warmup_rows(grid) if cfg.task == "segment" else 1)
+        band_rows = max(math.ceil(grid.n_rows / (4 * n_slots)), _objects(cfg).min_band_rows(grid))
     bands = [(job, range(r, min(r + band_rows, grid.n_rows))) for r in range(0, grid.n_rows, band_rows)]
     where = f"{len(bands)} bands on {len(threads)} Dask workers"
     for band in in_order(client, detect_band, bands, progress):
@@ -474,12 +535,6 @@ def _band_pieces(
         stats.tiles_skipped += band.skipped
         stats.backend = f"{band.backend}, {where}"
         yield from band.pieces
-
-
-def _apply(plan: ReadPlan, xy: np.ndarray) -> np.ndarray:
-    """Model-grid pixel coordinates (n, 2) to the raster's CRS."""
-    # affine's type hints give @ one point; it maps arrays of coordinates as well
-    return np.column_stack(plan.transform @ (xy[:, 0], xy[:, 1]))  # type: ignore[operator, arg-type]
 
 
 def _keep_on_data(td: TileData, dets: Detections, grid: TileGrid) -> Boxes:
@@ -494,40 +549,3 @@ def _keep_on_data(td: TileData, dets: Detections, grid: TileGrid) -> Boxes:
     boxes.xyxy[:, [0, 2]] = np.clip(boxes.xyxy[:, [0, 2]], 0, grid.width)
     boxes.xyxy[:, [1, 3]] = np.clip(boxes.xyxy[:, [1, 3]], 0, grid.height)
     return boxes
-
-
-def _clean_outlines(boxes: Boxes, polys: np.ndarray, plan: ReadPlan, opts: VectorizeOptions) -> Boxes:
-    """Instance outlines (``boxes.polys``) cleaned up as the model says (:func:`.vectorize.clean`),
-    then with ``disjoint`` carved apart; objects whose outline goes, or falls below the minimum
-    area, go too."""
-    pixel_m = (plan.pixel_size_m[0] * plan.pixel_size_m[1]) ** 0.5
-    out = np.empty(len(polys), dtype=object)
-    out[:] = [clean(g, opts, pixel_m, plan.pixel_area_m2) for g in polys]
-    keep = np.flatnonzero([g is not None for g in out])
-    boxes, out = boxes.take(keep), out[keep]
-    if opts.disjoint and len(out):
-        out = carve_overlaps(out, boxes.scores)
-        keep = np.flatnonzero([g is not None and g.area * plan.pixel_area_m2 >= opts.min_area_m2 for g in out])
-        boxes, out = boxes.take(keep), out[keep]
-    return replace(boxes, polys=out)
-
-
-def _to_features(
-    boxes: Boxes, plan: ReadPlan, cfg: ModelConfig, source: str, opts: VectorizeOptions
-) -> gpd.GeoDataFrame:
-    """Model-grid boxes (or instance outlines, cleaned up by ``opts``) to polygons in the raster's CRS."""
-    if boxes.polys is not None:  # outlines cleaned up, then clipped to the raster like the boxes
-        boxes = _clean_outlines(boxes, boxes.polys, plan, opts)
-        grid_box = shapely.box(0, 0, plan.width, plan.height)
-        outlines = largest_polygons(shapely.intersection(boxes.polys, grid_box))  # one polygon each
-        outlines[[g is None for g in outlines]] = shapely.Polygon()
-        areas_px = shapely.area(outlines)
-        polygons = shapely.transform(outlines, lambda xy: _apply(plan, xy))
-    else:
-        x1, y1, x2, y2 = boxes.xyxy.T
-        areas_px = (x2 - x1) * (y2 - y1)
-        corners = np.stack([np.stack([x1, x2, x2, x1], axis=1), np.stack([y1, y1, y2, y2], axis=1)], axis=2)
-        coords = _apply(plan, corners.reshape(-1, 2)).reshape(-1, 4, 2)
-        polygons = shapely.polygons(coords) if len(boxes) else np.array([], dtype=object)
-    areas = areas_px * plan.pixel_area_m2 if plan.crs else None
-    return object_layer(cfg.classes, boxes.classes, boxes.scores, areas, source, polygons, plan.crs)

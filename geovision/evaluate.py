@@ -21,6 +21,7 @@ import numpy as np
 import shapely
 
 from geovision.errors import EvaluationError
+from geovision.geometry import iou_pairs
 from geovision.labels import read_vector
 
 COCO_IOUS = np.round(np.arange(0.5, 0.96, 0.05), 2)
@@ -147,7 +148,7 @@ def evaluate(
     if len(p) and not set(p_cls) & set(t_cls):
         raise EvaluationError(
             f"no class in common: predictions have {_names(p_cls)}, truth has {_names(t_cls)}; "
-            "use --class-field to name the field, or '' to compare all as one class"
+            "use `class_field` to name the field, or `class_field=None` to compare all as one class"
         )
     scores = p[score_field].to_numpy(float) if score_field and score_field in p.columns else np.ones(len(p))
     pg, tg = p.geometry.to_numpy(), t.geometry.to_numpy()
@@ -210,16 +211,6 @@ def _classes(gdf: gpd.GeoDataFrame, field: str | None) -> np.ndarray:
     if field and field in gdf.columns:
         return gdf[field].astype(str).to_numpy()
     return np.full(len(gdf), "all", dtype=object).astype(str)
-
-
-def iou_pairs(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The intersecting pairs (i into ``a``, j into ``b``, found by an STRtree) and their IoU."""
-    if len(a) == 0 or len(b) == 0:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0)
-    i, j = shapely.STRtree(b).query(a, predicate="intersects")
-    inter = shapely.area(shapely.intersection(a[i], b[j]))
-    union = shapely.area(a[i]) + shapely.area(b[j]) - inter
-    return i, j, np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
 
 
 def pairwise_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -109,7 +109,7 @@ def uses_class_column(column: str, values: Any, classes: Sequence[str], path: Pa
         return True
     raise LabelError(
         f"{path}: column '{column}' holds {', '.join(names[:10])}{' ...' if len(names) > 10 else ''}, not the "
-        f"classes asked for ({', '.join(classes)}); pass --classes with those names, or --class-field"
+        f"classes asked for ({', '.join(classes)}); pass `classes` with those names, or `class_field`"
     )
 
 
@@ -231,7 +231,7 @@ def read_areas(path: Path, images: Sequence[Path]) -> list[Any]:
     an orthophoto). The layer is read once for all the images."""
     import shapely
 
-    from geovision.merge import polygonal
+    from geovision.geometry import polygonal
 
     gdf = read_vector(path, LabelError, "labelled area")
     out = []

@@ -24,9 +24,16 @@ from dataclasses import dataclass
 
 import numpy as np
 import shapely
-from scipy.sparse import coo_matrix, csr_matrix
-from scipy.sparse.csgraph import connected_components
 
+from geovision.geometry import (
+    box_iou,
+    components,
+    intersecting_boxes,
+    largest_polygon,
+    neighbours,
+    outline_iou,
+    polygonal,
+)
 from geovision.nms import batched_nms
 from geovision.tiling import TileGrid
 
@@ -120,44 +127,11 @@ def tile_boxes(
     return Boxes(xyxy, np.asarray(scores, np.float32), np.asarray(classes, np.int64), tiles, cut, polys)
 
 
-def _intersecting_pairs(xyxy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Index pairs (i < j) of boxes whose areas intersect, via an STRtree."""
-    if len(xyxy) < 2:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    geoms = shapely.box(xyxy[:, 0], xyxy[:, 1], xyxy[:, 2], xyxy[:, 3])
-    tree = shapely.STRtree(geoms)
-    i, j = tree.query(geoms, predicate="intersects")
-    keep = i < j
-    return i[keep], j[keep]
-
-
-def _graph(n: int, i: np.ndarray, j: np.ndarray) -> csr_matrix:
-    return coo_matrix((np.ones(len(i), dtype=np.int8), (i, j)), shape=(n, n)).tocsr()
-
-
-def components(n: int, i: np.ndarray, j: np.ndarray) -> np.ndarray:
-    """Connected-component label of each of ``n`` nodes given edges (i, j)."""
-    return connected_components(_graph(n, np.asarray(i, np.int64), np.asarray(j, np.int64)), directed=False)[1]
-
-
-def neighbours(n: int, i: np.ndarray, j: np.ndarray) -> list[np.ndarray]:
-    """For each of ``n`` nodes, the nodes its edges (i -> j) lead to."""
-    graph = _graph(n, i, j)
-    return np.split(graph.indices, graph.indptr[1:-1])
-
-
-def _outline_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU of outline a[k] with b[k] for each k; 0 where both are empty."""
-    inter = shapely.area(shapely.intersection(a, b))
-    union = shapely.area(a) + shapely.area(b) - inter
-    return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
-
-
 def merge_boxes(b: Boxes, match_iou: float = 0.5, nms_iou: float = 0.5) -> Boxes:
     """Merge all boxes of ``b`` across seams, then class-aware NMS. See the module docstring."""
     if len(b) == 0:
         return b
-    i, j = _intersecting_pairs(b.xyxy)
+    i, j = intersecting_boxes(b.xyxy)
     other_tile = np.any(b.tiles[i] != b.tiles[j], axis=1)
     same_class = b.classes[i] == b.classes[j]
     i, j = i[other_tile & same_class], j[other_tile & same_class]
@@ -165,42 +139,20 @@ def merge_boxes(b: Boxes, match_iou: float = 0.5, nms_iou: float = 0.5) -> Boxes
         [np.maximum(b.tiles[i, :2], b.tiles[j, :2]), np.minimum(b.tiles[i, 2:], b.tiles[j, 2:])], axis=1
     )
     if b.polys is None:
-        iou = _iou_rows(_clip(b.xyxy[i], shared), _clip(b.xyxy[j], shared))
+        iou = box_iou(_clip(b.xyxy[i], shared), _clip(b.xyxy[j], shared))
     else:  # instance outlines: compare the masks themselves inside the shared region
         region = shapely.box(*shared.T)
         pi = polygonal(shapely.intersection(b.polys[i], region))
         pj = polygonal(shapely.intersection(b.polys[j], region))
-        iou = _outline_iou(pi, pj)
+        iou = outline_iou(pi, pj)
     match = iou >= match_iou
     labels = components(len(b), i[match], j[match])
     merged = _merge_groups(b, labels)
     return merged.take(object_nms(merged.xyxy, merged.scores, merged.classes, merged.polys, nms_iou))
 
 
-def polygonal(geoms: np.ndarray) -> np.ndarray:
-    """The polygonal part of each geometry (in place). An outline cut along a region's edge can come
-    back as a collection of a polygon and the edge's line, which GEOS cannot intersect with an empty
-    polygon; an invalid label repaired by ``make_valid`` can hold lines too."""
-    mixed = np.flatnonzero(shapely.get_type_id(geoms) == shapely.GeometryType.GEOMETRYCOLLECTION)
-    for k in mixed:
-        parts = shapely.get_parts(geoms[k])
-        geoms[k] = shapely.union_all(parts[shapely.get_dimensions(parts) == 2])
-    return geoms
-
-
 def _clip(xyxy: np.ndarray, region: np.ndarray) -> np.ndarray:
     return np.concatenate([np.maximum(xyxy[:, :2], region[:, :2]), np.minimum(xyxy[:, 2:], region[:, 2:])], axis=1)
-
-
-def _iou_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU of a[k] with b[k] for each row k; empty boxes give 0."""
-    wa, ha = np.clip(a[:, 2] - a[:, 0], 0, None), np.clip(a[:, 3] - a[:, 1], 0, None)
-    wb, hb = np.clip(b[:, 2] - b[:, 0], 0, None), np.clip(b[:, 3] - b[:, 1], 0, None)
-    iw = np.clip(np.minimum(a[:, 2], b[:, 2]) - np.maximum(a[:, 0], b[:, 0]), 0, None)
-    ih = np.clip(np.minimum(a[:, 3], b[:, 3]) - np.maximum(a[:, 1], b[:, 1]), 0, None)
-    inter = iw * ih
-    union = wa * ha + wb * hb - inter
-    return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
 
 
 def _merge_groups(b: Boxes, labels: np.ndarray) -> Boxes:
@@ -229,24 +181,6 @@ def _merge_groups(b: Boxes, labels: np.ndarray) -> Boxes:
     return out
 
 
-def largest_polygons(geoms: np.ndarray) -> np.ndarray:
-    """Each geometry's largest polygon, None where it holds none: an outline clipped to a frame
-    can come back in pieces, or with a piece of the frame's edge as a line."""
-    out = polygonal(np.array(geoms, dtype=object))
-    split = np.flatnonzero(shapely.get_type_id(out) != shapely.GeometryType.POLYGON)
-    out[split] = [largest_polygon(g) for g in out[split]]
-    return out
-
-
-def largest_polygon(geom: shapely.Geometry) -> shapely.Polygon | None:
-    """The largest polygon of a geometry that came out in pieces (a union whose pieces do not
-    quite touch, a repaired self-intersection); ``geom`` itself if a polygon, None if it holds none."""
-    if geom.geom_type == "Polygon":
-        return geom
-    parts = [g for g in getattr(geom, "geoms", []) if g.geom_type == "Polygon"]
-    return max(parts, key=lambda g: g.area) if parts else None
-
-
 def object_nms(
     xyxy: np.ndarray, scores: np.ndarray, classes: np.ndarray, polys: np.ndarray | None, iou: float
 ) -> np.ndarray:
@@ -254,9 +188,9 @@ def object_nms(
     ``polys`` are given (interlocking L-shaped neighbours have overlapping boxes, not outlines)."""
     if polys is None:
         return batched_nms(xyxy, scores, classes, iou)
-    i, j = _intersecting_pairs(xyxy)
+    i, j = intersecting_boxes(xyxy)
     same = classes[i] == classes[j]
-    over = _outline_iou(polys[i[same]], polys[j[same]]) > iou
+    over = outline_iou(polys[i[same]], polys[j[same]]) > iou
     i, j = i[same][over], j[same][over]
     overlapping = neighbours(len(scores), np.r_[i, j], np.r_[j, i])
     suppressed = np.zeros(len(scores), dtype=bool)
@@ -287,7 +221,7 @@ class SeamMerger:
             return self.finish()
         boundary = self.grid.row_start(row + 1)
         p = self.pending
-        labels = components(len(p), *_intersecting_pairs(p.xyxy))
+        labels = components(len(p), *intersecting_boxes(p.xyxy))
         reach = np.full(labels.max() + 1 if len(labels) else 0, -np.inf)
         np.maximum.at(reach, labels, p.xyxy[:, 3])
         done = reach[labels] <= boundary

@@ -13,6 +13,8 @@ from collections.abc import Callable
 
 import numpy as np
 
+from geovision.geometry import box_iou
+
 #: (boxes, scores, classes, iou) -> indexes kept, best score first
 Nms = Callable[[np.ndarray, np.ndarray, np.ndarray, float], np.ndarray]
 
@@ -35,18 +37,8 @@ def batched_nms(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, iou:
     order = np.argsort(-np.asarray(scores), kind="stable")
     b = (b + offset)[order]
     if len(b) <= MATRIX_MAX:
-        return order[_greedy_on_matrix(_pairwise_iou(b) > iou)]
+        return order[_greedy_on_matrix(box_iou(b[:, None], b[None]) > iou)]
     return order[_greedy_box_by_box(b, iou)]
-
-
-def _pairwise_iou(b: np.ndarray) -> np.ndarray:
-    """(n, n) IoU of boxes (x1, y1, x2, y2); 0 where the union is empty."""
-    area = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    iw = np.minimum(b[:, None, 2], b[None, :, 2]) - np.maximum(b[:, None, 0], b[None, :, 0])
-    ih = np.minimum(b[:, None, 3], b[None, :, 3]) - np.maximum(b[:, None, 1], b[None, :, 1])
-    inter = np.clip(iw, 0, None) * np.clip(ih, 0, None)
-    union = area[:, None] + area[None, :] - inter
-    return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
 
 
 def _greedy_on_matrix(over: np.ndarray) -> np.ndarray:
@@ -62,16 +54,10 @@ def _greedy_on_matrix(over: np.ndarray) -> np.ndarray:
 
 def _greedy_box_by_box(b: np.ndarray, iou: float) -> np.ndarray:
     """Positions kept (in score order), one box's overlaps at a time."""
-    area = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
     rest = np.arange(len(b))
     keep = []
     while rest.size:
         i, rest = rest[0], rest[1:]
         keep.append(i)
-        iw = np.clip(np.minimum(b[i, 2], b[rest, 2]) - np.maximum(b[i, 0], b[rest, 0]), 0, None)
-        ih = np.clip(np.minimum(b[i, 3], b[rest, 3]) - np.maximum(b[i, 1], b[rest, 1]), 0, None)
-        inter = iw * ih
-        union = area[i] + area[rest] - inter
-        overlap = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
-        rest = rest[overlap <= iou]
+        rest = rest[box_iou(b[i], b[rest]) <= iou]
     return np.asarray(keep, dtype=np.int64)

@@ -96,7 +96,7 @@ def evaluate_pixels(
             if pred_block.max(initial=0) >= n:
                 raise EvaluationError(
                     f"predictions {path.name}: class value {int(pred_block.max())} but only {n - 1} classes "
-                    f"({', '.join(names)}); name them with --classes"
+                    f"({', '.join(names)}); name them with `classes`"
                 )
             idx = truth_block[valid].astype(np.int64) * n + pred_block[valid]
             counts += np.bincount(idx, minlength=n * n)
@@ -191,7 +191,7 @@ def _truth_shapes(
         if unknown:
             raise EvaluationError(
                 f"truth classes {unknown} are not among the prediction's classes {names}; "
-                "use --class-field '' to compare all truth as the first class"
+                "use `class_field=None` to compare all truth as the first class"
             )
         gdf = gdf.assign(value=values.map({n: i for i, n in enumerate(names, start=1)}).astype(np.uint8))
     else:

@@ -35,6 +35,12 @@ from geovision.tiling import Tile
 #: File names taken for rasters when a folder is searched or a file could be either kind.
 RASTER_INPUT_SUFFIXES = (".tif", ".tiff", ".vrt", ".jp2", ".img")
 
+
+def is_raster_path(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` names a raster by its suffix (GeoTIFF, VRT, JPEG 2000, ERDAS Imagine)."""
+    return Path(path).suffix.lower() in RASTER_INPUT_SUFFIXES
+
+
 #: Resampling ratios this close to 1 are treated as 1, so a 0.0997 m raster
 #: is read as it is by a 0.1 m model instead of being blurred by 0.3%.
 SNAP_TOLERANCE = 0.02
@@ -176,7 +182,7 @@ def plan_read(
     if not georeferenced and not pixel_coords:
         raise GeoreferenceError(
             f"{name}: raster has no georeference (no CRS or geotransform); georeference it "
-            "(e.g. gdal_translate -a_srs/-a_ullr) or pass --pixel-coords for pixel-coordinate output"
+            "(e.g. gdal_translate -a_srs/-a_ullr) or pass `pixel_coords=True` for pixel-coordinate output"
         )
     if not georeferenced:
         pixel_m: tuple[float, float] = (native_resolution_m or 1.0,) * 2  # type: ignore[assignment]
@@ -276,7 +282,7 @@ def select_bands(
         return data_bands * in_channels
     raise BandError(
         f"{name}: model needs {in_channels} band(s) but the raster has {len(data_bands)} "
-        f"(besides alpha); choose bands with --bands"
+        f"(besides alpha); choose them with `bands`"
     )
 
 

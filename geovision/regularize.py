@@ -22,7 +22,7 @@ import numpy as np
 import shapely
 from shapely import affinity
 
-from geovision.merge import largest_polygon
+from geovision.geometry import largest_polygon, outline_iou
 
 #: Outlines filling this share of their minimum rotated rectangle become the rectangle.
 RECTANGLE_FILL = 0.85
@@ -41,11 +41,6 @@ def dominant_angle(poly: shapely.Polygon) -> float:
     sides = np.diff(xy[:3], axis=0)
     longest = sides[int(np.argmax(np.hypot(sides[:, 0], sides[:, 1])))]
     return math.degrees(math.atan2(longest[1], longest[0])) % 90.0
-
-
-def _iou(a: shapely.Geometry, b: shapely.Geometry) -> float:
-    union = a.union(b).area
-    return a.intersection(b).area / union if union else 0.0
 
 
 def _square_ring(xy: np.ndarray) -> np.ndarray | None:
@@ -115,7 +110,7 @@ def regularize(poly: shapely.Polygon, tolerance: float = 1.0) -> shapely.Polygon
     if candidate is None or candidate.is_empty:
         return traced
     candidate = affinity.rotate(candidate, angle, origin=centre)
-    if _iou(candidate, poly) < MIN_IOU:
+    if outline_iou(candidate, poly) < MIN_IOU:
         return traced
     if traced.geom_type == "Polygon" and len(candidate.exterior.coords) > len(traced.exterior.coords):
         return traced  # squaring is to make outlines simpler, never busier

@@ -44,6 +44,11 @@ def markdown_table(header: tuple[str, ...], rows: list[Any]) -> str:
     return "\n".join(lines)
 
 
+def score_table(ev: Evaluation | PixelEvaluation) -> str:
+    """What was compared, then the score table, as the terminal shows them."""
+    return f"{summary_line(ev)}\n{text_table(*table_rows(ev))}"
+
+
 def summary_line(ev: Evaluation | PixelEvaluation) -> str:
     if isinstance(ev, PixelEvaluation):
         return f"{ev.pixels} pixels compared, in {ev.crs or 'pixel coordinates'}"

@@ -1,4 +1,5 @@
-"""Class strips to polygons, one object one polygon, in bounded memory.
+"""Model outputs to the objects of a layer: class strips to polygons, one object one polygon, in
+bounded memory; and a detector's merged boxes or instance outlines to polygons in the raster's CRS.
 
 Each strip is polygonised with ``rasterio.features.shapes`` in model-grid
 pixel coordinates (integers, so shared edges match exactly). Polygons that
@@ -17,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
+import geopandas as gpd
 import numpy as np
 import shapely
 from affine import Affine
@@ -24,8 +26,11 @@ from rasterio import features
 
 from geovision.blend import Strip
 from geovision.config import ModelConfig, VectorizeOptions
-from geovision.merge import components, largest_polygon, neighbours
+from geovision.geometry import components, largest_polygon, largest_polygons, neighbours
+from geovision.merge import Boxes
+from geovision.raster import ReadPlan
 from geovision.regularize import regularize
+from geovision.writers import object_layer
 
 
 @dataclass
@@ -164,3 +169,64 @@ def carve_overlaps(geoms: np.ndarray, scores: np.ndarray) -> np.ndarray:
 def vectorize_options(cfg: ModelConfig, regularize: bool | None = None) -> VectorizeOptions:
     """The model's clean-up settings; ``regularize`` overrides its own."""
     return cfg.vectorize if regularize is None else replace(cfg.vectorize, regularize=regularize)
+
+
+def box_layer(boxes: Boxes, plan: ReadPlan, classes: tuple[str, ...], source: str) -> gpd.GeoDataFrame:
+    """Merged boxes (model-grid pixels) as rectangles in the raster's CRS."""
+    x1, y1, x2, y2 = boxes.xyxy.T
+    corners = np.stack([np.stack([x1, x2, x2, x1], axis=1), np.stack([y1, y1, y2, y2], axis=1)], axis=2)
+    coords = to_crs(plan, corners.reshape(-1, 2)).reshape(-1, 4, 2)
+    polygons = shapely.polygons(coords) if len(boxes) else np.array([], dtype=object)
+    areas = (x2 - x1) * (y2 - y1) * plan.pixel_area_m2 if plan.crs else None
+    return object_layer(classes, boxes.classes, boxes.scores, areas, source, polygons, plan.crs)
+
+
+def outline_layer(
+    boxes: Boxes, plan: ReadPlan, classes: tuple[str, ...], source: str, opts: VectorizeOptions
+) -> gpd.GeoDataFrame:
+    """Merged instance outlines (``boxes.polys``) cleaned up by ``opts``, clipped to the raster, as one
+    polygon each in the raster's CRS; objects whose outline goes go too."""
+    assert boxes.polys is not None
+    boxes = _clean_outlines(boxes, boxes.polys, plan, opts)
+    outlines = largest_polygons(shapely.intersection(boxes.polys, shapely.box(0, 0, plan.width, plan.height)))
+    outlines[[g is None for g in outlines]] = shapely.Polygon()
+    polygons = shapely.transform(outlines, lambda xy: to_crs(plan, xy))
+    areas = shapely.area(outlines) * plan.pixel_area_m2 if plan.crs else None
+    return object_layer(classes, boxes.classes, boxes.scores, areas, source, polygons, plan.crs)
+
+
+def region_layer(
+    shapes: list[Shape], plan: ReadPlan, classes: tuple[str, ...], source: str, opts: VectorizeOptions
+) -> gpd.GeoDataFrame:
+    """A segmenter's regions cleaned up by ``opts`` (:func:`clean`), as polygons in the raster's CRS."""
+    pixel_m = (plan.pixel_size_m[0] * plan.pixel_size_m[1]) ** 0.5
+    kept = [(s, g) for s in shapes if (g := clean(s.geom, opts, pixel_m, plan.pixel_area_m2)) is not None]
+    if opts.grow_m > 0 or opts.regularize:  # grown or squared outlines stay on the raster
+        grid_box = shapely.box(0, 0, plan.width, plan.height)
+        kept = [(s, g if grid_box.contains(g) else g.intersection(grid_box)) for s, g in kept]
+    geoms = [shapely.transform(g, lambda xy: to_crs(plan, xy)) for _, g in kept]
+    areas = np.array([g.area * plan.pixel_area_m2 for _, g in kept]) if plan.crs else None
+    class_ids = np.array([s.cls - 1 for s, _ in kept], dtype=np.int32)
+    scores = np.array([s.score for s, _ in kept])
+    return object_layer(classes, class_ids, scores, areas, source, geoms, plan.crs)
+
+
+def _clean_outlines(boxes: Boxes, polys: np.ndarray, plan: ReadPlan, opts: VectorizeOptions) -> Boxes:
+    """Instance outlines cleaned up as the model says (:func:`clean`), then with ``disjoint`` carved
+    apart; objects whose outline goes, or falls below the minimum area, go too."""
+    pixel_m = (plan.pixel_size_m[0] * plan.pixel_size_m[1]) ** 0.5
+    out = np.empty(len(polys), dtype=object)
+    out[:] = [clean(g, opts, pixel_m, plan.pixel_area_m2) for g in polys]
+    keep = np.flatnonzero([g is not None for g in out])
+    boxes, out = boxes.take(keep), out[keep]
+    if opts.disjoint and len(out):
+        out = carve_overlaps(out, boxes.scores)
+        keep = np.flatnonzero([g is not None and g.area * plan.pixel_area_m2 >= opts.min_area_m2 for g in out])
+        boxes, out = boxes.take(keep), out[keep]
+    return replace(boxes, polys=out)
+
+
+def to_crs(plan: ReadPlan, xy: np.ndarray) -> np.ndarray:
+    """Model-grid pixel coordinates (n, 2) to the raster's CRS."""
+    # affine's type hints give @ one point; it maps arrays of coordinates as well
+    return np.column_stack(plan.transform @ (xy[:, 0], xy[:, 1]))  # type: ignore[operator, arg-type]

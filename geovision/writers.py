@@ -96,7 +96,7 @@ def check_output(
     parts = [p.with_suffix(x) for x in SHAPEFILE_PARTS] if p.suffix.lower() == ".shp" else [p]
     existing = next((q for q in parts if q.exists()), None)
     if existing is not None and not overwrite:
-        raise OutputError(f"{existing} already exists; pass --overwrite to replace it")
+        raise OutputError(f"{existing} already exists; pass `overwrite=True` to replace it")
     if p.is_dir():
         raise OutputError(f"{p} is a directory")
     return p
@@ -111,7 +111,7 @@ def check_qml(path: str | os.PathLike[str], overwrite: bool = False) -> Path:
     """Refuse, before any work, a ``.qml`` beside the layer that exists (unless ``overwrite``)."""
     target = qml_path(path)
     if target.exists() and not overwrite:
-        raise OutputError(f"{target} already exists; pass --overwrite to replace it")
+        raise OutputError(f"{target} already exists; pass `overwrite=True` to replace it")
     return target
 
 
@@ -232,8 +232,7 @@ class RasterSink:
             BIGTIFF="IF_SAFER",
         )
         layouts = {"mask": dict(count=1, dtype="uint8"), "probs": dict(count=self.n_classes, dtype="float32")}
-        for key, target in self.targets.items():
-            check_output(target, self.overwrite, raster=True)
+        for key, target in self.targets.items():  # checked by the caller before the run
             self.tmp[key] = target.with_name(f".{target.name}.{os.getpid()}.tmp.tif")
             self.files[key] = f = rasterio.open(self.tmp[key], "w", **base, **layouts[key])
             # class k of the mask is classes[k - 1]; `geovision evaluate` reads the names back

@@ -110,12 +110,129 @@ def test_no_import_cycle_among_geovision_and_cli_modules():
     assert cycles(graph) == []
 
 
-def test_the_cli_is_a_front_end_only_and_the_pipeline_never_imports_training():
+#: The layers of docs/pipeline.md's table, top down, by module (dotted name, or a package and all under it).
+#: A module imports only from its own layer and the layers below it.
+LAYERS: list[tuple[str, tuple[str, ...]]] = [
+    ("front end", ("geovision.cli.",)),
+    ("public API", ("geovision",)),
+    ("training", ("geovision.training.",)),
+    (
+        "jobs",
+        tuple(
+            f"geovision.{m}"
+            for m in (
+                "detect",
+                "batch",
+                "cluster",
+                "compare",
+                "evaluate",
+                "pixel_eval",
+                "quicklook",
+                "report",
+                "qgis_package",
+            )
+        ),  # fmt: skip
+    ),
+    ("models", ("geovision.registry",)),
+    ("backends", ("geovision.backends.",)),
+    (
+        "stages",
+        tuple(
+            f"geovision.{m}"
+            for m in (
+                "config",
+                "raster",
+                "tiling",
+                "merge",
+                "nms",
+                "blend",
+                "vectorize",
+                "regularize",
+                "writers",
+                "labels",
+                "style",
+            )
+        ),  # fmt: skip
+    ),
+    ("base", ("geovision.errors", "geovision.geometry")),
+]
+#: runs inside QGIS's own Python and talks to geovision through its command line only
+PLUGIN = "geovision.qgis_plugin."
+
+
+def layer_of(module: str) -> int | None:
+    """The rank of ``module``'s layer (0 is the top), None for the QGIS plugin."""
+    if (module + ".").startswith(PLUGIN):
+        return None
+    for rank, (_, members) in enumerate(LAYERS):
+        if any(module == m or (m.endswith(".") and (module + ".").startswith(m)) for m in members):
+            return rank
+    raise AssertionError(f"{module} is in no layer of docs/pipeline.md")
+
+
+def test_every_module_is_in_one_layer_and_imports_only_from_its_own_layer_or_below():
     graph = import_graph()
-    assert not any("geovision.cli.main" in deps for m, deps in graph.items() if m != "geovision.cli.main")
+    upward = []
+    for module, deps in graph.items():
+        rank = layer_of(module)
+        for dep in deps:
+            if rank is None:
+                assert (dep + ".").startswith(PLUGIN), f"the QGIS plugin imports {dep}"
+            elif (dep_rank := layer_of(dep)) is not None and dep_rank < rank:
+                upward.append(f"{module} ({LAYERS[rank][0]}) imports {dep} ({LAYERS[dep_rank][0]})")
+    assert upward == []
+
+
+def test_the_cli_uses_the_public_api_only_and_nothing_imports_the_cli():
+    graph = import_graph()
+    cli = [m for m in graph if m.startswith("geovision.cli")]
+    assert len(cli) >= 10  # one module a command, and the shared options
+    for m in cli:
+        assert graph[m] <= {"geovision", *cli}, (m, graph[m] - {"geovision", *cli})
+    assert not any(d in cli for m, deps in graph.items() if m not in cli for d in deps)
     pipeline = ["geovision.detect", "geovision.batch", "geovision.merge", "geovision.vectorize", "geovision.writers"]
     for m in pipeline:
         assert not {d for d in graph[m] if d.startswith("geovision.training")}, m
+
+
+def test_the_layer_table_in_docs_names_every_module_in_its_row():
+    rows = {}
+    for line in (ROOT / "docs" / "pipeline.md").read_text().splitlines():
+        cells = [c.strip() for c in line.split("|")]
+        if len(cells) > 3 and cells[1] in {name for name, _ in LAYERS}:
+            rows[cells[1]] = cells[2]
+    assert set(rows) == {name for name, _ in LAYERS}
+    for module, path in _modules().items():
+        rank = layer_of(module)
+        if rank is None or path.name == "__init__.py" and module != "geovision":
+            continue
+        rel = path.relative_to(ROOT).as_posix().removeprefix("geovision/")
+        folder = rel.rpartition("/")[0] + "/"
+        row = rows[LAYERS[rank][0]]
+        assert f"`{rel}`" in row or f"`{folder}`" in row, f"{rel} not in the row of {LAYERS[rank][0]}"
+
+
+def test_every_parameter_a_library_message_names_has_its_cli_flag():
+    """Library errors name Python parameters in backquotes; the CLI says each as its flag."""
+    import re
+
+    from geovision.cli.options import FLAGS, cli_text
+
+    named = set()
+    for path in _modules().values():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Raise) and node.exc is not None:
+                for const in ast.walk(node.exc):
+                    if isinstance(const, ast.Constant) and isinstance(const.value, str):
+                        named |= set(re.findall(r"`([^`]+)`", const.value))
+    assert {"overwrite=True", "review_confidence", "align=False"} <= named  # the finder reads messages
+    from geovision.training.run import APPLIES
+
+    named |= set(APPLIES)  # the training settings a run refuses are named from their table
+    assert named - set(FLAGS) == set()
+    assert cli_text("x exists; pass `overwrite=True`; give `shift=(dx, dy)` or `align=False`") == (
+        "x exists; pass --overwrite; give --shift DX DY or --no-align"
+    )
 
 
 #: the runtimes only backends/ (and training) may import

@@ -30,26 +30,30 @@ class PerfectNet(torch.nn.Module):
         return self.logits.expand(x.shape[0], -1, -1, -1)
 
 
-def test_targets_decode_back_to_their_boxes():
-    """A network that outputs exactly its training targets finds every box, once, where it was."""
+@pytest.mark.parametrize("stride", [1, 4])
+def test_targets_decode_back_to_their_boxes(stride):
+    """A network that outputs exactly its training targets finds every box, once, where it was; with a
+    heatmap at a quarter of the resolution, to within the heatmap's pixel."""
     from geovision.backends.yolo_output import decode
 
-    size = 96
+    size, n = 96, 96 // stride
     boxes = np.array([[0, 10, 12, 40, 30], [0, 50, 50, 90, 94], [1, 60, 8, 70, 20], [0, 44, 30, 56, 60]], np.float32)
-    heat, log_size, weight = targets(boxes, size, n_classes=2)
+    heat, log_size, weight = targets(boxes, size, 2, stride)
+    assert heat.shape == (2, n, n) and log_size.shape == (2, n, n) and weight.shape == (n, n)
     for c, x1, y1, x2, y2 in boxes:
-        assert heat[int(c), int((y1 + y2) / 2), int((x1 + x2) / 2)] == 1.0
-    assert heat.max() == 1.0 and heat.min() == 0.0 and (weight > 0).sum() > 4 * 9
+        assert heat[int(c), int((y1 + y2) / 2 / stride), int((x1 + x2) / 2 / stride)] == 1.0
+    assert heat.max() == 1.0 and heat.min() == 0.0 and (weight > 0).sum() >= 4 * (9 if stride == 1 else 1)
     peak = np.clip(heat, 1e-6, 1 - 1e-6)
     logits = torch.from_numpy(np.concatenate([np.log(peak / (1 - peak)), log_size])[None])
-    module = boxes_module()(PerfectNet(logits), np.zeros(3, np.float32), np.ones(3, np.float32), 2, size)
+    zeros, ones = np.zeros(3, np.float32), np.ones(3, np.float32)
+    module = boxes_module()(PerfectNet(logits), zeros, ones, 2, size, stride=stride)
     out = module(torch.zeros(1, size, size, 3, dtype=torch.uint8)).numpy()
-    assert out.shape == (1, 4 + 2, size * size)
+    assert out.shape == (1, 4 + 2, n * n)
     found = decode(out[0], 0.5, 0.5, size)
     assert len(found) == len(boxes)
     order = np.lexsort((found.boxes[:, 1], found.boxes[:, 0]))
     want = boxes[np.lexsort((boxes[:, 2], boxes[:, 1]))]
-    np.testing.assert_allclose(found.boxes[order], want[:, 1:], atol=1.0)
+    np.testing.assert_allclose(found.boxes[order], want[:, 1:], atol=stride)
     np.testing.assert_array_equal(found.classes[order], want[:, 0])
 
 

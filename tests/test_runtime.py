@@ -130,7 +130,7 @@ def test_backend_errors_are_one_line(tmp_path):
     r = run_cli(
         "detect", str(scene), "-m", "trees", "-o", str(tmp_path / "x.gpkg"), "--backend", "torch", "--quantize", "int8"
     )
-    assert r.exit_code == 2 and "--quantize needs the onnx backend" in r.stderr
+    assert r.exit_code == 2 and "--quantize needs the onnx runtime (--backend onnx)" in r.stderr
     onnx_file = tmp_path / "trees.onnx"
     assert run_cli("export", "trees", "-o", str(onnx_file)).exit_code == 0
     r = run_cli("detect", str(scene), "-m", str(onnx_file), "-o", str(tmp_path / "y.gpkg"), "--backend", "torch")

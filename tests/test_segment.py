@@ -104,7 +104,7 @@ def test_detector_refuses_raster_outputs(tmp_path):
     path = write_raster(tmp_path / "s.tif", squares_image(64, 64, []), transform=T)
     from tests.conftest import BlobDetector, fake_config
 
-    with pytest.raises(geovision.ModelError, match="mask-out"):
+    with pytest.raises(geovision.ModelError, match="`mask_out` and `prob_out` need a segmentation model"):
         geovision.detect(path, fake_config(), backend=BlobDetector(), mask_out=tmp_path / "m.tif")
 
 

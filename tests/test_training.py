@@ -355,6 +355,9 @@ def test_training_config_file_with_flag_overrides(tmp_path):
     [
         (["--labels", "missing.gpkg"], "no such file"),
         (["--classes", "car", "--class-field", "kind"], "no usable labels"),
+        # settings of other kinds of run are refused, not dropped: a YOLO's learning rate is ultralytics' lr0
+        (["--lr", "0.01"], "--lr: not a setting of YOLO box detectors (YOLO networks take ultralytics' lr0"),
+        (["--arch", "FPN", "--boundary-px", "2"], "--arch, --boundary-px: not a setting of YOLO box detectors"),
     ],
 )
 def test_bad_training_input(tmp_path, args, message):
@@ -516,8 +519,13 @@ def test_fine_tuning_a_named_model_takes_its_settings_and_a_time_bound(tmp_path)
     assert spec_from_mapping({**raw, "time": "90s"}).time == 1.5
     assert spec_from_mapping({**raw, "time": "1.5h"}).time == 90
     assert spec_from_mapping({**raw, "time": 12}).time == 12
-    with pytest.raises(geovision.errors.TrainingError, match="--detector centres trains box detectors"):
+    with pytest.raises(geovision.TrainingError, match="`detector`: not a setting of YOLO-seg instance segmenters"):
         spec_from_mapping({**raw, "weights": None, "task": "instance", "classes": ["x"], "detector": "centres"})
+    with pytest.raises(geovision.TrainingError, match="`model_size`, `options`: not a setting of segmenters"):
+        spec_from_mapping({**raw, "weights": None, "task": "segment", "classes": ["x"], "model_size": "s",
+                           "options": {"lr0": 0.1}})  # fmt: skip
+    # a start model's own settings are defaults, never refused: a segmenter's outline options to a segmenter
+    assert spec_from_mapping({**raw, "weights": "buildings-unet"}).vectorize
     for bad in ("soon", "0m", "-1h"):
         with pytest.raises(geovision.errors.TrainingError, match="time"):
             spec_from_mapping({**raw, "time": bad})

@@ -34,7 +34,9 @@ class CentreDetector(SmpNetwork):
     def __init__(self, cfg: ModelConfig, device: str | None = None, threads: int | None = None) -> None:
         super().__init__(cfg, device, threads)
         stats = input_stats(cfg)
-        self.module = boxes_module()(self.net, *stats, len(cfg.classes), cfg.tile_size, self.half).to(self.device)
+        self.module = boxes_module()(
+            self.net, *stats, len(cfg.classes), cfg.tile_size, self.half, cfg.smp.output_stride
+        ).to(self.device)
 
     def fit_batch(self, base: int) -> int:
         """On CUDA, the batch size that fits half of the free GPU memory (measured on blank tiles)."""
@@ -61,17 +63,25 @@ def boxes_module() -> Any:
     import torch
 
     class CentreBoxes(network_module()):  # type: ignore[misc]
-        """uint8 NHWC tiles in; (n, 4 + classes, pixels) of cx, cy, w, h and peak scores out."""
+        """uint8 NHWC tiles in; (n, 4 + classes, pixels) of cx, cy, w, h and peak scores out. With an
+        output ``stride``, each heatmap pixel stands for ``stride`` x ``stride`` input pixels."""
 
         def __init__(
-            self, net: Any, mean: np.ndarray, std: np.ndarray, n_classes: int, size: int, half: bool = False
+            self,
+            net: Any,
+            mean: np.ndarray,
+            std: np.ndarray,
+            n_classes: int,
+            size: int,
+            half: bool = False,
+            stride: int = 1,
         ) -> None:
             super().__init__(net, mean, std, half)
             self.n_classes = n_classes
             self.grid: torch.Tensor
-            centres = torch.arange(size, dtype=torch.float32) + 0.5
+            centres = (torch.arange(size // stride, dtype=torch.float32) + 0.5) * stride
             ys, xs = torch.meshgrid(centres, centres, indexing="ij")
-            self.register_buffer("grid", torch.stack([xs, ys])[None])  # (1, 2, size, size)
+            self.register_buffer("grid", torch.stack([xs, ys])[None])  # (1, 2, size / stride, size / stride)
 
         def forward(self, images: torch.Tensor) -> torch.Tensor:
             out = self.logits(images)

@@ -25,7 +25,7 @@ def pick_device(requested: str | None = None) -> str:
     assert requested is not None
     if requested.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise DeviceError(f"device '{requested}' requested but CUDA is not available here; use --device cpu")
+            raise DeviceError(f"device '{requested}' requested but CUDA is not available here; use `device='cpu'`")
         index = int(requested.split(":")[1]) if ":" in requested else 0
         if index >= torch.cuda.device_count():
             raise DeviceError(

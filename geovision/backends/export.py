@@ -55,7 +55,7 @@ def export_onnx(
     verify_weights(cfg)
     out = Path(output) if output else cfg.weights.with_suffix(".onnx")
     if out.exists() and not overwrite:
-        raise OutputError(f"{out} already exists; pass --overwrite to replace it")
+        raise OutputError(f"{out} already exists; pass `overwrite=True` to replace it")
     if not out.parent.is_dir():
         raise OutputError(f"{out}: folder {out.parent} does not exist")
     with tempfile.TemporaryDirectory(prefix="geovision-export-") as tmp:
@@ -181,7 +181,7 @@ def packaged_onnx(cfg: ModelConfig) -> Path | None:
     if not packaged.sha256 or sha256_file(path) != packaged.sha256.lower():
         raise WeightsError(
             f"model '{cfg.name}': {path.name} does not match the model YAML's onnx_sha256; "
-            "the file is corrupt or was replaced (`geovision export MODEL --package` makes it again)"
+            "the file is corrupt or was replaced (`package_onnx(MODEL)` makes it again)"
         )
     return path
 
@@ -192,7 +192,7 @@ def package_onnx(cfg: ModelConfig, overwrite: bool = False) -> Path:
     The package then runs on machines without torch (``pip install geovision``).
     """
     if cfg.source is None or cfg.source.suffix.lower() not in (".yaml", ".yml"):
-        raise ModelError(f"model '{cfg.name}': --package needs a model described by a YAML file")
+        raise ModelError(f"model '{cfg.name}': `package_onnx` needs a model described by a YAML file")
     out = cfg.source.parent / "model.onnx"
     export_onnx(cfg, out, overwrite=overwrite)
     raw = yaml.safe_load(cfg.source.read_text())
@@ -308,7 +308,7 @@ def read_onnx_config(path: Path) -> ModelConfig:
         raise WeightsError(f"{path.name}: not a loadable ONNX model ({first_line(e)})") from e
     text = meta.custom_metadata_map.get(METADATA_KEY)
     if not text:
-        raise ModelError(f"{path.name}: ONNX file has no geovision metadata; export it with `geovision export`")
+        raise ModelError(f"{path.name}: ONNX file has no geovision metadata; export it with `export_onnx`")
     raw = yaml.safe_load(text)
     raw["weights"] = str(path.resolve())
     return config_from_dict(raw, path.resolve())

@@ -45,7 +45,7 @@ def runtime_config(
     ONNX export for ONNX Runtime."""
     if choose_runtime(cfg, device, runtime) == "torch":
         if quantize:
-            raise ModelError("--quantize needs the onnx backend (--backend onnx)")
+            raise ModelError("`quantize` needs the onnx runtime (`runtime='onnx'`)")
         require("the torch backend", "torch", *(backend(cfg.backend, cfg.name).torch_modules or ("torch",)))
         verify_weights(cfg)
         return cfg

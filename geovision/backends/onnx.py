@@ -31,7 +31,7 @@ def open_session(cfg: ModelConfig, device: str | None, threads: int | None = Non
     available = ort.get_available_providers()
     wants_cuda = device is not None and device.startswith("cuda")
     if wants_cuda and "CUDAExecutionProvider" not in available:
-        raise DeviceError(f"device '{device}' requested but ONNX Runtime has no CUDA provider here; use --device cpu")
+        raise DeviceError(f"device '{device}' requested but ONNX Runtime has no CUDA provider here; use `device='cpu'`")
     use_cuda = wants_cuda or (device in (None, "", "auto") and "CUDAExecutionProvider" in available)
     providers: list[Any] = ["CPUExecutionProvider"]
     if use_cuda:

@@ -38,6 +38,11 @@ def build_network(cfg: ModelConfig) -> Any:
         kwargs["encoder_depth"] = cfg.smp.encoder_depth
     if cfg.smp.decoder_channels and arch in ("Unet", "UnetPlusPlus", "MAnet"):
         kwargs["decoder_channels"] = cfg.smp.decoder_channels
+    stride = cfg.smp.output_stride
+    if stride != 1:
+        if arch != "FPN" or stride not in (2, 4) or cfg.task != "detect":
+            raise ModelError(f"model '{cfg.name}': output_stride {stride} needs a centre detector on FPN (2 or 4)")
+        kwargs["upsampling"] = 4 // stride  # FPN's decoder works at a quarter of the input
     try:
         net = getattr(smp, arch)(**kwargs)
     except (KeyError, ValueError) as e:

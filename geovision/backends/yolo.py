@@ -117,7 +117,7 @@ def check_checkpoint(path: Path) -> None:
         if refused:
             raise WeightsError(
                 f"{path.name}: loading it would call {refused[0]}, which is not part of a network; refused "
-                "(pass --trust-model if you know where the file comes from)"
+                "(pass `trust=True` if you know where the file comes from)"
             )
         with safe_globals([c for c in classes.values() if c is not None]):
             torch.load(path, map_location="cpu", weights_only=True)

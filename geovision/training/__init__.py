@@ -5,6 +5,6 @@ One run (:func:`train`) reads labels, cuts chips with the inference reader
 (:mod:`.smp`) and writes a package that ``geovision detect`` runs.
 """
 
-from geovision.training.run import TrainSpec, load_train_config, spec_from_mapping, train, without_sites
+from geovision.training.run import TrainSpec, load_train_config, spec_from_mapping, train, train_spec, without_sites
 
-__all__ = ["TrainSpec", "load_train_config", "spec_from_mapping", "train", "without_sites"]
+__all__ = ["TrainSpec", "load_train_config", "spec_from_mapping", "train", "train_spec", "without_sites"]

@@ -32,19 +32,21 @@ SIZE_FLOOR = 0.3
 PRIOR_BIAS = -2.19
 
 
-def targets(boxes: np.ndarray, size: int, n_classes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The heatmaps (classes, size, size), log sizes (2, size, size) and size weights (size, size) of
-    one chip's boxes (n, 5: class, x1, y1, x2, y2). Where bumps overlap, the smaller box's size wins."""
-    heat = np.zeros((n_classes, size, size), np.float32)
-    sizes = np.zeros((2, size, size), np.float32)
-    weight = np.zeros((size, size), np.float32)
+def targets(boxes: np.ndarray, size: int, n_classes: int, stride: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The heatmaps (classes, n, n), log sizes (2, n, n) and size weights (n, n) of one chip's boxes
+    (k, 5: class, x1, y1, x2, y2 in input pixels), on the network's output grid of n = size / stride
+    pixels. Sizes stay in input pixels. Where bumps overlap, the smaller box's size wins."""
+    n = size // stride
+    heat = np.zeros((n_classes, n, n), np.float32)
+    sizes = np.zeros((2, n, n), np.float32)
+    weight = np.zeros((n, n), np.float32)
     order = np.argsort(-(boxes[:, 3] - boxes[:, 1]) * (boxes[:, 4] - boxes[:, 2]))  # large first, small on top
     for c, x1, y1, x2, y2 in boxes[order]:
         w, h = max(x2 - x1, 1.0), max(y2 - y1, 1.0)
-        cx, cy = min(int((x1 + x2) / 2), size - 1), min(int((y1 + y2) / 2), size - 1)
-        sx, sy = max(BUMP * w, 0.8), max(BUMP * h, 0.8)
+        cx, cy = min(int((x1 + x2) / 2 / stride), n - 1), min(int((y1 + y2) / 2 / stride), n - 1)
+        sx, sy = max(BUMP * w / stride, 0.8), max(BUMP * h / stride, 0.8)
         rx, ry = int(3 * sx) + 1, int(3 * sy) + 1
-        xs, ys = np.arange(max(0, cx - rx), min(size, cx + rx + 1)), np.arange(max(0, cy - ry), min(size, cy + ry + 1))
+        xs, ys = np.arange(max(0, cx - rx), min(n, cx + rx + 1)), np.arange(max(0, cy - ry), min(n, cy + ry + 1))
         bump = np.exp(-((xs[None] - cx) ** 2) / (2 * sx**2) - ((ys[:, None] - cy) ** 2) / (2 * sy**2))
         window = np.ix_(ys, xs)
         heat[int(c)][window] = np.maximum(heat[int(c)][window], bump)
@@ -97,14 +99,15 @@ def train_centres(
     train_images, train_boxes = read_chips(chip_dir, Path(splits["train"]).name)
     val_images, val_boxes = read_chips(chip_dir, Path(splits["val"]).name)
     net, cfg, imagenet = start_network(cfg, train_images, opts, log)
-    n_classes, size = len(cfg.classes), cfg.tile_size
+    n_classes, size, stride = len(cfg.classes), cfg.tile_size, cfg.smp.output_stride
     with torch.no_grad():  # start every pixel at a low centre probability, or the focal loss swamps the first steps
         net.segmentation_head[0].bias[:n_classes] = PRIOR_BIAS
     mean, std = np.asarray(cfg.smp.mean, np.float32), np.asarray(cfg.smp.std, np.float32)
     device = pick_device(opts.device)
     net = net.to(device)
     aug = augmentation(opts.augment == "aerial", opts.seed)
-    boxes_of = boxes_module()(net, mean, std, n_classes, size).to(device)  # its buffers beside the network
+    # the decoding module, its buffers beside the network
+    boxes_of = boxes_module()(net, mean, std, n_classes, size, stride=stride).to(device)
 
     def loss_of(batch: list[int]) -> Any:
         xs, heats, sizes, weights = [], [], [], []
@@ -112,7 +115,7 @@ def train_centres(
             b = train_boxes[k]
             out = aug(image=train_images[k], bboxes=b[:, 1:], classes=b[:, 0])
             kept = np.column_stack([out["classes"], out["bboxes"]]).reshape(-1, 5).astype(np.float32)
-            heat, log_size, weight = targets(kept, size, n_classes)
+            heat, log_size, weight = targets(kept, size, n_classes, stride)
             xs.append(out["image"])
             heats.append(heat)
             sizes.append(log_size)

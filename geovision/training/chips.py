@@ -25,8 +25,8 @@ import yaml
 from rasterio import features
 from shapely import affinity
 
+from geovision.geometry import largest_polygons, polygonal
 from geovision.labels import ImageLabels, ImageShapes
-from geovision.merge import largest_polygons, polygonal
 from geovision.raster import Normalization, ReadPlan, TileData, open_raster, plan_read, read_tile
 from geovision.tiling import Tile
 

@@ -1,7 +1,15 @@
-"""What the YOLO and smp trainers share: augmentations and writing the package."""
+"""What the YOLO and smp trainers share: augmentations, and the package a finished run becomes.
+
+Every trainer runs the same three steps: start a network (from scratch, from
+ImageNet, or from a model's weights), fit it, and hand its best weights to
+:func:`package_run`, which records how they were made in the model YAML. The
+YOLO trainer fits with ultralytics' trainer, the smp trainers (segmenters and
+centre detectors) with :func:`geovision.training.smp.fit`.
+"""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -42,3 +50,24 @@ def write_model_yaml(cfg: ModelConfig, path: Path) -> None:
     """Write ``cfg`` as a model YAML whose weights path is relative to it."""
     data = config_to_dict(cfg, relative_to=path.parent.resolve())
     path.write_text(yaml.safe_dump(data, sort_keys=False))
+
+
+def package_run(
+    cfg: ModelConfig,
+    weights: Path,
+    base: str,
+    run: dict[str, Any],
+    metrics: dict[str, Any],
+    info: dict[str, Any] | None = None,
+) -> ModelConfig:
+    """The package of a finished run, whose ``weights`` lie in its folder: ``cfg`` with their sha256,
+    where the run started (``base``), how it ran (epochs, seconds, device ...; ``info``: the data) and
+    its validation ``metrics``, written as the folder's model.yaml."""
+    packaged = replace(
+        cfg,
+        weights=weights.resolve(),
+        sha256=sha256_file(weights),
+        record={**cfg.record, "training": {"base": base, **run, **(info or {})}, "metrics": metrics},
+    )
+    write_model_yaml(packaged, weights.parent / "model.yaml")
+    return packaged

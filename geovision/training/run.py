@@ -14,7 +14,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import MISSING, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -84,6 +84,8 @@ class TrainSpec:
     arch: str = "Unet"
     encoder: str = "resnet34"
     encoder_depth: int = 5
+    #: input pixels per heatmap pixel of a centre detector (FPN: 4, CenterNet's; 1: full resolution)
+    output_stride: int = 1
     lr: float = 1e-3
     class_weights: tuple[float, ...] | None = None
     grayscale: bool = False
@@ -191,6 +193,61 @@ def expand_datasets(datasets: Any, base: Path) -> tuple[list[str], list[str], li
     return images, labels, sites, areas
 
 
+#: the kinds of training run, as a user names them
+KINDS = {
+    "yolo": "YOLO box detectors",
+    "instance": "YOLO-seg instance segmenters",
+    "segmenter": "segmenters",
+    "centres": "centre detectors",
+}
+#: settings only some kinds of run read, and a word on where they belong; the others refuse them
+#: rather than drop them silently
+APPLIES: dict[str, tuple[set[str], str]] = {
+    "model_size": ({"yolo", "instance"}, "YOLO networks only"),
+    "options": ({"yolo", "instance"}, "ultralytics' trainer options, for YOLO networks only"),
+    "trust_weights": ({"yolo", "instance"}, "pickled ultralytics checkpoints only"),
+    "detector": ({"yolo", "centres"}, "box detectors only (task detect)"),
+    "arch": ({"segmenter", "centres"}, "segmentation-models-pytorch networks only"),
+    "encoder": ({"segmenter", "centres"}, "segmentation-models-pytorch networks only"),
+    "encoder_depth": ({"segmenter", "centres"}, "segmentation-models-pytorch networks only"),
+    "lr": ({"segmenter", "centres"}, "YOLO networks take ultralytics' lr0 in options"),
+    "class_weights": ({"segmenter"}, "segmenters only"),
+    "boundary_px": ({"segmenter"}, "segmenters only"),
+    "output_stride": ({"centres"}, "centre detectors only"),
+    "vectorize": ({"segmenter", "instance"}, "polygon clean-up, for models that output outlines"),
+}
+
+
+def run_kind(raw: dict[str, Any]) -> str:
+    """The kind of run a training mapping describes (a key of :data:`KINDS`)."""
+    task = raw.get("task")
+    if task == "detect":
+        return "centres" if raw.get("detector") == "centres" else "yolo"
+    return "segmenter" if task == "segment" else "instance"
+
+
+def inapplicable(raw: dict[str, Any]) -> list[str]:
+    """The settings of a training mapping that its kind of run would not read (a default value, as a
+    start model's settings carry, is no request and passes)."""
+    kind = run_kind(raw)
+    return [k for k, (kinds, _) in APPLIES.items() if kind not in kinds and _given(k, raw.get(k))]
+
+
+def _given(key: str, value: Any) -> bool:
+    """Whether ``value`` asks for something other than TrainSpec's default for ``key``."""
+    f = TrainSpec.__dataclass_fields__[key]
+    default = f.default_factory() if f.default_factory is not MISSING else f.default
+    return value is not None and value != default
+
+
+def train_spec(config: str | os.PathLike[str] | None = None, **settings: Any) -> TrainSpec:
+    """The run a training YAML describes (``config``, paths in it relative to the file), with
+    ``settings`` (TrainSpec's fields; None leaves the config's) over it."""
+    raw: dict[str, Any] = load_train_config(config) if config is not None else {}
+    raw.update({k: v for k, v in settings.items() if v is not None})
+    return spec_from_mapping(raw)
+
+
 def spec_from_mapping(raw: dict[str, Any]) -> TrainSpec:
     """A TrainSpec from a config mapping (YAML keys use - or _ alike)."""
     raw = {k.replace("-", "_"): v for k, v in raw.items() if v is not None}
@@ -203,9 +260,13 @@ def spec_from_mapping(raw: dict[str, Any]) -> TrainSpec:
         raw["time"] = minutes(raw["time"])
     missing = [k for k in ("task", "images", "labels", "output", "classes") if not raw.get(k)]
     if missing:
-        raise TrainingError(f"training needs {', '.join('--' + m for m in missing)}")
-    if raw.get("detector", "yolo") != "yolo" and raw["task"] != "detect":
-        raise TrainingError(f"--detector {raw['detector']} trains box detectors (train detect), not {raw['task']}")
+        raise TrainingError(f"training needs {', '.join(f'`{m}`' for m in missing)}")
+    refused = inapplicable(raw)
+    if refused:
+        kind = run_kind(raw)
+        raise TrainingError(
+            f"{', '.join(f'`{k}`' for k in refused)}: not a setting of {KINDS[kind]} ({APPLIES[refused[0]][1]})"
+        )
     as_paths = lambda v: tuple(Path(p) for p in ([v] if isinstance(v, (str, Path)) else v))  # noqa: E731
     raw["images"], raw["labels"] = as_paths(raw["images"]), as_paths(raw["labels"])
     raw["output"] = Path(raw["output"])
@@ -250,9 +311,9 @@ def with_start_model(raw: dict[str, Any]) -> dict[str, Any]:
     try:
         model = resolve_model(str(raw["weights"]))
     except GeovisionError as e:
-        raise TrainingError(f"--weights: {e}") from e
+        raise TrainingError(f"`weights`: {e}") from e
     if model.backend not in ("yolo", "smp"):
-        raise TrainingError(f"--weights {raw['weights']}: a {model.backend} model cannot be trained further")
+        raise TrainingError(f"`weights` {raw['weights']}: a {model.backend} model cannot be trained further")
     out = dict(raw, weights=model.weights)
     defaults: dict[str, Any] = {
         "task": model.task,
@@ -262,18 +323,18 @@ def with_start_model(raw: dict[str, Any]) -> dict[str, Any]:
         "overlap": model.overlap,
         "iou": model.iou,
         "grayscale": model.accept_grayscale,
-        "vectorize": dict(vars(model.vectorize)),
         "batch": 8,
     }
     if model.task == "detect":  # box detectors choose their confidence on the validation chips
         defaults.update(detector="centres" if model.backend == "smp" else "yolo", start_confidence=model.confidence)
     else:
-        defaults["confidence"] = model.confidence
+        defaults.update(confidence=model.confidence, vectorize=dict(vars(model.vectorize)))
     if model.backend == "smp":
         defaults.update(
             arch=model.smp.arch,
             encoder=model.smp.encoder,
             encoder_depth=model.smp.encoder_depth or 5,
+            output_stride=model.smp.output_stride,
             boundary_px=1.0 if model.smp.boundary else 0.0,
             lr=1e-4,
         )
@@ -331,7 +392,7 @@ def train(spec: TrainSpec, log: Callable[[str], None] = lambda s: None) -> Model
     require("training", "torch", "torch", "albumentations", network)
     out = spec.output
     if out.exists() and not spec.overwrite:
-        raise OutputError(f"{out} already exists; pass --overwrite to replace it")
+        raise OutputError(f"{out} already exists; pass `overwrite=True` to replace it")
     if not out.parent.resolve().is_dir():
         raise OutputError(f"{out}: folder {out.parent} does not exist")
     for p in (*spec.images, *spec.labels, *(a for a in spec.areas or () if a)):
@@ -371,7 +432,7 @@ def training_resolution(
         with open_raster(image) as ds:
             if ds.crs is None:
                 if image_resolution is None:
-                    raise TrainingError(f"{image}: no georeference; give --resolution (or image_resolution)")
+                    raise TrainingError(f"{image}: no georeference; give `resolution` (or `image_resolution`)")
                 sizes.append(image_resolution)
             else:
                 dx, dy = ground_pixel_size_m(ds.crs, ds.transform, ds.width, ds.height)
@@ -380,7 +441,7 @@ def training_resolution(
     lo, hi = min(sizes), max(sizes)
     if hi / lo > 1.05:
         log(f"resolution: the rasters range from {lo:.3g} to {hi:.3g} m per pixel; training at their median, "
-            f"{chosen:g} m (give --resolution to choose)")  # fmt: skip
+            f"{chosen:g} m (give `resolution` to choose)")  # fmt: skip
     else:
         log(f"resolution: {chosen:g} m per pixel, that of the rasters")
     return chosen
@@ -389,7 +450,7 @@ def training_resolution(
 def _check_labels(report: LabelReport, log: Callable[[str], None]) -> None:
     log(f"labels: {report.summary()}")
     if report.used == 0:
-        raise TrainingError(f"no usable labels ({report.summary()}); check the labels' CRS, classes and --class-field")
+        raise TrainingError(f"no usable labels ({report.summary()}); check the labels' CRS, classes and `class_field`")
 
 
 def _data_summary(spec: TrainSpec) -> str:
@@ -534,7 +595,7 @@ def _confidence_from_chips(
     if best["boxes"] < MIN_BOXES:
         chosen = cfg.confidence
         log(f"confidence: {chosen:g}, as it was: {best['boxes']} boxes on the validation chips are too few to "
-            f"choose one on (give --conf to detect, or label more)")  # fmt: skip
+            f"choose one on (give `confidence` to detect, or label more)")  # fmt: skip
     else:
         log(f"confidence: {chosen:g}, where box F1 on the validation chips is best ({best['f1']:.2f})")
     metrics = {**cfg.record.get("metrics", {}), "box_f1_iou_0.4": best["f1"], "at_confidence": best["threshold"]}
@@ -550,7 +611,7 @@ def _validate_on_training_chips(data_yaml: Path, log: Callable[[str], None]) -> 
 
 
 _NO_HELD_OUT = (
-    "validation: no held-out chip holds a label (too few labelled blocks to split, or --val-fraction 0); "
+    "validation: no held-out chip holds a label (too few labelled blocks to split, or `val_fraction=0`); "
     "the best epoch is chosen on the training chips"
 )
 
@@ -621,6 +682,7 @@ def _smp_options(spec: TrainSpec, boundary: bool) -> SmpOptions:
         encoder=smp_encoder(spec.encoder),
         encoder_depth=depth,
         decoder_channels=(256, 128, 64, 32, 16)[5 - depth :] if spec.arch in ("Unet", "UnetPlusPlus") else None,
+        output_stride=spec.output_stride,
         activation="sigmoid" if len(spec.classes) == 1 and not boundary else "softmax",
         boundary=boundary,
     )

@@ -19,10 +19,10 @@ from typing import Any
 
 import numpy as np
 
-from geovision.config import ModelConfig, sha256_file
+from geovision.config import ModelConfig
 from geovision.errors import TrainingError
 from geovision.training.chips import IGNORE, SegChips
-from geovision.training.common import aerial_augmentations, start_weights, write_model_yaml
+from geovision.training.common import aerial_augmentations, package_run, start_weights
 from geovision.training.pretrained import Pretrained, load_imagenet_encoder
 
 
@@ -213,25 +213,13 @@ def write_package(
     out_dir.mkdir(parents=True, exist_ok=True)
     weights_path = out_dir / "weights.pt"
     torch.save(fitted.state, weights_path)
-    packaged = replace(
-        cfg,
-        weights=weights_path.resolve(),
-        sha256=sha256_file(weights_path),
-        record={
-            **cfg.record,
-            "training": {
-                "base": _base(opts.weights, imagenet),
-                "epochs": fitted.epochs_run,
-                "best_epoch": fitted.epoch,
-                "seconds": round(fitted.seconds, 1),
-                "device": pick_device(opts.device),
-                **(info or {}),
-            },
-            "metrics": metrics,
-        },
-    )
-    write_model_yaml(packaged, out_dir / "model.yaml")
-    return packaged
+    run = {
+        "epochs": fitted.epochs_run,
+        "best_epoch": fitted.epoch,
+        "seconds": round(fitted.seconds, 1),
+        "device": pick_device(opts.device),
+    }
+    return package_run(cfg, weights_path, _base(opts.weights, imagenet), run, metrics, info)
 
 
 def train_smp(

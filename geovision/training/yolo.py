@@ -18,9 +18,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from geovision.config import ModelConfig, sha256_file
+from geovision.config import ModelConfig
 from geovision.errors import TrainingError
-from geovision.training.common import aerial_augmentations, start_weights, write_model_yaml
+from geovision.training.common import aerial_augmentations, package_run, start_weights
 
 
 @dataclass(frozen=True)
@@ -124,25 +124,9 @@ def train_yolo(
         out_dir.mkdir(parents=True, exist_ok=True)
         weights = out_dir / "weights.pt"
         shutil.copyfile(best, weights)
-    packaged = replace(
-        cfg,
-        weights=weights.resolve(),
-        sha256=sha256_file(weights),
-        backend="yolo",
-        record={
-            **cfg.record,
-            "training": {
-                "base": start_weights(start) if start else opts.model,
-                "epochs": ran["epochs"] or opts.epochs,
-                "augment": opts.augment,
-                "seconds": round(seconds, 1),
-                "device": device,
-                **(info or {}),
-            },
-            "metrics": metrics,
-        },
-    )
-    write_model_yaml(packaged, out_dir / "model.yaml")
+    run_record = {"epochs": ran["epochs"] or opts.epochs, "augment": opts.augment, "seconds": round(seconds, 1)}
+    base = start_weights(start) if start else opts.model
+    packaged = package_run(replace(cfg, backend="yolo"), weights, base, {**run_record, "device": device}, metrics, info)
     log(f"validation: {json.dumps(metrics)}")
     return packaged
 
