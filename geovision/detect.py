@@ -451,17 +451,6 @@ def _fit_batch(cfg: ModelConfig, backend: Detector | Segmenter, fit: bool) -> Mo
     return cfg
 
 
-def _model_call(backend: Detector | Segmenter, cfg: ModelConfig, tta: bool) -> Callable[[list[np.ndarray]], Any]:
-    """A batch of tiles to one output each: a segmenter's probabilities, or a detector's boxes at
-    this call's thresholds (not those the backend was loaded with)."""
-    if cfg.task == "segment":
-        return backend.segment  # type: ignore[union-attr]
-    detector = cast(Detector, backend)
-    if tta:
-        detector = FlipTTA(detector, cfg.iou)
-    return functools.partial(detector.detect, confidence=cfg.confidence, iou=cfg.iou)
-
-
 @dataclass(frozen=True)
 class _BandJob:
     """What a cluster worker needs to run bands of one raster."""

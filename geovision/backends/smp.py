@@ -19,6 +19,8 @@ from geovision.errors import ModelError, WeightsError, first_line
 
 #: smp architectures by the names model YAML files use.
 ARCHITECTURES = ("Unet", "UnetPlusPlus", "DeepLabV3Plus", "DeepLabV3", "FPN", "PSPNet", "Linknet", "MAnet", "PAN")
+#: those whose decoder takes one channel count per stage (``decoder_channels``)
+STAGED_DECODERS = ("Unet", "UnetPlusPlus", "MAnet")
 
 
 def build_network(cfg: ModelConfig) -> Any:
@@ -36,7 +38,7 @@ def build_network(cfg: ModelConfig) -> Any:
     )
     if cfg.smp.encoder_depth:
         kwargs["encoder_depth"] = cfg.smp.encoder_depth
-    if cfg.smp.decoder_channels and arch in ("Unet", "UnetPlusPlus", "MAnet"):
+    if cfg.smp.decoder_channels and arch in STAGED_DECODERS:
         kwargs["decoder_channels"] = cfg.smp.decoder_channels
     stride = cfg.smp.output_stride
     if stride != 1:

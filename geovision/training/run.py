@@ -22,6 +22,7 @@ import numpy as np
 import shapely
 import yaml
 
+from geovision.backends.smp import STAGED_DECODERS
 from geovision.config import DEFAULT_CONFIDENCE, ModelConfig, SmpOptions, VectorizeOptions, load_config, settings
 from geovision.errors import GeovisionError, OutputError, TrainingError, require
 from geovision.labels import (
@@ -681,7 +682,7 @@ def _smp_options(spec: TrainSpec, boundary: bool) -> SmpOptions:
         arch=spec.arch,
         encoder=smp_encoder(spec.encoder),
         encoder_depth=depth,
-        decoder_channels=(256, 128, 64, 32, 16)[5 - depth :] if spec.arch in ("Unet", "UnetPlusPlus") else None,
+        decoder_channels=(256, 128, 64, 32, 16)[5 - depth :] if spec.arch in STAGED_DECODERS else None,
         output_stride=spec.output_stride,
         activation="sigmoid" if len(spec.classes) == 1 and not boundary else "softmax",
         boundary=boundary,
