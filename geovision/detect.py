@@ -348,7 +348,10 @@ class _Outlines(_Boxes):
     def layer(
         self, pieces: Iterable[Any], plan: ReadPlan, grid: TileGrid, opts: VectorizeOptions, source: str
     ) -> gpd.GeoDataFrame:
-        return outline_layer(self._merged(pieces, grid), plan, self.cfg.classes, source, opts)
+        boxes = self._merged(pieces, grid)
+        if boxes.polys is None:  # no tile found anything: no outlines to clean up
+            return box_layer(boxes, plan, self.cfg.classes, source)
+        return outline_layer(boxes, plan, self.cfg.classes, source, opts)
 
 
 #: A polygonised strip: its first and end model-grid rows, and its shapes.

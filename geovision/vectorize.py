@@ -186,7 +186,8 @@ def outline_layer(
 ) -> gpd.GeoDataFrame:
     """Merged instance outlines (``boxes.polys``) cleaned up by ``opts``, clipped to the raster, as one
     polygon each in the raster's CRS; objects whose outline goes go too."""
-    assert boxes.polys is not None
+    if boxes.polys is None:
+        raise ValueError("outline_layer needs boxes with outlines")
     boxes = _clean_outlines(boxes, boxes.polys, plan, opts)
     outlines = largest_polygons(shapely.intersection(boxes.polys, shapely.box(0, 0, plan.width, plan.height)))
     outlines[[g is None for g in outlines]] = shapely.Polygon()

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import replace
 
+import geopandas as gpd
 import numpy as np
 import pytest
 import shapely
@@ -249,3 +250,12 @@ def test_an_outline_cut_in_two_by_the_raster_edge_stays_one_polygon(tmp_path):
     assert list(r.features.geom_type) == ["Polygon"]
     want = shapely.affinity.affine_transform(shapely.box(25, 5, 40, 14), [T.a, T.b, T.d, T.e, T.xoff, T.yoff])
     assert r.features.to_crs("EPSG:32617").geometry.iloc[0].symmetric_difference(want).area < 1e-6
+
+
+def test_an_instance_model_that_finds_nothing_writes_an_empty_layer(tmp_path):
+    """No outline in any tile (a dark scene): a valid, empty layer with the usual fields, no error."""
+    path = write_raster(tmp_path / "d.tif", disc_image(200, 200, []), transform=T)
+    cfg = fake_config().with_overrides(task="instance")
+    r = geovision.detect(path, cfg, tmp_path / "d.gpkg", backend=BlobOutliner())
+    assert len(r.features) == 0 and r.output is not None and r.output.exists()
+    assert list(gpd.read_file(r.output).columns) == ["class", "class_id", "score", "area_m2", "source", "geometry"]
