@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import shlex
 import subprocess
 import sys
 import time
@@ -28,7 +29,7 @@ from eval_models import Counts, predict, score, sites_seen_by, truth_layer
 
 import geovision
 from geovision.training import load_train_config, spec_from_mapping
-from geovision.training.run import per_image
+from geovision.training.spec import per_image
 
 
 def main() -> None:
@@ -40,6 +41,12 @@ def main() -> None:
     ap.add_argument("--work", type=Path, required=True, help="folder for tuned models (resumable)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--iou", type=float, default=0.4)
+    ap.add_argument(
+        "--train-args",
+        default="",
+        help="extra `geovision train detect` flags, for experiments "
+        '(e.g. "--lr 3e-4 --time 15m"); leave out to measure the command a user runs',
+    )
     args = ap.parse_args()
     spec = spec_from_mapping(load_train_config(args.config))
     start = geovision.resolve_model(args.start)
@@ -63,7 +70,7 @@ def main() -> None:
                     cmd = [sys.executable, "-m", "geovision.cli.main", "train", "detect", "--weights", args.start]
                     cmd += ["--images", *(str(spec.images[i]) for i in train_idx)]
                     cmd += ["--labels", *(str(labels[i]) for i in train_idx)]
-                    cmd += ["--classes", *spec.classes, "-o", str(folder), "-q"]
+                    cmd += ["--classes", *spec.classes, "-o", str(folder), "-q", *shlex.split(args.train_args)]
                     t0 = time.perf_counter()
                     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
                     (args.work / f"{site}-{n}.minutes").write_text(f"{(time.perf_counter() - t0) / 60:.2f}")

@@ -44,7 +44,7 @@ from geovision.labels import LabelReport, read_pixel_labels
 from geovision.nms import batched_nms
 from geovision.raster import open_raster
 from geovision.training import TrainSpec, load_train_config, spec_from_mapping, train, without_sites
-from geovision.training.run import per_image
+from geovision.training.spec import per_image
 
 #: A metric CRS for images without georeference (their boxes are in pixels times the pixel size).
 STAND_IN = "EPSG:32631"

@@ -226,7 +226,7 @@ def test_every_parameter_a_library_message_names_has_its_cli_flag():
                     if isinstance(const, ast.Constant) and isinstance(const.value, str):
                         named |= set(re.findall(r"`([^`]+)`", const.value))
     assert {"overwrite=True", "review_confidence", "align=False"} <= named  # the finder reads messages
-    from geovision.training.run import APPLIES
+    from geovision.training.spec import APPLIES
 
     named |= set(APPLIES)  # the training settings a run refuses are named from their table
     assert named - set(FLAGS) == set()

@@ -18,8 +18,9 @@ import geovision
 from geovision.cli.main import main
 from geovision.labels import ImageLabels, ImageShapes, LabelReport, read_areas, read_vector_labels, read_vector_shapes
 from geovision.training.chips import IGNORE, ChipOptions, chip_detection_dataset, chip_segmentation_dataset
-from geovision.training.run import read_labels, read_polygons, spec_from_mapping
+from geovision.training.run import read_labels, read_polygons
 from geovision.training.scoring import THRESHOLDS
+from geovision.training.spec import spec_from_mapping
 from tests.conftest import squares_image, write_raster
 
 T = Affine(0.1, 0, 500000, 0, -0.1, 4000000)
@@ -539,6 +540,36 @@ def test_bad_start_model_or_time_is_one_line(tmp_path):
     r = CliRunner().invoke(main, [*args, "--weights", "trees", "--time", "soon", "-o", str(tmp_path / "m")])
     assert r.exit_code == 2 and "time 'soon': give a duration such as 90s, 10m or 1.5h" in r.stderr
     assert not (tmp_path / "m").exists()
+
+
+@pytest.mark.parametrize(
+    ("settings", "trainer", "backend", "words"),
+    [
+        ({"task": "detect"}, "YoloTrainer", "yolo", "YOLO11n trained by geovision"),
+        ({"task": "instance", "model_size": "s"}, "YoloTrainer", "yolo", "YOLO11s-seg trained by geovision"),
+        ({"task": "segment", "arch": "FPN"}, "SegmenterTrainer", "smp", "FPN (resnet34) trained by geovision"),
+        ({"task": "detect", "detector": "centres"}, "CentreTrainer", "smp", "centre heatmap on Unet (resnet34)"),
+    ],
+)
+def test_every_kind_of_run_has_its_trainer_from_the_backend_registry(tmp_path, settings, trainer, backend, words):
+    """train() hands each kind of run to the trainer the registry names for it; the skeleton's model
+    config is that kind's (backend, overlap, network words, smp settings)."""
+    from geovision.training.run import Trainer, trainer_for
+
+    base = {"images": ["a.tif"], "labels": ["a.gpkg"], "classes": ["x"], "output": str(tmp_path / "m")}
+    spec = spec_from_mapping({**base, "resolution": 0.5, "tile_size": 256, **settings})
+    chosen = trainer_for(spec)
+    assert isinstance(chosen, Trainer) and type(chosen).__name__ == trainer
+    cfg = chosen.config()
+    assert (cfg.backend, cfg.task, cfg.resolution_m, cfg.tile_size) == (backend, settings["task"], 0.5, 256)
+    assert cfg.description.startswith(words)
+    assert cfg.overlap == (64 if settings["task"] == "segment" else 25)
+    if backend == "smp":
+        assert (cfg.smp.arch, cfg.smp.encoder, cfg.smp.activation) == (
+            settings.get("arch", "Unet"),
+            "resnet34",
+            "sigmoid",
+        )
 
 
 def test_fine_tuning_trees_on_one_small_plot(tmp_path):

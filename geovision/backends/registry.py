@@ -1,5 +1,5 @@
 """The backends a model YAML may name, in one table: what loads each task, what exports it, what
-it needs.
+it needs, what trains it.
 
 Entries name their classes and functions as ``module:attribute`` strings,
 imported only when used, so that naming ``yolo`` here imports no ultralytics
@@ -23,6 +23,7 @@ class Backend:
     loaders: dict[str, str]  # task -> "module:Class", called as Class(cfg, device=..., threads=...)
     exporter: str | None = None  # "module:function(cfg, folder, opset) -> ONNX path"
     torch_modules: tuple[str, ...] = field(default=())  # what running it on torch needs (the torch extra)
+    trainers: dict[str, str] = field(default_factory=dict)  # task -> "module:Trainer" (training.run.Trainer)
 
 
 BACKENDS: dict[str, Backend] = {
@@ -30,6 +31,7 @@ BACKENDS: dict[str, Backend] = {
         loaders={"detect": "geovision.backends.yolo:YoloDetector", "instance": "geovision.backends.yolo:YoloDetector"},
         exporter="geovision.backends.export:export_yolo_graph",
         torch_modules=("torch", "ultralytics"),
+        trainers={"detect": "geovision.training.yolo:YoloTrainer", "instance": "geovision.training.yolo:YoloTrainer"},
     ),
     "smp": Backend(
         # segmenters, and centre detectors on an smp network
@@ -39,6 +41,10 @@ BACKENDS: dict[str, Backend] = {
         },
         exporter="geovision.backends.export:export_smp_graph",
         torch_modules=("torch", "segmentation_models_pytorch"),
+        trainers={
+            "segment": "geovision.training.smp:SegmenterTrainer",
+            "detect": "geovision.training.centres:CentreTrainer",
+        },
     ),
     "onnx": Backend(
         loaders={

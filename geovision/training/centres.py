@@ -11,7 +11,8 @@ epoch is the one with the highest box F1 (IoU 0.4) on the validation chips.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +21,10 @@ import yaml
 
 from geovision.backends.centres import SIZE_SCALE
 from geovision.config import ModelConfig
+from geovision.training.chips import ChipSet
 from geovision.training.common import aerial_augmentations
 from geovision.training.scoring import MIN_BOXES, detected_f1, read_chips
-from geovision.training.smp import SegTrainOptions, as_tensor, fit, start_network, write_package
+from geovision.training.smp import SmpTrainer, as_tensor, fit, start_network, write_package
 
 #: a bump's standard deviation as a share of the box's side (TTFNet's alpha / 6)
 BUMP = 0.54 / 6
@@ -78,63 +80,70 @@ def augmentation(aerial: bool, seed: int | None = None) -> Any:
     return A.Compose([A.SquareSymmetry(p=1.0), geometry, *pixels], bbox_params=boxes, seed=seed)
 
 
-def train_centres(
-    chip_dir: Path,
-    cfg: ModelConfig,
-    out_dir: Path,
-    opts: SegTrainOptions,
-    log: Callable[[str], None] = lambda s: None,
-    info: dict[str, Any] | None = None,
-    choose_confidence: bool = True,
-) -> ModelConfig:
-    """Train ``cfg``'s centre detector on the chips in ``chip_dir``; write the package (fp16 state dict +
-    model.yaml), with the confidence of the best validation F1 when ``choose_confidence``."""
-    import torch
+class CentreTrainer(SmpTrainer):
+    """Centre-heatmap box detectors on an smp network, on the chips a YOLO detector gets."""
 
-    from geovision.backends.centres import boxes_module
-    from geovision.backends.device import pick_device
-    from geovision.backends.yolo_output import decode
+    def network(self) -> str:
+        return f"centre heatmap on {super().network()}"
 
-    splits = yaml.safe_load((chip_dir / "data.yaml").read_text())  # validation may be the training chips
-    train_images, train_boxes = read_chips(chip_dir, Path(splits["train"]).name)
-    val_images, val_boxes = read_chips(chip_dir, Path(splits["val"]).name)
-    net, cfg, imagenet = start_network(cfg, train_images, opts, log)
-    n_classes, size, stride = len(cfg.classes), cfg.tile_size, cfg.smp.output_stride
-    with torch.no_grad():  # start every pixel at a low centre probability, or the focal loss swamps the first steps
-        net.segmentation_head[0].bias[:n_classes] = PRIOR_BIAS
-    mean, std = np.asarray(cfg.smp.mean, np.float32), np.asarray(cfg.smp.std, np.float32)
-    device = pick_device(opts.device)
-    net = net.to(device)
-    aug = augmentation(opts.augment == "aerial", opts.seed)
-    # the decoding module, its buffers beside the network
-    boxes_of = boxes_module()(net, mean, std, n_classes, size, stride=stride).to(device)
+    def config(self) -> ModelConfig:
+        return replace(super().config(), smp=self.smp_options(boundary=False))
 
-    def loss_of(batch: list[int]) -> Any:
-        xs, heats, sizes, weights = [], [], [], []
-        for k in batch:
-            b = train_boxes[k]
-            out = aug(image=train_images[k], bboxes=b[:, 1:], classes=b[:, 0])
-            kept = np.column_stack([out["classes"], out["bboxes"]]).reshape(-1, 5).astype(np.float32)
-            heat, log_size, weight = targets(kept, size, n_classes, stride)
-            xs.append(out["image"])
-            heats.append(heat)
-            sizes.append(log_size)
-            weights.append(weight)
-        out = net(as_tensor(xs, mean, std).to(device))
-        want_heat, want_size, size_weight = (torch.from_numpy(np.stack(a)).to(device) for a in (heats, sizes, weights))
-        size_error = (out[:, n_classes : n_classes + 2] - want_size).abs().sum(1) * size_weight
-        return focal_loss(out[:, :n_classes], want_heat) + size_error.sum() / size_weight.sum().clamp(min=1)
+    def fit(self, chips: ChipSet, cfg: ModelConfig, package: Path, info: dict[str, Any]) -> ModelConfig:
+        """Focal loss on the heatmap and L1 on log sizes; the epoch of the best box F1 on the validation
+        chips, with that F1's confidence unless one was given."""
+        import torch
 
-    def detect(images: Sequence[np.ndarray], confidence: float) -> list[Any]:
-        with torch.inference_mode():
-            out = boxes_of(torch.from_numpy(np.stack(images)).to(device)).cpu().numpy()
-        return [decode(o, confidence, cfg.iou, size) for o in out]
+        from geovision.backends.centres import boxes_module
+        from geovision.backends.device import pick_device
+        from geovision.backends.yolo_output import decode
 
-    def validate() -> dict[str, float]:
-        return detected_f1(detect, val_images, val_boxes)
+        opts, log = self.options(), self.log
+        assert chips.folder is not None
+        splits = yaml.safe_load((chips.folder / "data.yaml").read_text())  # validation may be the training chips
+        train_images, train_boxes = read_chips(chips.folder, Path(splits["train"]).name)
+        val_images, val_boxes = read_chips(chips.folder, Path(splits["val"]).name)
+        net, cfg, imagenet = start_network(cfg, train_images, opts, log)
+        n_classes, size, stride = len(cfg.classes), cfg.tile_size, cfg.smp.output_stride
+        with torch.no_grad():  # start every pixel at a low centre probability, or the focal loss swamps the first steps
+            net.segmentation_head[0].bias[:n_classes] = PRIOR_BIAS
+        mean, std = np.asarray(cfg.smp.mean, np.float32), np.asarray(cfg.smp.std, np.float32)
+        device = pick_device(opts.device)
+        net = net.to(device)
+        aug = augmentation(opts.augment == "aerial", opts.seed)
+        # the decoding module, its buffers beside the network
+        boxes_of = boxes_module()(net, mean, std, n_classes, size, stride=stride).to(device)
 
-    fitted = fit(net, len(train_images), loss_of, validate, "f1", opts, log)
-    if choose_confidence and sum(len(b) for b in val_boxes) >= MIN_BOXES:  # too few boxes: luck, not a choice
-        cfg = cfg.with_overrides(confidence=fitted.scores["threshold"])
-    metrics = {"box_f1_iou_0.4": fitted.scores["f1"], "at_confidence": fitted.scores["threshold"]}
-    return write_package(cfg, fitted, out_dir, opts, imagenet, metrics, info)
+        def loss_of(batch: list[int]) -> Any:
+            xs, heats, sizes, weights = [], [], [], []
+            for k in batch:
+                b = train_boxes[k]
+                out = aug(image=train_images[k], bboxes=b[:, 1:], classes=b[:, 0])
+                kept = np.column_stack([out["classes"], out["bboxes"]]).reshape(-1, 5).astype(np.float32)
+                heat, log_size, weight = targets(kept, size, n_classes, stride)
+                xs.append(out["image"])
+                heats.append(heat)
+                sizes.append(log_size)
+                weights.append(weight)
+            out = net(as_tensor(xs, mean, std).to(device))
+            want_heat, want_size, size_weight = (
+                torch.from_numpy(np.stack(a)).to(device) for a in (heats, sizes, weights)
+            )
+            size_error = (out[:, n_classes : n_classes + 2] - want_size).abs().sum(1) * size_weight
+            return focal_loss(out[:, :n_classes], want_heat) + size_error.sum() / size_weight.sum().clamp(min=1)
+
+        def detect(images: Sequence[np.ndarray], confidence: float) -> list[Any]:
+            with torch.inference_mode():
+                out = boxes_of(torch.from_numpy(np.stack(images)).to(device)).cpu().numpy()
+            return [decode(o, confidence, cfg.iou, size) for o in out]
+
+        def validate() -> dict[str, float]:
+            return detected_f1(detect, val_images, val_boxes)
+
+        fitted = fit(net, len(train_images), loss_of, validate, "f1", opts, log)
+        if (
+            self.spec.confidence is None and sum(len(b) for b in val_boxes) >= MIN_BOXES
+        ):  # too few boxes: luck, not a choice
+            cfg = cfg.with_overrides(confidence=fitted.scores["threshold"])
+        metrics = {"box_f1_iou_0.4": fitted.scores["f1"], "at_confidence": fitted.scores["threshold"]}
+        return write_package(cfg, fitted, package, opts, imagenet, metrics, info)

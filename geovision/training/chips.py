@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +69,29 @@ class ChipSet:
     #: of each on imagery
     labels_in_no_chip: int = 0
     split: SplitLog = field(default_factory=SplitLog)
+    #: the dataset's folder (images/, labels/, data.yaml)
+    folder: Path | None = None
+
+    @property
+    def labelled_val(self) -> int:
+        """Labels in the validation chips: what the best epoch is chosen on."""
+        return self.boxes_val
+
+    def describe(self) -> str:
+        return f"{self.train} train ({self.boxes_train} boxes), {self.val} validation ({self.boxes_val} boxes)"
+
+    def record(self) -> dict[str, int]:
+        """The counts a package records."""
+        counts = {"chips_train": self.train, "chips_val": self.val, "val_boxes": self.boxes_val}
+        return {**counts, "labels_in_no_chip": self.labels_in_no_chip}
+
+    def validating_on_training(self) -> ChipSet:
+        """The dataset with its training chips as validation too (nothing held out holds a label)."""
+        assert self.folder is not None
+        data = yaml.safe_load((self.folder / "data.yaml").read_text())
+        data["val"] = data["train"]
+        (self.folder / "data.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+        return self
 
 
 def chip_plan(ds: rasterio.io.DatasetReader, opts: ChipOptions) -> ReadPlan:
@@ -193,7 +216,7 @@ def chip_detection_dataset(
     from PIL import Image
 
     rng = random.Random(opts.seed)
-    stats = ChipSet()
+    stats = ChipSet(folder=out_dir)
     empty_pool: dict[str, list[tuple[np.ndarray, str]]] = {"train": [], "val": []}
     for split in ("train", "val"):
         (out_dir / "images" / split).mkdir(parents=True, exist_ok=True)
@@ -422,6 +445,30 @@ class SegChips:
     #: labels with no pixel on imagery in any chip (on no data, or only in chips dropped at the split)
     labels_in_no_chip: int = 0
     split: SplitLog = field(default_factory=SplitLog)
+
+    @property
+    def train(self) -> int:
+        return len(self.train_images)
+
+    @property
+    def val(self) -> int:
+        return len(self.val_images)
+
+    @property
+    def labelled_val(self) -> int:
+        """Validation chips holding labels: what the best epoch is chosen on."""
+        return sum(int(m.any()) for m in self.val_masks)
+
+    def describe(self) -> str:
+        return f"{self.train} train, {self.val} validation ({self.labelled_val} with labels)"
+
+    def record(self) -> dict[str, int]:
+        """The counts a package records."""
+        return {"chips_train": self.train, "chips_val": self.val, "labels_in_no_chip": self.labels_in_no_chip}
+
+    def validating_on_training(self) -> SegChips:
+        """The chips with the training ones as validation too (nothing held out holds a label)."""
+        return replace(self, val_images=self.train_images, val_masks=self.train_masks)
 
 
 #: Mask value of pixels left out of the loss and the scores: no data in the raster.

@@ -1,10 +1,10 @@
 """What the YOLO and smp trainers share: augmentations, and the package a finished run becomes.
 
-Every trainer runs the same three steps: start a network (from scratch, from
-ImageNet, or from a model's weights), fit it, and hand its best weights to
-:func:`package_run`, which records how they were made in the model YAML. The
-YOLO trainer fits with ultralytics' trainer, the smp trainers (segmenters and
-centre detectors) with :func:`geovision.training.smp.fit`.
+Every trainer's fit (:class:`geovision.training.run.Trainer`) starts a network
+(from scratch, from ImageNet, or from a model's weights), fits it, and hands its
+best weights to :func:`package_run`, which records how they were made in the
+model YAML. The YOLO trainer fits with ultralytics' loop, the smp trainers
+(segmenters and centre detectors) with :func:`geovision.training.smp.fit`.
 """
 
 from __future__ import annotations

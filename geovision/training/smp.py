@@ -19,11 +19,14 @@ from typing import Any
 
 import numpy as np
 
-from geovision.config import ModelConfig
+from geovision.backends.smp import STAGED_DECODERS
+from geovision.config import ModelConfig, SmpOptions, VectorizeOptions
 from geovision.errors import TrainingError
-from geovision.training.chips import IGNORE, SegChips
+from geovision.labels import ImageShapes, LabelReport
+from geovision.training.chips import IGNORE, SegChips, chip_segmentation_dataset
 from geovision.training.common import aerial_augmentations, package_run, start_weights
-from geovision.training.pretrained import Pretrained, load_imagenet_encoder
+from geovision.training.pretrained import Pretrained, load_imagenet_encoder, smp_encoder
+from geovision.training.run import Trainer, chip_options, read_polygons, vectorize_options
 
 
 @dataclass(frozen=True)
@@ -222,59 +225,108 @@ def write_package(
     return package_run(cfg, weights_path, _base(opts.weights, imagenet), run, metrics, info)
 
 
-def train_smp(
-    chips: SegChips,
-    cfg: ModelConfig,
-    out_dir: Path,
-    opts: SegTrainOptions,
-    log: Callable[[str], None] = lambda s: None,
-    info: dict[str, Any] | None = None,
-) -> ModelConfig:
-    """Train ``cfg``'s smp network on ``chips`` and write the package (fp16 state dict + model.yaml)."""
-    import segmentation_models_pytorch as smp
-    import torch
+class SmpTrainer(Trainer):
+    """What the smp trainers (segmenters, centre detectors) share: their network and fit settings."""
 
-    from geovision.backends.device import pick_device
-    from geovision.backends.smp import activation, network_outputs
+    backend = "smp"
 
-    net, cfg, imagenet = start_network(cfg, chips.train_images, opts, log)
-    mean, std = np.asarray(cfg.smp.mean, np.float32), np.asarray(cfg.smp.std, np.float32)
-    device = pick_device(opts.device)
-    net = net.to(device)
-    n_classes = len(cfg.classes)
-    sigmoid = activation(cfg) == "sigmoid"
-    n_net = network_outputs(cfg)
-    weights = torch.tensor(opts.class_weights, device=device, dtype=torch.float32) if opts.class_weights else None
-    if sigmoid:
-        dice = smp.losses.DiceLoss("multilabel", from_logits=True)
-        bce = torch.nn.BCEWithLogitsLoss(pos_weight=weights, reduction="none")
-    else:
-        if weights is not None and len(weights) != n_net:
-            raise TrainingError(
-                f"class_weights needs {n_net} values (background, classes, boundary), not {len(weights)}"
-            )
-        dice = smp.losses.DiceLoss("multiclass", from_logits=True, ignore_index=IGNORE)
-        ce = torch.nn.CrossEntropyLoss(weight=weights, ignore_index=IGNORE)
-    aug = augmentation(opts.augment == "aerial", opts.seed)
+    def network(self) -> str:
+        return f"{self.spec.arch} ({self.spec.encoder})"
 
-    def loss_of(batch: list[int]) -> Any:
-        pairs = [aug(image=chips.train_images[k], mask=chips.train_masks[k]) for k in batch]
-        x = as_tensor([p["image"] for p in pairs], mean, std).to(device)
-        y = torch.from_numpy(np.stack([p["mask"] for p in pairs]).astype(np.int64)).to(device)
-        logits = net(x)
-        if sigmoid:  # no data counts for nothing: masked out of both losses
-            keep = (y != IGNORE).unsqueeze(1).float()
-            target = torch.nn.functional.one_hot(y.clamp(max=n_classes), n_classes + 1)[..., 1:]
-            target = target.permute(0, 3, 1, 2).float()
-            per_pixel = bce(logits, target) * keep
-            return dice(logits * keep - 20 * (1 - keep), target * keep) + per_pixel.sum() / keep.sum().clamp(min=1)
-        return dice(logits, y) + ce(logits, y)
+    def smp_options(self, boundary: bool) -> SmpOptions:
+        """The network of the package, as the spec gives it."""
+        spec, depth = self.spec, self.spec.encoder_depth
+        return SmpOptions(
+            arch=spec.arch,
+            encoder=smp_encoder(spec.encoder),
+            encoder_depth=depth,
+            decoder_channels=(256, 128, 64, 32, 16)[5 - depth :] if spec.arch in STAGED_DECODERS else None,
+            output_stride=spec.output_stride,
+            activation="sigmoid" if len(spec.classes) == 1 and not boundary else "softmax",
+            boundary=boundary,
+        )
 
-    fitted = fit(
-        net, len(chips.train_images), loss_of, lambda: _validate(net, chips, mean, std, cfg, device), "iou", opts, log
-    )
-    metrics = {"pixel_iou": fitted.scores["iou"], "pixel_f1": fitted.scores["f1"]}
-    return write_package(cfg, fitted, out_dir, opts, imagenet, metrics, info)
+    def options(self) -> SegTrainOptions:
+        spec = self.spec
+        return SegTrainOptions(
+            epochs=spec.epochs,
+            batch=spec.batch,
+            lr=spec.lr,
+            device=spec.device,
+            seed=spec.seed,
+            class_weights=spec.class_weights,
+            augment=spec.augment,
+            weights=spec.weights,
+            time_s=spec.time * 60 if spec.time is not None else None,
+        )
+
+
+class SegmenterTrainer(SmpTrainer):
+    """Semantic segmenters: masks of the classes (and an outline band that splits touching objects)."""
+
+    def read(self, report: LabelReport) -> Sequence[ImageShapes]:
+        return read_polygons(self.spec, report)
+
+    def cut(self, items: Sequence[Any], staging: Path, val_fraction: float) -> SegChips:
+        spec = self.spec
+        return chip_segmentation_dataset(items, chip_options(spec, val_fraction), spec.boundary_px, len(spec.classes))
+
+    def config(self) -> ModelConfig:
+        spec, res = self.spec, self.spec.resolution or 0.0
+        return replace(
+            super().config(),
+            overlap=spec.overlap if spec.overlap is not None else spec.tile_size // 4,
+            confidence=spec.confidence if spec.confidence is not None else 0.5,
+            iou=0.5,
+            smp=self.smp_options(boundary=spec.boundary_px > 0),
+            vectorize=vectorize_options(spec, VectorizeOptions(simplify_m=res, grow_m=spec.boundary_px * res)),
+        )
+
+    def fit(self, chips: SegChips, cfg: ModelConfig, package: Path, info: dict[str, Any]) -> ModelConfig:
+        """Dice + cross-entropy (or per-class BCE) on the chips; the epoch of the best validation pixel IoU."""
+        import segmentation_models_pytorch as smp
+        import torch
+
+        from geovision.backends.device import pick_device
+        from geovision.backends.smp import activation, network_outputs
+
+        opts, log = self.options(), self.log
+        net, cfg, imagenet = start_network(cfg, chips.train_images, opts, log)
+        mean, std = np.asarray(cfg.smp.mean, np.float32), np.asarray(cfg.smp.std, np.float32)
+        device = pick_device(opts.device)
+        net = net.to(device)
+        n_classes = len(cfg.classes)
+        sigmoid = activation(cfg) == "sigmoid"
+        n_net = network_outputs(cfg)
+        weights = torch.tensor(opts.class_weights, device=device, dtype=torch.float32) if opts.class_weights else None
+        if sigmoid:
+            dice = smp.losses.DiceLoss("multilabel", from_logits=True)
+            bce = torch.nn.BCEWithLogitsLoss(pos_weight=weights, reduction="none")
+        else:
+            if weights is not None and len(weights) != n_net:
+                raise TrainingError(
+                    f"class_weights needs {n_net} values (background, classes, boundary), not {len(weights)}"
+                )
+            dice = smp.losses.DiceLoss("multiclass", from_logits=True, ignore_index=IGNORE)
+            ce = torch.nn.CrossEntropyLoss(weight=weights, ignore_index=IGNORE)
+        aug = augmentation(opts.augment == "aerial", opts.seed)
+
+        def loss_of(batch: list[int]) -> Any:
+            pairs = [aug(image=chips.train_images[k], mask=chips.train_masks[k]) for k in batch]
+            x = as_tensor([p["image"] for p in pairs], mean, std).to(device)
+            y = torch.from_numpy(np.stack([p["mask"] for p in pairs]).astype(np.int64)).to(device)
+            logits = net(x)
+            if sigmoid:  # no data counts for nothing: masked out of both losses
+                keep = (y != IGNORE).unsqueeze(1).float()
+                target = torch.nn.functional.one_hot(y.clamp(max=n_classes), n_classes + 1)[..., 1:]
+                target = target.permute(0, 3, 1, 2).float()
+                per_pixel = bce(logits, target) * keep
+                return dice(logits * keep - 20 * (1 - keep), target * keep) + per_pixel.sum() / keep.sum().clamp(min=1)
+            return dice(logits, y) + ce(logits, y)
+
+        fitted = fit(net, chips.train, loss_of, lambda: _validate(net, chips, mean, std, cfg, device), "iou", opts, log)
+        metrics = {"pixel_iou": fitted.scores["iou"], "pixel_f1": fitted.scores["f1"]}
+        return write_package(cfg, fitted, package, opts, imagenet, metrics, info)
 
 
 def _base(weights: Path | None, imagenet: Pretrained | None) -> str:

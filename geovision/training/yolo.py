@@ -13,122 +13,135 @@ import shutil
 import tempfile
 import time
 import warnings
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, replace
+from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from geovision.config import ModelConfig
-from geovision.errors import TrainingError
-from geovision.training.common import aerial_augmentations, package_run, start_weights
+from geovision.labels import ImageLabels, ImageShapes, LabelReport
+from geovision.training.chips import ChipSet
+from geovision.training.common import aerial_augmentations, package_run, start_weights, write_model_yaml
+from geovision.training.run import Trainer, read_labels, read_polygons
+from geovision.training.scoring import MIN_BOXES, chips_confidence
 
 
-@dataclass(frozen=True)
-class DetectTrainOptions:
-    """Settings of a YOLO training run."""
+class YoloTrainer(Trainer):
+    """YOLO11 box detectors (task detect) and YOLO-seg instance segmenters (task instance), fitted by
+    ultralytics' trainer."""
 
-    epochs: int = 100
-    batch: int = 16
-    model: str = "yolo11n.yaml"
-    patience: int = 50
-    device: str | None = None
-    seed: int = 0
-    workers: int = 0
-    lr0: float = 0.01
-    augment: Literal["aerial", "none"] = "aerial"
-    extra: dict[str, Any] = field(default_factory=dict)
-    #: load a ``.pt`` start even if it names more than network classes (see backends.yolo.check_checkpoint)
-    trusted: bool = False
-    #: the network YAML to build when ``model`` is weights of another task (detector weights for a YOLO-seg)
-    network: str | None = None
+    def check(self) -> None:
+        spec = self.spec
+        if spec.weights and spec.weights.suffix == ".pt" and not spec.trust_weights:
+            from geovision.backends.yolo import check_checkpoint
 
+            check_checkpoint(spec.weights)  # before any work: a start that would run code is refused
 
-def train_yolo(
-    data_yaml: Path,
-    cfg: ModelConfig,
-    out_dir: Path,
-    opts: DetectTrainOptions,
-    log: Callable[[str], None] = lambda s: None,
-    info: dict[str, Any] | None = None,
-) -> ModelConfig:
-    """Train a YOLO detector (or YOLO-seg instance segmenter) on a chip dataset; write a package to ``out_dir``.
+    def network(self) -> str:
+        return f"YOLO11{self.spec.model_size}{'-seg' * (self.spec.task == 'instance')}"
 
-    ``cfg`` carries everything but the weights (classes, tile size, resolution,
-    bands, normalisation); the returned config is the package's model.yaml.
-    """
-    from geovision.backends.device import pick_device
-    from geovision.backends.yolo import import_ultralytics, load_yolo
+    def read(self, report: LabelReport) -> Sequence[ImageLabels | ImageShapes]:
+        return read_polygons(self.spec, report) if self.spec.task == "instance" else read_labels(self.spec, report)
 
-    ultralytics = import_ultralytics()
-    device = pick_device(opts.device)
-    start = Path(opts.model) if opts.model.endswith(".pt") else None  # weights to start from, else a network YAML
-    model = load_yolo(start, opts.trusted) if start else ultralytics.YOLO(opts.model)
-    wanted = "segment" if cfg.task == "instance" else "detect"
-    if start and model.task != wanted:
-        if not opts.network:
-            raise TrainingError(f"{start.name}: a {model.task} model cannot start a {wanted} run")
-        # another task's weights (a box detector starting a YOLO-seg): its backbone, neck and box head carry over
-        model = ultralytics.YOLO(opts.network).load(str(start))
+    def fit(self, chips: ChipSet, cfg: ModelConfig, package: Path, info: dict[str, Any]) -> ModelConfig:
+        """Fit with ultralytics' trainer on the chip dataset; a box detector then takes the confidence of
+        its best box F1 on the validation chips, unless one was given."""
+        from geovision.backends.device import pick_device
+        from geovision.backends.yolo import import_ultralytics, load_yolo
 
-    ran = {"epochs": 0}  # a time limit (options: time) changes the number of epochs on the way
+        spec, log = self.spec, self.log
+        ultralytics = import_ultralytics()
+        device = pick_device(spec.device)
+        network = f"{self.network().lower()}.yaml"
+        given = str(spec.weights) if spec.weights else network
+        start = Path(given) if given.endswith(".pt") else None  # weights to start from, else a network YAML
+        model = load_yolo(start, spec.trust_weights) if start else ultralytics.YOLO(given)
+        if start and model.task != ("segment" if cfg.task == "instance" else "detect"):
+            # another task's weights (a box detector starting a YOLO-seg): its backbone, neck and box head carry over
+            model = ultralytics.YOLO(network).load(str(start))
+        ran = {"epochs": 0}  # a time limit (options: time) changes the number of epochs on the way
 
-    def on_epoch(trainer: Any) -> None:
-        m = {k.split("/")[-1]: round(float(v), 3) for k, v in (trainer.metrics or {}).items() if "mAP" in k}
-        done = trainer.epoch + 1
-        ran["epochs"] = min(done, trainer.epochs)
-        log(f"epoch {done}/{trainer.epochs} {m}" if done <= trainer.epochs else f"best weights {m}")
+        def on_epoch(trainer: Any) -> None:
+            m = {k.split("/")[-1]: round(float(v), 3) for k, v in (trainer.metrics or {}).items() if "mAP" in k}
+            done = trainer.epoch + 1
+            ran["epochs"] = min(done, trainer.epochs)
+            log(f"epoch {done}/{trainer.epochs} {m}" if done <= trainer.epochs else f"best weights {m}")
 
-    model.add_callback("on_fit_epoch_end", on_epoch)
-    started = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="geovision-train-") as tmp:
-        args: dict[str, Any] = dict(
-            data=str(data_yaml),
-            epochs=opts.epochs,
-            imgsz=cfg.tile_size,
-            batch=opts.batch,
-            device=device,
-            workers=opts.workers,
-            seed=opts.seed,
-            deterministic=True,
-            project=tmp,
-            name="run",
-            exist_ok=True,
-            plots=False,
-            verbose=False,
-            # a .pt start is used only with pretrained left on (False rebuilds the network from its YAML)
-            pretrained=start is not None,
-            amp=device != "cpu",
-            patience=opts.patience,
-            lr0=opts.lr0,
-            fliplr=0.5,
-            flipud=0.5,
-            degrees=0.0,
-            scale=0.3,
-            mosaic=1.0,
-            hsv_v=0.3,
-        )
-        if device != "cpu":  # the GPU waits on chips otherwise: load them in worker processes
-            args.update(workers=max(opts.workers, min(8, os.cpu_count() or 1)))
-        if opts.augment == "aerial":
-            # random ground resolution around the model's (+-50 %) and stronger colour changes
-            args.update(scale=0.5, hsv_h=0.02, hsv_s=0.5, hsv_v=0.4, augmentations=aerial_augmentations())
-        args.update(opts.extra)
-        with _amp_check_offline(), _cpu_threads_kept(model, device), _quiet_albumentations():
-            model.train(**args)
-        seconds = time.perf_counter() - started
-        run = Path(tmp) / "run"
-        best = run / "weights" / "best.pt"
-        if not best.exists():
-            best = run / "weights" / "last.pt"
-        metrics = _last_metrics(run / "results.csv", "M" if cfg.task == "instance" else "B")
-        out_dir.mkdir(parents=True, exist_ok=True)
-        weights = out_dir / "weights.pt"
-        shutil.copyfile(best, weights)
-    run_record = {"epochs": ran["epochs"] or opts.epochs, "augment": opts.augment, "seconds": round(seconds, 1)}
-    base = start_weights(start) if start else opts.model
-    packaged = package_run(replace(cfg, backend="yolo"), weights, base, {**run_record, "device": device}, metrics, info)
-    log(f"validation: {json.dumps(metrics)}")
-    return packaged
+        model.add_callback("on_fit_epoch_end", on_epoch)
+        started = time.perf_counter()
+        with tempfile.TemporaryDirectory(prefix="geovision-train-") as tmp:
+            args: dict[str, Any] = dict(
+                data=str(chips.folder / "data.yaml"),
+                epochs=spec.epochs,
+                imgsz=cfg.tile_size,
+                batch=spec.batch,
+                device=device,
+                workers=0,
+                seed=spec.seed,
+                deterministic=True,
+                project=tmp,
+                name="run",
+                exist_ok=True,
+                plots=False,
+                verbose=False,
+                # a .pt start is used only with pretrained left on (False rebuilds the network from its YAML)
+                pretrained=start is not None,
+                amp=device != "cpu",
+                patience=50,
+                lr0=0.01,
+                fliplr=0.5,
+                flipud=0.5,
+                degrees=0.0,
+                scale=0.3,
+                mosaic=1.0,
+                hsv_v=0.3,
+            )
+            if device != "cpu":  # the GPU waits on chips otherwise: load them in worker processes
+                args.update(workers=min(8, os.cpu_count() or 1))
+            if spec.augment == "aerial":
+                # random ground resolution around the model's (+-50 %) and stronger colour changes
+                args.update(scale=0.5, hsv_h=0.02, hsv_s=0.5, hsv_v=0.4, augmentations=aerial_augmentations())
+            if spec.time is not None:  # ultralytics' time is in hours
+                args["time"] = spec.time / 60
+            args.update(spec.options)
+            with _amp_check_offline(), _cpu_threads_kept(model, device), _quiet_albumentations():
+                model.train(**args)
+            seconds = time.perf_counter() - started
+            run = Path(tmp) / "run"
+            best = run / "weights" / "best.pt"
+            if not best.exists():
+                best = run / "weights" / "last.pt"
+            metrics = _last_metrics(run / "results.csv", "M" if cfg.task == "instance" else "B")
+            package.mkdir(parents=True, exist_ok=True)
+            weights = package / "weights.pt"
+            shutil.copyfile(best, weights)
+        record = {"epochs": ran["epochs"] or spec.epochs, "augment": spec.augment, "seconds": round(seconds, 1)}
+        base = start_weights(start) if start else given
+        packaged = package_run(cfg, weights, base, {**record, "device": device}, metrics, info)
+        log(f"validation: {json.dumps(metrics)}")
+        if cfg.task == "detect" and spec.confidence is None:
+            packaged = self._choose_confidence(packaged, chips)
+        return packaged
+
+    def _choose_confidence(self, cfg: ModelConfig, chips: ChipSet) -> ModelConfig:
+        """The detector with the confidence of its best box F1 on the validation chips; with too few
+        boxes there to choose on, the one it has (a fine-tuned model's, or 0.25)."""
+        from geovision.backends.yolo import YoloDetector
+
+        detector = YoloDetector(cfg, device=self.spec.device)
+        assert chips.folder is not None
+        best = chips_confidence(lambda images, conf: detector.detect(images, conf), chips.folder)
+        chosen = best["threshold"]
+        if best["boxes"] < MIN_BOXES:
+            chosen = cfg.confidence
+            self.log(f"confidence: {chosen:g}, as it was: {best['boxes']} boxes on the validation chips are too few "
+                     "to choose one on (give `confidence` to detect, or label more)")  # fmt: skip
+        else:
+            self.log(f"confidence: {chosen:g}, where box F1 on the validation chips is best ({best['f1']:.2f})")
+        metrics = {**cfg.record.get("metrics", {}), "box_f1_iou_0.4": best["f1"], "at_confidence": best["threshold"]}
+        packaged = replace(cfg, confidence=chosen, record={**cfg.record, "metrics": metrics})
+        write_model_yaml(packaged, cfg.weights.parent / "model.yaml")
+        return packaged
 
 
 @contextlib.contextmanager
