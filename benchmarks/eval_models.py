@@ -40,8 +40,8 @@ import yaml
 import geovision
 from geovision.config import VectorizeOptions
 from geovision.evaluate import Scores, evaluate, inside, read_layer
+from geovision.geometry import batched_nms
 from geovision.labels import LabelReport, read_pixel_labels
-from geovision.nms import batched_nms
 from geovision.raster import open_raster
 from geovision.training import TrainSpec, load_train_config, spec_from_mapping, train, without_sites
 from geovision.training.spec import per_image

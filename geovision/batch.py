@@ -305,7 +305,8 @@ def merge_scenes(
 ) -> Path | None:
     """All scenes' objects in one GeoPackage with a ``source`` field (see :func:`source_names`),
     optionally de-duplicated."""
-    from geovision.writers import object_layer, write_layer
+    from geovision.vectorize import object_layer
+    from geovision.writers import write_layer
 
     names = names or source_names([Path(s.input) for s in scenes])
     layers = []

@@ -7,7 +7,7 @@ see, they overlap by ``match_iou``: inside that shared region both tiles
 looked at the same pixels. A group of such boxes becomes one box: the best
 whole box if any tile saw the object whole, else the union of the cut pieces
 (an object larger than the overlap, or at a four-tile corner). A class-aware
-NMS (:mod:`geovision.nms`) then removes what duplicates remain; for instance
+NMS (:func:`geovision.geometry.batched_nms`) then removes what duplicates remain; for instance
 outlines it compares the outlines themselves, so two L-shaped neighbours whose
 boxes overlap both stay, and two outlines of one building do not.
 
@@ -26,6 +26,7 @@ import numpy as np
 import shapely
 
 from geovision.geometry import (
+    batched_nms,
     box_iou,
     components,
     intersecting_boxes,
@@ -34,7 +35,6 @@ from geovision.geometry import (
     outline_iou,
     polygonal,
 )
-from geovision.nms import batched_nms
 from geovision.tiling import TileGrid
 
 #: A box edge this close (model pixels) to an inner tile edge counts as cut by it.

@@ -15,8 +15,9 @@ simplification tolerances and minimum areas in metres translate exactly.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 
 import geopandas as gpd
 import numpy as np
@@ -30,7 +31,6 @@ from geovision.geometry import components, largest_polygon, largest_polygons, ne
 from geovision.merge import Boxes
 from geovision.raster import ReadPlan
 from geovision.regularize import regularize
-from geovision.writers import object_layer
 
 
 @dataclass
@@ -169,6 +169,29 @@ def carve_overlaps(geoms: np.ndarray, scores: np.ndarray) -> np.ndarray:
 def vectorize_options(cfg: ModelConfig, regularize: bool | None = None) -> VectorizeOptions:
     """The model's clean-up settings; ``regularize`` overrides its own."""
     return cfg.vectorize if regularize is None else replace(cfg.vectorize, regularize=regularize)
+
+
+def object_layer(
+    names: Sequence[str],
+    class_ids: np.ndarray,
+    scores: np.ndarray,
+    areas_m2: np.ndarray | None,
+    source: str,
+    geometry: Any,
+    crs: Any,
+) -> gpd.GeoDataFrame:
+    """Objects as the layer users open: class name and id, score (4 decimals), area in square
+    metres (3 decimals; NaN without georeference, which has no metres), source raster."""
+    n = len(class_ids)
+    ids = np.asarray(class_ids, dtype=np.int32)
+    columns = {
+        "class": np.array(names, dtype=object)[ids] if n else np.array([], dtype=object),
+        "class_id": ids,
+        "score": np.round(np.asarray(scores, dtype=np.float64), 4),
+        "area_m2": np.round(np.asarray(areas_m2, dtype=np.float64), 3) if areas_m2 is not None else np.full(n, np.nan),
+        "source": np.full(n, source, dtype=object),
+    }
+    return gpd.GeoDataFrame(columns, geometry=gpd.GeoSeries(geometry, crs=crs), crs=crs)
 
 
 def box_layer(boxes: Boxes, plan: ReadPlan, classes: tuple[str, ...], source: str) -> gpd.GeoDataFrame:

@@ -16,7 +16,6 @@ import tempfile
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
 
 import geopandas as gpd
 import numpy as np
@@ -47,29 +46,6 @@ def atomic_output(out: Path) -> Iterator[Path]:
 
 #: the fields of every object layer geovision writes, in this order (then the geometry)
 OBJECT_COLUMNS = ("class", "class_id", "score", "area_m2", "source")
-
-
-def object_layer(
-    names: Sequence[str],
-    class_ids: np.ndarray,
-    scores: np.ndarray,
-    areas_m2: np.ndarray | None,
-    source: str,
-    geometry: Any,
-    crs: Any,
-) -> gpd.GeoDataFrame:
-    """Objects as the layer users open: class name and id, score (4 decimals), area in square
-    metres (3 decimals; NaN without georeference, which has no metres), source raster."""
-    n = len(class_ids)
-    ids = np.asarray(class_ids, dtype=np.int32)
-    columns = {
-        "class": np.array(names, dtype=object)[ids] if n else np.array([], dtype=object),
-        "class_id": ids,
-        "score": np.round(np.asarray(scores, dtype=np.float64), 4),
-        "area_m2": np.round(np.asarray(areas_m2, dtype=np.float64), 3) if areas_m2 is not None else np.full(n, np.nan),
-        "source": np.full(n, source, dtype=object),
-    }
-    return gpd.GeoDataFrame(columns, geometry=gpd.GeoSeries(geometry, crs=crs), crs=crs)
 
 
 def check_output(

@@ -144,7 +144,6 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
                 "raster",
                 "tiling",
                 "merge",
-                "nms",
                 "blend",
                 "vectorize",
                 "regularize",

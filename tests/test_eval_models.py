@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import yaml
 
 import geovision
-from geovision.nms import batched_nms
+from geovision.geometry import batched_nms
 from tests.test_training import scene
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "eval_models.py"

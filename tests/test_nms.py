@@ -3,7 +3,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from geovision.backends.yolo import batched_nms_torchvision
-from geovision.nms import batched_nms
+from geovision.geometry import batched_nms
 
 
 def random_boxes(seed: int, n: int):
@@ -26,11 +26,11 @@ def test_numpy_nms_keeps_what_torchvision_keeps(seed, n, iou):
 
 
 def test_sets_past_the_matrix_size_go_box_by_box_and_keep_the_same(monkeypatch):
-    import geovision.nms
+    import geovision.geometry
 
     boxes, scores, classes = random_boxes(7, 600)
     whole = batched_nms(boxes, scores, classes, 0.5)
-    monkeypatch.setattr(geovision.nms, "MATRIX_MAX", 100)  # 600 boxes: the bounded-memory path
+    monkeypatch.setattr(geovision.geometry, "MATRIX_MAX", 100)  # 600 boxes: the bounded-memory path
     np.testing.assert_array_equal(batched_nms(boxes, scores, classes, 0.5), whole)
     np.testing.assert_array_equal(whole, batched_nms_torchvision(boxes, scores, classes, 0.5))
 

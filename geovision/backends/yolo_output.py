@@ -8,7 +8,7 @@ import shapely.geometry
 from rasterio import features
 
 from geovision.backends.base import Detections
-from geovision.nms import Nms, batched_nms
+from geovision.geometry import Nms, batched_nms
 
 MAX_DETECTIONS_PER_TILE = 1000
 
