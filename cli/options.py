@@ -100,58 +100,52 @@ def expand_list_options(args: list[str]) -> list[str]:
     return out
 
 
-#: the Python parameters that library messages name in backquotes, as this command line spells them
+#: the Python parameters that library messages name in backquotes whose flag is not their name
+#: (``class_field`` is ``--class-field`` without an entry here), or that have none
 FLAGS = {
     "overwrite=True": "--overwrite",
     "align=False": "--no-align",
     "shift=(dx, dy)": "--shift DX DY",
-    "resolution": "--resolution",
     "image_resolution": "image_resolution in the training YAML",
-    "class_field": "--class-field",
     "class_field=None": "--class-field ''",
-    "classes": "--classes",
     "confidence": "--conf",
     "val_fraction=0": "--val-fraction 0",
-    "scheduler": "--scheduler",
-    "workers": "--workers",
     "pixel_coords=True": "--pixel-coords",
-    "bands": "--bands",
     "device='cpu'": "--device cpu",
-    "quantize": "--quantize",
     "runtime='onnx'": "--backend onnx",
     "trust=True": "--trust-model",
     "package_onnx": "--package",
     "package_onnx(MODEL)": "geovision export MODEL --package",
     "export_onnx": "geovision export",
     "review_confidence": "--review-conf",
-    "mask_out": "--mask-out",
-    "prob_out": "--prob-out",
-    "tta": "--tta",
-    "detector": "--detector",
-    "weights": "--weights",
     "task": "the task (train detect, segment or instance)",
-    "images": "--images",
-    "labels": "--labels",
-    "output": "--output",
-    "area": "--area",
-    "model_size": "--model-size",
     "options": "options in the training YAML",
     "trust_weights": "--trust-model",
-    "arch": "--arch",
-    "encoder": "--encoder",
-    "encoder_depth": "--encoder-depth",
-    "lr": "--lr",
     "class_weights": "class_weights in the training YAML",
-    "boundary_px": "--boundary-px",
     "output_stride": "output_stride in the training YAML",
     "vectorize": "vectorize in the training YAML",
 }
 
 
+def cli_flags() -> set[str]:
+    """Every long flag of every command of the running command line (none outside one)."""
+    ctx = click.get_current_context(silent=True)
+    root = ctx.find_root().command if ctx is not None else None
+    commands = root.commands.values() if isinstance(root, click.Group) else [root] if root else []
+    return {o for cmd in commands for p in cmd.params for o in p.opts if o.startswith("--")}
+
+
+def flag_for(parameter: str) -> str | None:
+    """The command line's words for a Python parameter: its entry in :data:`FLAGS`, or the flag of its
+    name (``class_field``: ``--class-field``); None if it has neither."""
+    flag = "--" + parameter.replace("_", "-")
+    return FLAGS.get(parameter) or (flag if flag in cli_flags() else None)
+
+
 def cli_text(message: str) -> str:
     """A library message in the command line's words: each `parameter` named in backquotes becomes
     its flag (a parameter with no flag keeps its name, without the quotes)."""
-    return re.sub(r"`([^`]+)`", lambda m: FLAGS.get(m.group(1), m.group(1)), message)
+    return re.sub(r"`([^`]+)`", lambda m: flag_for(m.group(1)) or m.group(1), message)
 
 
 class Group(click.Group):

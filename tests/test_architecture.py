@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import click
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -215,7 +216,7 @@ def test_every_parameter_a_library_message_names_has_its_cli_flag():
     """Library errors name Python parameters in backquotes; the CLI says each as its flag."""
     import re
 
-    from geovision.cli.options import FLAGS, cli_text
+    from geovision.cli.options import cli_text, flag_for
 
     named = set()
     for path in _modules().values():
@@ -228,7 +229,15 @@ def test_every_parameter_a_library_message_names_has_its_cli_flag():
     from geovision.training.spec import APPLIES
 
     named |= set(APPLIES)  # the training settings a run refuses are named from their table
-    assert named - set(FLAGS) == set()
+    from geovision.cli.main import main
+
+    with click.Context(main):  # as in a command: the flags are those of the command line
+        assert {n for n in named if flag_for(n) is None} == set()
+        assert (flag_for("class_field"), flag_for("encoder_depth"), flag_for("no_such_thing")) == (
+            "--class-field",
+            "--encoder-depth",
+            None,
+        )
     assert cli_text("x exists; pass `overwrite=True`; give `shift=(dx, dy)` or `align=False`") == (
         "x exists; pass --overwrite; give --shift DX DY or --no-align"
     )
