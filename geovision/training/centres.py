@@ -99,7 +99,6 @@ class CentreTrainer(SmpTrainer):
         from geovision.backends.yolo_output import decode
 
         opts, log = self.options(), self.log
-        assert chips.folder is not None
         splits = yaml.safe_load((chips.folder / "data.yaml").read_text())  # validation may be the training chips
         train_images, train_boxes = read_chips(chips.folder, Path(splits["train"]).name)
         val_images, val_boxes = read_chips(chips.folder, Path(splits["val"]).name)
@@ -141,9 +140,8 @@ class CentreTrainer(SmpTrainer):
             return detected_f1(detect, val_images, val_boxes)
 
         fitted = fit(net, len(train_images), loss_of, validate, "f1", opts, log)
-        if (
-            self.spec.confidence is None and sum(len(b) for b in val_boxes) >= MIN_BOXES
-        ):  # too few boxes: luck, not a choice
+        enough = sum(len(b) for b in val_boxes) >= MIN_BOXES  # too few boxes: luck, not a choice
+        if self.spec.confidence is None and enough:
             cfg = cfg.with_overrides(confidence=fitted.scores["threshold"])
         metrics = {"box_f1_iou_0.4": fitted.scores["f1"], "at_confidence": fitted.scores["threshold"]}
         return write_package(cfg, fitted, package, opts, imagenet, metrics, info)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -59,8 +60,10 @@ class SplitLog:
 
 @dataclass
 class ChipSet:
-    """Counts of what chipping wrote."""
+    """Counts of what chipping wrote, and where."""
 
+    #: the dataset's folder (images/, labels/, data.yaml)
+    folder: Path
     train: int = 0
     val: int = 0
     boxes_train: int = 0
@@ -69,8 +72,6 @@ class ChipSet:
     #: of each on imagery
     labels_in_no_chip: int = 0
     split: SplitLog = field(default_factory=SplitLog)
-    #: the dataset's folder (images/, labels/, data.yaml)
-    folder: Path | None = None
 
     @property
     def labelled_val(self) -> int:
@@ -87,7 +88,6 @@ class ChipSet:
 
     def validating_on_training(self) -> ChipSet:
         """The dataset with its training chips as validation too (nothing held out holds a label)."""
-        assert self.folder is not None
         data = yaml.safe_load((self.folder / "data.yaml").read_text())
         data["val"] = data["train"]
         (self.folder / "data.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
@@ -454,9 +454,9 @@ class SegChips:
     def val(self) -> int:
         return len(self.val_images)
 
-    @property
+    @cached_property
     def labelled_val(self) -> int:
-        """Validation chips holding labels: what the best epoch is chosen on."""
+        """Validation chips holding labels: what the best epoch is chosen on (counted once)."""
         return sum(int(m.any()) for m in self.val_masks)
 
     def describe(self) -> str:

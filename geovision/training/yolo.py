@@ -129,7 +129,6 @@ class YoloTrainer(Trainer):
         from geovision.backends.yolo import YoloDetector
 
         detector = YoloDetector(cfg, device=self.spec.device)
-        assert chips.folder is not None
         best = chips_confidence(lambda images, conf: detector.detect(images, conf), chips.folder)
         chosen = best["threshold"]
         if best["boxes"] < MIN_BOXES:
