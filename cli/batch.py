@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -47,17 +48,13 @@ def batch(
     inputs: str,
     model: str,
     output: str | None,
-    workers: int,
-    scheduler: str | None,
-    dedupe: bool,
     conf: float | None,
-    device: str | None,
     backend: str,
-    quantize: str | None,
     trust: bool,
     progress_style: str,
     quiet: bool,
     debug: bool,
+    **options: Any,
 ) -> None:
     """Run every raster in INPUTS (a folder, a glob, or a .txt list) through a model into OUTPUT.
 
@@ -97,18 +94,8 @@ def batch(
 
     try:
         result = run(
-            lambda: geovision.run_batch(
-                inputs,
-                cfg,
-                output,
-                workers=workers,
-                scheduler=scheduler,
-                dedupe=dedupe,
-                device=device,
-                confidence=conf,
-                runtime=backend,
-                quantize=quantize,
-                progress=None if quiet else progress,
+            lambda: geovision.run_batch(  # the other options are run_batch()'s parameters of the same names
+                inputs, cfg, output, confidence=conf, runtime=backend, progress=None if quiet else progress, **options
             ),
             debug,
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import click
 
@@ -62,22 +63,14 @@ def compare(
     before: str,
     after: str,
     output: str,
-    model: str | None,
     conf: float | None,
-    device: str | None,
-    iou: float,
-    area_change: float,
     class_field: str,
-    align: bool,
     shift: tuple[float, float] | None,
-    max_shift: float,
-    quicklook: str | None,
     as_json: bool,
-    qml: bool,
-    overwrite: bool,
     progress_style: str,
     quiet: bool,
     debug: bool,
+    **options: Any,
 ) -> None:
     """What changed between two surveys, object by object: kept, grown, shrunk, gone, new.
 
@@ -91,23 +84,15 @@ def compare(
     progress = Progress(quiet, progress_style, "detect")
     try:
         result = run(
-            lambda: geovision.compare(
+            lambda: geovision.compare(  # the other options are compare()'s parameters of the same names
                 before,
                 after,
                 output,
-                model=model,
                 confidence=conf,
-                device=device,
-                iou=iou,
-                area_change=area_change,
                 class_field=class_field or None,
-                align=align,
                 shift=shift or None,
-                max_shift=max_shift,
-                quicklook=quicklook,
-                qml=qml,
-                overwrite=overwrite,
                 progress=progress,
+                **options,
             ),
             debug,
         )

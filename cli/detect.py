@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
 from geovision.cli.options import (
@@ -96,28 +98,13 @@ def detect(
     model: str,
     output: str | None,
     conf: float | None,
-    iou: float | None,
-    batch_size: int | None,
-    device: str | None,
     backend: str,
-    quantize: str | None,
-    bands: tuple[int, ...] | None,
-    pixel_coords: bool,
-    pixel_size: float | None,
-    mask_out: str | None,
-    prob_out: str | None,
     review_conf: float | None,
-    tta: bool,
-    regularize: bool | None,
-    qml: bool,
-    workers: int | None,
-    scheduler: str | None,
-    band_rows: int | None,
-    overwrite: bool,
     trust: bool,
     progress_style: str,
     quiet: bool,
     debug: bool,
+    **options: Any,
 ) -> None:
     """Detect objects in RASTER and write them to a layer (-o, or RASTER-NAME.MODEL.gpkg here)."""
     import geovision
@@ -126,34 +113,19 @@ def detect(
     cfg = run(lambda: geovision.resolve_model(model, trust), debug)
     if output is None:
         output = str(geovision.default_output(raster, cfg))
-    distributed = workers is not None or scheduler is not None
+    distributed = options["workers"] is not None or options["scheduler"] is not None
     progress = Progress(quiet, progress_style, "detect", unit="band" if distributed else "tile")
-    try:
+    try:  # the other options are detect()'s parameters of the same names
         result = run(
             lambda: geovision.detect(
                 raster,
                 cfg,
                 output,
-                device=device,
-                batch_size=batch_size,
                 confidence=conf,
-                iou=iou,
-                bands=bands,
-                pixel_coords=pixel_coords,
-                pixel_size=pixel_size,
-                overwrite=overwrite,
-                mask_out=mask_out,
-                prob_out=prob_out,
-                regularize=regularize,
-                review_confidence=review_conf,
-                tta=tta,
-                qml=qml,
-                progress=progress,
                 runtime=backend,
-                quantize=quantize,
-                scheduler=scheduler,
-                workers=workers,
-                band_rows=band_rows,
+                review_confidence=review_conf,
+                progress=progress,
+                **options,
             ),
             debug,
         )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
 from geovision.cli.options import debug_option, parse_bands, quiet_option, run
@@ -24,29 +26,16 @@ def quicklook(
     pred: str | None,
     output: str,
     truth: str | None,
-    size: int,
-    iou: float,
     class_field: str,
-    bands: tuple[int, ...] | None,
-    overwrite: bool,
     quiet: bool,
     debug: bool,
+    **options: Any,
 ) -> None:
     """Draw PRED (and --truth) over a downsampled RASTER into a PNG."""
     import geovision
 
     look = run(
-        lambda: geovision.quicklook(
-            raster,
-            output,
-            pred,
-            truth,
-            size=size,
-            iou=iou,
-            class_field=class_field or None,
-            bands=bands,
-            overwrite=overwrite,
-        ),
+        lambda: geovision.quicklook(raster, output, pred, truth, class_field=class_field or None, **options),
         debug,
     )
     if not quiet:

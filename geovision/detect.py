@@ -282,7 +282,7 @@ def _tile_rows(
             yield next_row, per_row.pop(next_row, [])
             next_row += 1
 
-    tiles = (tile for r in rows for tile in grid.row(r))
+    tiles = itertools.chain.from_iterable(map(grid.row, rows))
     for item in prefetch(iter_tiles(plan, tiles), depth=2 * batch_size):
         if isinstance(item, Tile):
             remaining[item.row] -= 1

@@ -17,7 +17,7 @@ import queue
 import threading
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, TypeVar
 
@@ -96,19 +96,18 @@ class ReadPlan:
     source_height: int
     #: a band with colour interpretation alpha that GDAL does not use as the mask (not the last band)
     alpha: int | None = None
+    #: derived once here: the source raster's own geotransform, and a model-grid pixel's ground area
+    source_transform: Affine = field(init=False)
+    pixel_area_m2: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        source = self.transform @ Affine.scale(1 / self.scale_x, 1 / self.scale_y)
+        object.__setattr__(self, "source_transform", source)
+        object.__setattr__(self, "pixel_area_m2", self.pixel_size_m[0] * self.pixel_size_m[1])
 
     @property
     def resampled(self) -> bool:
         return self.scale_x != 1.0 or self.scale_y != 1.0
-
-    @property
-    def source_transform(self) -> Affine:
-        """The source raster's own geotransform."""
-        return self.transform @ Affine.scale(1 / self.scale_x, 1 / self.scale_y)
-
-    @property
-    def pixel_area_m2(self) -> float:
-        return self.pixel_size_m[0] * self.pixel_size_m[1]
 
 
 #: URL schemes GDAL reads over the network (through /vsicurl/ and friends).

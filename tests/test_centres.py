@@ -36,7 +36,7 @@ class PerfectNet(torch.nn.Module):
 def test_targets_decode_back_to_their_boxes(stride):
     """A network that outputs exactly its training targets finds every box, once, where it was; with a
     heatmap at a quarter of the resolution, to within the heatmap's pixel."""
-    from geovision.backends.yolo_output import decode
+    from geovision.backends.base import decode
 
     size, n = 96, 96 // stride
     boxes = np.array([[0, 10, 12, 40, 30], [0, 50, 50, 90, 94], [1, 60, 8, 70, 20], [0, 44, 30, 56, 60]], np.float32)
@@ -61,7 +61,7 @@ def test_targets_decode_back_to_their_boxes(stride):
 
 def test_a_flat_heatmap_has_no_peaks():
     """Every pixel of a plateau equals its neighbourhood's maximum; none of them is an object."""
-    from geovision.backends.yolo_output import decode
+    from geovision.backends.base import decode
 
     size = 32
     logits = torch.zeros(1, 3, size, size)

@@ -113,7 +113,7 @@ def test_real_yolo_seg_network_runs_through_detect(tmp_path):
 
 def test_mask_decoding_by_hand():
     """Prototype 0 is a disc, prototype 1 its complement; the object's coefficients pick the disc."""
-    from geovision.backends.yolo_output import decode_instances
+    from geovision.backends.base import decode_instances
 
     size, h = 64, 16  # prototypes at a quarter of the tile
     yy, xx = np.mgrid[:h, :h]

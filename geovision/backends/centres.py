@@ -8,7 +8,7 @@ object centred here?) and the log of the object's width and height. Peaks
 of the heatmap (3 x 3 local maxima) are objects. The graph hands on every
 pixel as a YOLO head does, (4 + classes, pixels) of centre x, centre y,
 width, height and class scores (zero off the peaks), so that decoding and
-duplicate removal are :mod:`.yolo_output`'s, on torch and in ONNX alike.
+duplicate removal are :mod:`.base`'s, on torch and in ONNX alike.
 """
 
 from __future__ import annotations
@@ -19,9 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from geovision.backends.base import Detections
+from geovision.backends.base import Detections, decode
 from geovision.backends.smp import SmpNetwork, input_stats, network_module
-from geovision.backends.yolo_output import decode
 from geovision.config import ModelConfig
 
 #: sizes are learned as log(size / SIZE_SCALE) pixels, so that a typical object is near 0

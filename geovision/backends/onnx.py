@@ -14,9 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from geovision.backends.base import Detections
+from geovision.backends.base import Detections, decode, decode_instances
 from geovision.backends.device import usable_cores
-from geovision.backends.yolo_output import decode, decode_instances
 from geovision.config import ModelConfig
 from geovision.errors import DeviceError, WeightsError, first_line
 

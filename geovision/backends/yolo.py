@@ -2,7 +2,7 @@
 
 Tiles go through the network in batches as one tensor, under
 ``torch.inference_mode``, in half precision on CUDA. The raw head output is
-decoded by :mod:`geovision.backends.yolo_output` (shared with the ONNX
+decoded by :mod:`geovision.backends.base` (shared with the ONNX
 backend), which skips the per-image letterboxing of ultralytics' predictor:
 our tiles already have the model's input size.
 """
@@ -17,8 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from geovision.backends.base import Detections
-from geovision.backends.yolo_output import decode, decode_instances
+from geovision.backends.base import Detections, decode, decode_instances
 from geovision.config import ModelConfig
 from geovision.errors import WeightsError, first_line, require
 

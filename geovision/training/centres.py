@@ -94,9 +94,9 @@ class CentreTrainer(SmpTrainer):
         chips, with that F1's confidence unless one was given."""
         import torch
 
+        from geovision.backends.base import decode
         from geovision.backends.centres import boxes_module
         from geovision.backends.device import pick_device
-        from geovision.backends.yolo_output import decode
 
         opts, log = self.options(), self.log
         splits = yaml.safe_load((chips.folder / "data.yaml").read_text())  # validation may be the training chips
