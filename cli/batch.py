@@ -8,25 +8,12 @@ from typing import Any
 
 import click
 
-from geovision.cli.options import (
-    EXIT_BAD_INPUT,
-    backend_option,
-    conf_option,
-    debug_option,
-    device_option,
-    log_to_stderr,
-    model_option,
-    progress_option,
-    quantize_option,
-    quiet_option,
-    run,
-    trust_option,
-)
+from geovision.cli import options as opt
 
 
 @click.command()
 @click.argument("inputs")
-@model_option
+@opt.model_option
 @click.option(
     "-o",
     "--output",
@@ -36,14 +23,10 @@ from geovision.cli.options import (
 @click.option("--workers", type=click.IntRange(1), default=1, show_default=True, help="Local worker processes.")
 @click.option("--scheduler", help="Address of a dask.distributed scheduler, e.g. tcp://host:8786.")
 @click.option("--dedupe", is_flag=True, help="Keep objects found in two overlapping scenes once in the merged layer.")
-@conf_option
-@device_option
-@backend_option
-@quantize_option
-@trust_option
-@progress_option
-@quiet_option
-@debug_option
+@opt.conf_option
+@opt.runtime_options
+@opt.progress_option
+@opt.common_options
 def batch(
     inputs: str,
     model: str,
@@ -65,8 +48,8 @@ def batch(
 
     import geovision
 
-    log_to_stderr(quiet)
-    cfg = run(lambda: geovision.resolve_model(model, trust), debug)
+    opt.log_to_stderr(quiet)
+    cfg = opt.run(lambda: geovision.resolve_model(model, trust), debug)
     if output is None:
         output = str(geovision.default_output(inputs, cfg, suffix=""))
     bar: tqdm | None = None
@@ -93,7 +76,7 @@ def batch(
         w.update(1)
 
     try:
-        result = run(
+        result = opt.run(
             lambda: geovision.run_batch(  # the other options are run_batch()'s parameters of the same names
                 inputs, cfg, output, confidence=conf, runtime=backend, progress=None if quiet else progress, **options
             ),
@@ -113,4 +96,4 @@ def batch(
     for s in result.failed:
         click.echo(f"failed: {s.input}: {s.error}", err=True)
     if result.failed:
-        sys.exit(EXIT_BAD_INPUT)
+        sys.exit(opt.EXIT_BAD_INPUT)

@@ -7,18 +7,7 @@ from typing import Any
 
 import click
 
-from geovision.cli.options import (
-    Progress,
-    cli_text,
-    conf_option,
-    debug_option,
-    device_option,
-    log_to_stderr,
-    progress_option,
-    qml_option,
-    quiet_option,
-    run,
-)
+from geovision.cli import options as opt
 
 
 @click.command()
@@ -28,8 +17,8 @@ from geovision.cli.options import (
     "-o", "--output", required=True, type=click.Path(path_type=str), help="Change layer: .gpkg, .geojson or .shp."
 )
 @click.option("-m", "--model", help="BEFORE and AFTER are rasters: detect their objects with this model first.")
-@conf_option
-@device_option
+@opt.conf_option
+@opt.device_option
 @click.option(
     "--iou", type=click.FloatRange(0, 1), default=0.5, show_default=True, help="IoU for a match (as evaluate)."
 )
@@ -54,11 +43,10 @@ from geovision.cli.options import (
 )
 @click.option("--quicklook", type=click.Path(path_type=str), help="Also draw the changes over the AFTER raster (PNG).")
 @click.option("--json", "as_json", is_flag=True, help="Summary as machine-readable JSON.")
-@qml_option
+@opt.qml_option
 @click.option("--overwrite", is_flag=True, help="Replace the outputs if they exist.")
-@progress_option
-@quiet_option
-@debug_option
+@opt.progress_option
+@opt.common_options
 def compare(
     before: str,
     after: str,
@@ -80,10 +68,10 @@ def compare(
     """
     import geovision
 
-    log_to_stderr(quiet)
-    progress = Progress(quiet, progress_style, "detect")
+    opt.log_to_stderr(quiet)
+    progress = opt.Progress(quiet, progress_style, "detect")
     try:
-        result = run(
+        result = opt.run(
             lambda: geovision.compare(  # the other options are compare()'s parameters of the same names
                 before,
                 after,
@@ -100,7 +88,7 @@ def compare(
         progress.close()
     if not quiet:  # on stderr too, where the QGIS plugin's log reads it
         click.echo(
-            f"{result.n_before} objects before, {result.n_after} after; {cli_text(result.shift.describe())} "
+            f"{result.n_before} objects before, {result.n_after} after; {opt.cli_text(result.shift.describe())} "
             f"-> {result.output}",
             err=True,
         )
@@ -109,7 +97,7 @@ def compare(
         return
     counts = result.counts()
     classes = sorted({c for per in counts.values() for c in per})
-    click.echo(f"shift: {cli_text(result.shift.describe())}")
+    click.echo(f"shift: {opt.cli_text(result.shift.describe())}")
     rows = [("change", *classes, "total")]
     rows += [(change, *(str(per[c]) for c in classes), str(sum(per.values()))) for change, per in counts.items()]
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]

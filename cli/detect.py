@@ -6,43 +6,27 @@ from typing import Any
 
 import click
 
-from geovision.cli.options import (
-    Progress,
-    backend_option,
-    conf_option,
-    debug_option,
-    device_option,
-    log_to_stderr,
-    model_option,
-    parse_bands,
-    progress_option,
-    qml_option,
-    quantize_option,
-    quiet_option,
-    run,
-    trust_option,
-)
+from geovision.cli import options as opt
 
 
 @click.command()
 @click.argument("raster", type=click.Path(dir_okay=True, path_type=str))
-@model_option
+@opt.model_option
 @click.option(
     "-o",
     "--output",
     type=click.Path(path_type=str),
     help="Output layer: .gpkg, .geojson or .shp (default: RASTER-NAME.MODEL.gpkg in the current folder).",
 )
-@conf_option
+@opt.conf_option
 @click.option(
     "--iou", type=click.FloatRange(0, 1), help="IoU threshold for removing duplicates (default: the model's)."
 )
 @click.option("--batch-size", type=click.IntRange(1), help="Tiles per model call (default: the model's).")
-@device_option
-@backend_option
-@quantize_option
 @click.option(
-    "--bands", callback=parse_bands, help="Raster bands to feed the model, e.g. 3,2,1 (default: RGB or the model's)."
+    "--bands",
+    callback=opt.parse_bands,
+    help="Raster bands to feed the model, e.g. 3,2,1 (default: RGB or the model's).",
 )
 @click.option("--pixel-coords", is_flag=True, help="Accept a raster without georeference and write pixel coordinates.")
 @click.option(
@@ -73,7 +57,7 @@ from geovision.cli.options import (
     default=None,
     help="Segmenters and instance segmenters: keep outlines as traced (building models square them up).",
 )
-@qml_option
+@opt.qml_option
 @click.option(
     "--workers",
     type=click.IntRange(1),
@@ -89,10 +73,9 @@ from geovision.cli.options import (
     help="With a cluster: tile rows a task (default: four bands a worker thread).",
 )
 @click.option("--overwrite", is_flag=True, help="Replace the output if it exists.")
-@trust_option
-@progress_option
-@quiet_option
-@debug_option
+@opt.runtime_options
+@opt.progress_option
+@opt.common_options
 def detect(
     raster: str,
     model: str,
@@ -109,14 +92,14 @@ def detect(
     """Detect objects in RASTER and write them to a layer (-o, or RASTER-NAME.MODEL.gpkg here)."""
     import geovision
 
-    log_to_stderr(quiet)
-    cfg = run(lambda: geovision.resolve_model(model, trust), debug)
+    opt.log_to_stderr(quiet)
+    cfg = opt.run(lambda: geovision.resolve_model(model, trust), debug)
     if output is None:
         output = str(geovision.default_output(raster, cfg))
     distributed = options["workers"] is not None or options["scheduler"] is not None
-    progress = Progress(quiet, progress_style, "detect", unit="band" if distributed else "tile")
+    progress = opt.Progress(quiet, progress_style, "detect", unit="band" if distributed else "tile")
     try:  # the other options are detect()'s parameters of the same names
-        result = run(
+        result = opt.run(
             lambda: geovision.detect(
                 raster,
                 cfg,

@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from geovision.cli.options import debug_option, quiet_option, run
+from geovision.cli import options as opt
 
 
 @click.command()
@@ -23,8 +23,7 @@ from geovision.cli.options import debug_option, quiet_option, run
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON.")
 @click.option("--report", type=click.Path(path_type=str), help="Also write a Markdown report (and its PR curve PNG).")
 @click.option("--overwrite", is_flag=True, help="Replace the report if it exists.")
-@quiet_option
-@debug_option
+@opt.common_options
 def evaluate(
     pred: str,
     truth: str,
@@ -60,7 +59,7 @@ def evaluate(
             geovision.write_report(ev, report, pred, truth, overwrite=overwrite)
         return ev
 
-    ev = run(run_it, debug)
+    ev = opt.run(run_it, debug)
     if as_json:
         click.echo(json.dumps(ev.to_dict(), indent=2))
         return

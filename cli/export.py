@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from geovision.cli.options import EXIT_BAD_INPUT, debug_option, log_to_stderr, quiet_option, run, trust_option
+from geovision.cli import options as opt
 
 
 @click.command()
@@ -20,22 +20,21 @@ from geovision.cli.options import EXIT_BAD_INPUT, debug_option, log_to_stderr, q
     "package runs without torch.",
 )
 @click.option("--overwrite", is_flag=True, help="Replace the output if it exists.")
-@trust_option
-@quiet_option
-@debug_option
+@opt.trust_option
+@opt.common_options
 def export(
     model: str, output: str | None, into_package: bool, overwrite: bool, trust: bool, quiet: bool, debug: bool
 ) -> None:
     """Export MODEL to ONNX with its model YAML embedded; `detect --model FILE.onnx` runs it."""
     import geovision
 
-    log_to_stderr(quiet)
+    opt.log_to_stderr(quiet)
     if into_package and output:
         click.echo("error: --package writes model.onnx into the package; leave out -o", err=True)
-        sys.exit(EXIT_BAD_INPUT)
-    cfg = run(lambda: geovision.resolve_model(model, trust), debug)
+        sys.exit(opt.EXIT_BAD_INPUT)
+    cfg = opt.run(lambda: geovision.resolve_model(model, trust), debug)
     if into_package:
-        path = run(lambda: geovision.package_onnx(cfg, overwrite=overwrite), debug)
+        path = opt.run(lambda: geovision.package_onnx(cfg, overwrite=overwrite), debug)
     else:
-        path = run(lambda: geovision.export_onnx(cfg, output, overwrite=overwrite), debug)
+        path = opt.run(lambda: geovision.export_onnx(cfg, output, overwrite=overwrite), debug)
     click.echo(str(path))

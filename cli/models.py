@@ -6,18 +6,17 @@ import json
 
 import click
 
-from geovision.cli.options import debug_option, quiet_option, run
+from geovision.cli import options as opt
 
 
 @click.command("models")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON list.")
-@quiet_option
-@debug_option
+@opt.common_options
 def models_cmd(as_json: bool, quiet: bool, debug: bool) -> None:
     """List the named models."""
     import geovision
 
-    found = run(geovision.list_models, debug)
+    found = opt.run(geovision.list_models, debug)
     if as_json:
         click.echo(json.dumps([m.to_summary() for m in found], indent=2))
         return

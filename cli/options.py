@@ -191,6 +191,23 @@ qml_option = click.option(
 )
 
 
+def together(*options: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """Several options as one decorator, listed in ``--help`` in the order given."""
+
+    def apply(command: Any) -> Any:
+        for option in reversed(options):
+            command = option(command)
+        return command
+
+    return apply
+
+
+#: what every command takes last: -q and --debug
+common_options = together(quiet_option, debug_option)
+#: how a model runs: where, on which runtime, quantized or not, and whether its pickle is trusted
+runtime_options = together(device_option, backend_option, quantize_option, trust_option)
+
+
 class Progress:
     """The progress callback of a command: a tqdm bar (of tiles, or a cluster's bands), or
     'progress DONE/TOTAL' lines."""

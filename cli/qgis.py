@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from geovision.cli.options import debug_option, quiet_option, run
+from geovision.cli import options as opt
 
 
 @click.command("qgis-plugin")
@@ -17,13 +17,12 @@ from geovision.cli.options import debug_option, quiet_option, run
     help="The plugin zip to write.",
 )
 @click.option("--overwrite", is_flag=True, help="Replace the zip if it exists.")
-@quiet_option
-@debug_option
+@opt.common_options
 def qgis_plugin(output: str, overwrite: bool, quiet: bool, debug: bool) -> None:
     """Build the QGIS plugin (a Processing provider that runs this command) as a zip for
     QGIS's "Plugins > Manage and Install Plugins > Install from ZIP"."""
     import geovision
 
-    path = run(lambda: geovision.build_qgis_plugin(output, overwrite), debug)
+    path = opt.run(lambda: geovision.build_qgis_plugin(output, overwrite), debug)
     if not quiet:
         click.echo(f"{path}: install it in QGIS with Plugins > Manage and Install Plugins > Install from ZIP", err=True)

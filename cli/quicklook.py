@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from geovision.cli.options import debug_option, parse_bands, quiet_option, run
+from geovision.cli import options as opt
 
 
 @click.command()
@@ -17,10 +17,9 @@ from geovision.cli.options import debug_option, parse_bands, quiet_option, run
 @click.option("--size", type=click.IntRange(16), default=2048, show_default=True, help="Long side of the PNG, px.")
 @click.option("--iou", type=click.FloatRange(0, 1), default=0.5, show_default=True, help="IoU for a match.")
 @click.option("--class-field", default="class", show_default=True, help="Field with class names ('' for one class).")
-@click.option("--bands", callback=parse_bands, help="Bands to show as RGB, e.g. 4,3,2 (default: 1,2,3 or 1).")
+@click.option("--bands", callback=opt.parse_bands, help="Bands to show as RGB, e.g. 4,3,2 (default: 1,2,3 or 1).")
 @click.option("--overwrite", is_flag=True, help="Replace the PNG if it exists.")
-@quiet_option
-@debug_option
+@opt.common_options
 def quicklook(
     raster: str,
     pred: str | None,
@@ -34,7 +33,7 @@ def quicklook(
     """Draw PRED (and --truth) over a downsampled RASTER into a PNG."""
     import geovision
 
-    look = run(
+    look = opt.run(
         lambda: geovision.quicklook(raster, output, pred, truth, class_field=class_field or None, **options),
         debug,
     )

@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from geovision.cli.options import cli_text, debug_option, device_option, quiet_option, run
+from geovision.cli import options as opt
 
 
 @click.command()
@@ -68,7 +68,7 @@ from geovision.cli.options import cli_text, debug_option, device_option, quiet_o
     help="Segmenters: also learn a band this many model pixels wide along outlines, to split touching objects.",
 )
 @click.option("--val-fraction", type=float, help="Share of spatial blocks held out for validation.")
-@device_option
+@opt.device_option
 @click.option("--seed", type=int)
 @click.option("-o", "--output", help="Folder for the model package (model.yaml + weights).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing package folder.")
@@ -78,8 +78,7 @@ from geovision.cli.options import cli_text, debug_option, device_option, quiet_o
     is_flag=True,
     help="Start from a pickled --weights file even if it names more than network layers (it can run code).",
 )
-@quiet_option
-@debug_option
+@opt.common_options
 @click.pass_context
 def train(
     ctx: click.Context, task: str | None, config_file: str | None, quiet: bool, debug: bool, **flags: Any
@@ -100,7 +99,7 @@ def train(
 
     def log(msg: str) -> None:
         if not quiet:
-            click.echo(cli_text(msg), err=True)
+            click.echo(opt.cli_text(msg), err=True)
 
-    result = run(lambda: geovision.train(geovision.train_spec(config_file, task=task, **settings), log=log), debug)
+    result = opt.run(lambda: geovision.train(geovision.train_spec(config_file, task=task, **settings), log=log), debug)
     click.echo(f"model package: {result.source}", err=True)

@@ -480,12 +480,8 @@ class BandResult:
 
 
 def detect_band(job: _BandJob, rows: range) -> BandResult:
-    """On a cluster worker: run the tile rows ``rows`` of the raster and return their objects.
-
-    A segmenter's band also runs the tile rows above it that blend into its
-    first rows (:func:`.blend.warmup_rows`) and throws their strips away, so
-    its strips are those of a single process, bit for bit.
-    """
+    """On a cluster worker: run the tile rows ``rows`` of the raster and return their objects
+    (:meth:`_Boxes.band`, :meth:`_Masks.band`)."""
     try:
         return _run_band(job, rows)
     except GeovisionError as e:  # the user's error, without its chain: GDAL's errors do not unpickle

@@ -208,13 +208,17 @@ class RasterSink:
             BIGTIFF="IF_SAFER",
         )
         layouts = {"mask": dict(count=1, dtype="uint8"), "probs": dict(count=self.n_classes, dtype="float32")}
-        for key, target in self.targets.items():  # checked by the caller before the run
-            self.tmp[key] = target.with_name(f".{target.name}.{os.getpid()}.tmp.tif")
-            self.files[key] = f = rasterio.open(self.tmp[key], "w", **base, **layouts[key])
-            # class k of the mask is classes[k - 1]; `geovision evaluate` reads the names back
-            f.update_tags(**{CLASSES_TAG: json.dumps(list(self.classes))})
-            if key == "probs":
-                f.descriptions = self.classes
+        try:  # an interrupt while opening still removes what was opened: __exit__ would not run
+            for key, target in self.targets.items():  # checked by the caller before the run
+                self.tmp[key] = target.with_name(f".{target.name}.{os.getpid()}.tmp.tif")
+                self.files[key] = f = rasterio.open(self.tmp[key], "w", **base, **layouts[key])
+                # class k of the mask is classes[k - 1]; `geovision evaluate` reads the names back
+                f.update_tags(**{CLASSES_TAG: json.dumps(list(self.classes))})
+                if key == "probs":
+                    f.descriptions = self.classes
+        except BaseException as e:
+            self.__exit__(type(e), e, None)
+            raise
         return self
 
     def write(self, strip: Strip) -> None:
@@ -235,9 +239,9 @@ class RasterSink:
             self.files["probs"].write(strip.probs[1:, rows][:, :, self.cols], window=window)
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        for f in self.files.values():
-            f.close()
         try:
+            for f in self.files.values():
+                f.close()
             if exc_type is None:
                 for key, target in self.targets.items():
                     cog = self.tmp[key].with_suffix(".cog.tif")

@@ -125,10 +125,7 @@ class _GeovisionAlgorithm(QgsProcessingAlgorithm):
 
     def _settings(self, parameters, context):
         """(command, model, confidence, device) from the dialog's values."""
-        try:
-            executable = runner.find_executable(configured_executable())
-        except runner.GeovisionCommandError as e:
-            raise QgsProcessingException(str(e)) from e
+        executable = self._executable()
         model = self.parameterAsEnumString(parameters, "MODEL", context)
         if model == MODEL_FILE_CHOICE or not model:
             model = self.parameterAsFile(parameters, "MODEL_FILE", context)
@@ -139,6 +136,14 @@ class _GeovisionAlgorithm(QgsProcessingAlgorithm):
             confidence = self.parameterAsDouble(parameters, "CONFIDENCE", context)
         device = self.parameterAsEnumString(parameters, "DEVICE", context) or "auto"
         return executable, model, confidence, device
+
+    @staticmethod
+    def _executable():
+        """The geovision command: the provider's setting, or the one on PATH."""
+        try:
+            return runner.find_executable(configured_executable())
+        except runner.GeovisionCommandError as e:
+            raise QgsProcessingException(str(e)) from e
 
     def _run(self, cmd, feedback):
         feedback.pushCommandInfo("The same run from a shell (for a server, or a script):")
@@ -279,11 +284,7 @@ class CompareAlgorithm(_GeovisionAlgorithm):
                 raise QgsProcessingException(f"{key.lower()}: geovision reads layer files (GDAL/OGR)")
             sources.append(layer.source().split("|")[0])
         output = self.parameterAsOutputLayer(parameters, "OUTPUT", context)
-        try:
-            executable = runner.find_executable(configured_executable())
-        except runner.GeovisionCommandError as e:
-            raise QgsProcessingException(str(e)) from e
         align = self.parameterAsBoolean(parameters, "ALIGN", context)
-        self._run(runner.compare_command(executable, *sources, output, align), feedback)
+        self._run(runner.compare_command(self._executable(), *sources, output, align), feedback)
         self._style_when_loaded(output, context)
         return {"OUTPUT": output}
