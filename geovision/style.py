@@ -10,6 +10,7 @@ does the same (``--qml``).
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
@@ -77,7 +78,8 @@ def add_gpkg_style(path: Path, layer: str, style: str, description: str = "geovi
     The table is registered in ``gpkg_contents`` as an attributes table, as
     GDAL and QGIS do, so the file stays a valid GeoPackage.
     """
-    now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    # GDAL's OGR_CURRENT_DATE fixes the layer's timestamp for reproducible files; the style's follows it
+    now = os.environ.get("OGR_CURRENT_DATE") or datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
     con = sqlite3.connect(path)
     try:
         with con:

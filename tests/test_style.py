@@ -56,6 +56,21 @@ def test_a_geopackage_carries_its_default_qgis_style(tmp_path):
         assert len(read_vector(out, LabelError)) == len(result.features) > 20
 
 
+def test_a_geopackage_is_the_same_bytes_when_gdal_is_told_the_date(tmp_path, monkeypatch):
+    """GDAL's OGR_CURRENT_DATE makes a run reproducible: the style table's timestamp follows it too."""
+    monkeypatch.setenv("OGR_CURRENT_DATE", "2026-01-01T00:00:00Z")
+    out = tmp_path / "trees.gpkg"
+    geovision.detect(SAMPLE_TREES, "trees", out)
+    first = out.read_bytes()
+    geovision.detect(SAMPLE_TREES, "trees", out, overwrite=True)
+    assert out.read_bytes() == first
+    con = sqlite3.connect(out)
+    stamps = {t for (t,) in con.execute("SELECT last_change FROM gpkg_contents")}
+    stamps |= {t for (t,) in con.execute("SELECT update_time FROM layer_styles")}
+    con.close()
+    assert stamps == {"2026-01-01T00:00:00Z"}
+
+
 def test_every_class_gets_its_own_outline_colour():
     cats = categories(qml(["building", "tree", "car"]))
     assert [c[0] for c in cats] == ["building", "tree", "car"]
