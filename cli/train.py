@@ -43,7 +43,8 @@ from geovision.cli import options as opt
 @click.option(
     "--weights",
     help="Start from a model (a name such as trees, a package folder or YAML: its resolution, tile size and "
-    "settings too, for fine-tuning on your imagery) or a weights file, instead of from scratch.",
+    "settings too, for fine-tuning on your imagery; objects larger than it learned are read coarser) or a "
+    "weights file, instead of from scratch.",
 )
 @click.option(
     "--detector",

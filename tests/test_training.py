@@ -18,7 +18,7 @@ import geovision
 from geovision.cli.main import main
 from geovision.labels import ImageLabels, ImageShapes, LabelReport, read_areas, read_vector_labels, read_vector_shapes
 from geovision.training.chips import IGNORE, ChipOptions, chip_detection_dataset, chip_segmentation_dataset
-from geovision.training.run import read_labels, read_polygons
+from geovision.training.run import matched_resolution, read_labels, read_polygons
 from geovision.training.scoring import THRESHOLDS
 from geovision.training.spec import spec_from_mapping
 from tests.conftest import squares_image, write_raster
@@ -602,6 +602,39 @@ def test_a_threshold_is_not_chosen_on_a_handful_of_boxes(tmp_path):
     assert f"confidence: {kept:g}, as it was: " in r.stderr and "too few to choose one on" in r.stderr
     cfg = yaml.safe_load((tmp_path / "m" / "model.yaml").read_text())
     assert cfg["confidence"] == kept and cfg["metrics"]["at_confidence"] in THRESHOLDS
+
+
+def test_fine_tuning_reads_the_objects_at_the_size_the_start_model_learned(tmp_path):
+    """A package records how large its labelled objects were; fine-tuned on objects twice that size, a
+    run reads the imagery at twice the metres per pixel (the oaks a conifer model would cut into
+    pieces), unless a resolution is given."""
+    img, labels = scene(tmp_path)
+    start = tmp_path / "start"
+    args = ["--classes", "hut", "--tile-size", "64", "--batch", "4", "--epochs", "1", "--val-fraction", "0.25", "-q"]
+    r = CliRunner().invoke(main, ["train", "detect", "--images", str(img), "--labels", str(labels), *args,
+                                  "--resolution", "0.1", "-o", str(start)])  # fmt: skip
+    assert r.exit_code == 0, r.stderr
+    sides = [((x2 - x1) * (y2 - y1)) ** 0.5 * 0.1 for x1, y1, x2, y2 in SQUARES]
+    learned = yaml.safe_load((start / "model.yaml").read_text())["training"]["data"]["object_size_m"]
+    assert learned == pytest.approx(np.median(sides), abs=0.01)  # 3.0 m: the labels' median side
+    # the same huts twice as large, on the same 0.1 m pixels
+    big = [tuple(2 * v for v in s) for s in SQUARES]
+    img2 = write_raster(tmp_path / "big.tif", squares_image(512, 512, big), transform=T)
+    polys = [shapely.box(*(T @ (x1, y2)), *(T @ (x2, y1))) for x1, y1, x2, y2 in big]
+    gpd.GeoDataFrame({"class": ["hut"] * 5}, geometry=polys, crs="EPSG:32617").to_file(tmp_path / "big.gpkg")
+    tune = ["train", "detect", "--weights", str(start), "--images", str(img2), "--labels", str(tmp_path / "big.gpkg")]
+    r = CliRunner().invoke(main, [*tune, *args[:-1], "-o", str(tmp_path / "tuned")])
+    assert r.exit_code == 0, r.stderr
+    assert "reading at 0.2 m, not 0.1, so that they look the size it learned (give --resolution to choose)" in r.stderr
+    tuned = yaml.safe_load((tmp_path / "tuned" / "model.yaml").read_text())
+    assert tuned["resolution"] == 0.2 and tuned["training"]["data"]["object_size_m"] == pytest.approx(2 * learned, 0.01)
+    given = {"weights": str(start), "images": [str(img2)], "labels": ["big.gpkg"], "output": "m", "resolution": 0.1}
+    assert spec_from_mapping(given).start_object_size_m is None  # a resolution given is kept
+    assert spec_from_mapping({**given, "resolution": None}).start_object_size_m == learned
+    said: list[str] = []
+    assert matched_resolution(0.1, 4.0, 4.9, said.append) == 0.1  # within 1.25x: as it was
+    assert matched_resolution(0.1, 4.0, 2.0, said.append) == 0.1  # smaller: never read finer
+    assert matched_resolution(0.1, 4.0, 40.0, said.append) == 0.4 and len(said) == 1  # at most four times coarser
 
 
 @pytest.mark.parametrize("task", ["detect", "segment"])

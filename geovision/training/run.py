@@ -145,6 +145,10 @@ class Trainer:
             raise TrainingError(
                 f"no usable labels ({report.summary()}); check the labels' CRS, classes and `class_field`"
             )
+        size = object_size_m(spec, items)
+        if spec.start_object_size_m and size and spec.resolution:
+            matched = matched_resolution(spec.resolution, spec.start_object_size_m, size, log)
+            self.spec = spec = replace(spec, resolution=matched)
         chips = self.cut(items, staging, spec.val_fraction)
         if not chips.train and chips.val:  # the one labelled block went to validation: train on it instead
             chips = self.cut(items, staging, 0.0)
@@ -163,6 +167,8 @@ class Trainer:
             log("validation: no held-out chip holds a label (too few labelled blocks to split, or `val_fraction=0`); "
                 "the best epoch is chosen on the training chips")  # fmt: skip
         info = {**_data_info(spec, report, **chips.record()), "val_regions": _regions_yaml(chips.split.val_regions)}
+        if size:
+            info["object_size_m"] = round(size, 2)
         return self.fit(chips, self.config(), package, {"data": info})
 
 
@@ -184,16 +190,7 @@ def training_resolution(
 ) -> float:
     """The model resolution when none is given: the training rasters' ground resolution (metres on the
     ground, also for rasters in degrees or Web Mercator); their median when they differ, said in ``log``."""
-    sizes = []
-    for image in images:
-        with open_raster(image) as ds:
-            if ds.crs is None:
-                if image_resolution is None:
-                    raise TrainingError(f"{image}: no georeference; give `resolution` (or `image_resolution`)")
-                sizes.append(image_resolution)
-            else:
-                dx, dy = ground_pixel_size_m(ds.crs, ds.transform, ds.width, ds.height)
-                sizes.append(math.sqrt(dx * dy))
+    sizes = [pixel_size_m(image, image_resolution) for image in images]
     chosen = round(float(np.median(sizes)), 3)
     lo, hi = min(sizes), max(sizes)
     if hi / lo > 1.05:
@@ -201,6 +198,50 @@ def training_resolution(
             f"{chosen:g} m (give `resolution` to choose)")  # fmt: skip
     else:
         log(f"resolution: {chosen:g} m per pixel, that of the rasters")
+    return chosen
+
+
+def pixel_size_m(image: Path, image_resolution: float | None) -> float:
+    """Metres on the ground per pixel of ``image`` (``image_resolution`` where it has no georeference)."""
+    with open_raster(image) as ds:
+        if ds.crs is not None:
+            return math.sqrt(math.prod(ground_pixel_size_m(ds.crs, ds.transform, ds.width, ds.height)))
+    if image_resolution is None:
+        raise TrainingError(f"{image}: no georeference; give `resolution` (or `image_resolution`)")
+    return image_resolution
+
+
+def object_size_m(spec: TrainSpec, items: Sequence[ImageLabels | ImageShapes]) -> float | None:
+    """The median size of the labelled objects in metres across (the side of a square of their area),
+    recorded in the package so that fine-tuning on other imagery can match it; None without labels."""
+    sides = []
+    for item in items:
+        if isinstance(item, ImageShapes):
+            px = np.sqrt(shapely.area(np.asarray(item.geoms, dtype=object)))
+        else:
+            px = np.sqrt((item.boxes[:, 2] - item.boxes[:, 0]) * (item.boxes[:, 3] - item.boxes[:, 1]))
+        if len(px):
+            sides.append(px * pixel_size_m(item.image, spec.image_resolution))
+    return float(np.median(np.concatenate(sides))) if sides else None
+
+
+#: the most a fine-tuning run coarsens the start model's resolution to match the user's objects
+MAX_COARSENING = 4.0
+
+
+def matched_resolution(resolution: float, learned_m: float, size_m: float, log: Callable[[str], None]) -> float:
+    """The resolution at which the user's objects (``size_m`` across, median) look as large in pixels as
+    those a model read at ``resolution`` learned on (``learned_m``): a model that learned 3 m conifers
+    reads 7 m oaks at twice its metres per pixel, instead of cutting each oak into conifer-sized pieces.
+    Objects up to 1.25x the learned size keep the resolution, and smaller ones are not read finer (that
+    was never measured to help)."""
+    ratio = size_m / learned_m
+    if ratio <= 1.25:
+        return resolution
+    chosen = round(resolution * min(ratio, MAX_COARSENING), 3)
+    log(f"resolution: the labelled objects are {size_m:.1f} m across (median), the start model's {learned_m:.1f} m; "
+        f"reading at {chosen:g} m, not {resolution:g}, so that they look the size it learned (give `resolution` "
+        "to choose)")  # fmt: skip
     return chosen
 
 

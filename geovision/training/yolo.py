@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -24,6 +25,10 @@ from geovision.training.chips import ChipSet
 from geovision.training.common import aerial_augmentations, package_run, start_weights, write_model_yaml
 from geovision.training.run import Trainer, read_labels, read_polygons
 from geovision.training.scoring import MIN_BOXES, chips_confidence
+
+#: early stopping waits at least this many optimiser steps without a gain (and 50 epochs): fine-tuned
+#: on a plot or two, an epoch is one step, and 50 of them stopped runs before they had learned anything
+PATIENCE_STEPS = 400
 
 
 class YoloTrainer(Trainer):
@@ -87,7 +92,8 @@ class YoloTrainer(Trainer):
                 # a .pt start is used only with pretrained left on (False rebuilds the network from its YAML)
                 pretrained=start is not None,
                 amp=device != "cpu",
-                patience=50,
+                # no gain for 50 epochs, or PATIENCE_STEPS optimiser steps where an epoch is a few (a plot or two)
+                patience=max(50, math.ceil(PATIENCE_STEPS / max(1, math.ceil(chips.train / spec.batch)))),
                 lr0=0.01,
                 fliplr=0.5,
                 flipud=0.5,
