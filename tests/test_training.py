@@ -637,6 +637,29 @@ def test_fine_tuning_reads_the_objects_at_the_size_the_start_model_learned(tmp_p
     assert matched_resolution(0.1, 4.0, 40.0, said.append) == 0.4 and len(said) == 1  # at most four times coarser
 
 
+def test_an_image_without_georeference_trains_at_the_resolution_given(tmp_path):
+    """A PNG with Pascal VOC boxes and no ``image_resolution``: its pixels are taken as the model's
+    (``--resolution``), and the objects' recorded size follows from that."""
+    Image.fromarray(np.moveaxis(squares_image(256, 256, SQUARES), 0, -1)).save(tmp_path / "plain.png")
+    boxes = "".join(
+        f"<object><name>hut</name><bndbox><xmin>{x1}</xmin><ymin>{y1}</ymin><xmax>{x2}</xmax><ymax>{y2}</ymax>"
+        "</bndbox></object>"
+        for x1, y1, x2, y2 in SQUARES
+    )
+    (tmp_path / "plain.xml").write_text(f"<annotation>{boxes}</annotation>")
+    args = ["train", "detect", "--images", str(tmp_path / "plain.png"), "--labels", str(tmp_path / "plain.xml")]
+    args += ["--classes", "hut", "--tile-size", "64", "--batch", "4", "--epochs", "1", "--resolution", "0.1"]
+    r = CliRunner().invoke(main, [*args, "-q", "-o", str(tmp_path / "m")])
+    assert r.exit_code == 0, r.stderr
+    cfg = yaml.safe_load((tmp_path / "m" / "model.yaml").read_text())
+    sides = [((x2 - x1) * (y2 - y1)) ** 0.5 * 0.1 for x1, y1, x2, y2 in SQUARES]
+    assert cfg["resolution"] == 0.1
+    assert cfg["training"]["data"]["object_size_m"] == pytest.approx(np.median(sides), abs=0.01)
+    r = CliRunner().invoke(main, [*args[:-2], "-q", "-o", str(tmp_path / "n")])  # no resolution: nothing to go by
+    assert r.exit_code == 2 and "plain.png: no georeference; give --resolution" in r.stderr
+    assert not (tmp_path / "n").exists()
+
+
 @pytest.mark.parametrize("task", ["detect", "segment"])
 def test_time_bounds_a_training_run(tmp_path, task):
     """`--time` ends the run with the epochs that fit (one or two here), not the 50 asked for."""

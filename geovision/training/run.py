@@ -60,8 +60,9 @@ def train(spec: TrainSpec, log: Callable[[str], None] = lambda s: None) -> Model
     if len(spec.labels) not in (1, len(spec.images)):
         raise TrainingError(f"give one labels file, or one per image ({len(spec.images)}), not {len(spec.labels)}")
     trainer.check()
+    trainer.pixel_m = pixel_sizes_m(spec.images, spec.image_resolution)
     if spec.resolution is None:
-        trainer.spec = replace(spec, resolution=training_resolution(spec.images, spec.image_resolution, log))
+        trainer.spec = replace(spec, resolution=training_resolution(trainer.pixel_m, log))
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         package = staging / "package"
@@ -94,6 +95,8 @@ class Trainer:
 
     def __init__(self, spec: TrainSpec, log: Callable[[str], None]) -> None:
         self.spec, self.log = spec, log
+        #: metres on the ground per pixel of each image (None: no georeference, no ``image_resolution``)
+        self.pixel_m: dict[Path, float | None] = {}
 
     def check(self) -> None:
         """Refuse a start that must not be loaded, before any work (nothing to check by default)."""
@@ -145,7 +148,7 @@ class Trainer:
             raise TrainingError(
                 f"no usable labels ({report.summary()}); check the labels' CRS, classes and `class_field`"
             )
-        size = object_size_m(spec, items)
+        size = object_size_m(items, {k: v or spec.resolution for k, v in self.pixel_m.items()})
         if spec.start_object_size_m and size and spec.resolution:
             matched = matched_resolution(spec.resolution, spec.start_object_size_m, size, log)
             self.spec = spec = replace(spec, resolution=matched)
@@ -185,12 +188,29 @@ def chip_options(spec: TrainSpec, val_fraction: float) -> ChipOptions:
     )
 
 
-def training_resolution(
-    images: Sequence[Path], image_resolution: float | None, log: Callable[[str], None] = lambda s: None
-) -> float:
-    """The model resolution when none is given: the training rasters' ground resolution (metres on the
-    ground, also for rasters in degrees or Web Mercator); their median when they differ, said in ``log``."""
-    sizes = [pixel_size_m(image, image_resolution) for image in images]
+def pixel_sizes_m(images: Sequence[Path], image_resolution: float | None) -> dict[Path, float | None]:
+    """Metres on the ground per pixel of each image (also for rasters in degrees or Web Mercator);
+    ``image_resolution`` where one has no georeference, None where that is not given either (it is then
+    read at the model's resolution)."""
+    sizes: dict[Path, float | None] = {}
+    for image in images:
+        with open_raster(image) as ds:
+            geo = ds.crs is not None
+            sizes[image] = (
+                math.sqrt(math.prod(ground_pixel_size_m(ds.crs, ds.transform, ds.width, ds.height)))
+                if geo
+                else image_resolution
+            )
+    return sizes
+
+
+def training_resolution(pixel_m: dict[Path, float | None], log: Callable[[str], None] = lambda s: None) -> float:
+    """The model resolution when none is given: the training rasters' ground resolution
+    (:func:`pixel_sizes_m`); their median when they differ, said in ``log``."""
+    unknown = next((image for image, size in pixel_m.items() if size is None), None)
+    if unknown is not None:
+        raise TrainingError(f"{unknown}: no georeference; give `resolution` (or `image_resolution`)")
+    sizes = [size for size in pixel_m.values() if size is not None]
     chosen = round(float(np.median(sizes)), 3)
     lo, hi = min(sizes), max(sizes)
     if hi / lo > 1.05:
@@ -201,19 +221,10 @@ def training_resolution(
     return chosen
 
 
-def pixel_size_m(image: Path, image_resolution: float | None) -> float:
-    """Metres on the ground per pixel of ``image`` (``image_resolution`` where it has no georeference)."""
-    with open_raster(image) as ds:
-        if ds.crs is not None:
-            return math.sqrt(math.prod(ground_pixel_size_m(ds.crs, ds.transform, ds.width, ds.height)))
-    if image_resolution is None:
-        raise TrainingError(f"{image}: no georeference; give `resolution` (or `image_resolution`)")
-    return image_resolution
-
-
-def object_size_m(spec: TrainSpec, items: Sequence[ImageLabels | ImageShapes]) -> float | None:
-    """The median size of the labelled objects in metres across (the side of a square of their area),
-    recorded in the package so that fine-tuning on other imagery can match it; None without labels."""
+def object_size_m(items: Sequence[ImageLabels | ImageShapes], pixel_m: dict[Path, float]) -> float | None:
+    """The median size of the labelled objects in metres across (the side of a square of their area;
+    ``pixel_m``: each image's metres per pixel), recorded in the package so that fine-tuning on other
+    imagery can match it; None without labels."""
     sides = []
     for item in items:
         if isinstance(item, ImageShapes):
@@ -221,7 +232,7 @@ def object_size_m(spec: TrainSpec, items: Sequence[ImageLabels | ImageShapes]) -
         else:
             px = np.sqrt((item.boxes[:, 2] - item.boxes[:, 0]) * (item.boxes[:, 3] - item.boxes[:, 1]))
         if len(px):
-            sides.append(px * pixel_size_m(item.image, spec.image_resolution))
+            sides.append(px * pixel_m[item.image])
     return float(np.median(np.concatenate(sides))) if sides else None
 
 

@@ -93,7 +93,7 @@ class YoloTrainer(Trainer):
                 pretrained=start is not None,
                 amp=device != "cpu",
                 # no gain for 50 epochs, or PATIENCE_STEPS optimiser steps where an epoch is a few (a plot or two)
-                patience=max(50, math.ceil(PATIENCE_STEPS / max(1, math.ceil(chips.train / spec.batch)))),
+                patience=max(50, math.ceil(PATIENCE_STEPS / math.ceil(chips.train / spec.batch))),
                 lr0=0.01,
                 fliplr=0.5,
                 flipud=0.5,
