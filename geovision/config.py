@@ -24,6 +24,7 @@ from geovision.raster import Normalization
 
 #: libyaml's safe loader where PyYAML has it: a package YAML with its training record loads ten times faster
 _SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+log = logging.getLogger("geovision")
 
 #: detect: boxes; segment: per-pixel classes (semantic); instance: one outline per object (YOLO-seg).
 Task = Literal["detect", "segment", "instance"]
@@ -105,7 +106,8 @@ class ModelConfig:
     end2end: bool = False
     #: of an exported ONNX file: the backend it was exported from
     source_backend: str | None = None
-    #: what the package records of how it was made (``training``, ``metrics``); read by no code
+    #: what the package records of how it was made (``training``, ``metrics``); code reads only
+    #: :attr:`object_size_m` from it
     record: dict[str, Any] = field(default_factory=dict)
     #: the user vouches for a pickled weights file (``--trust-model``); never read from or written to YAML
     trusted: bool = False
@@ -133,6 +135,42 @@ class ModelConfig:
     def with_overrides(self, **kw: Any) -> ModelConfig:
         """A copy with the given fields replaced; ``None`` values are ignored."""
         return replace(self, **{k: v for k, v in kw.items() if v is not None})
+
+    @property
+    def object_size_m(self) -> float | None:
+        """The median size, in metres across, of the objects the model learned on (where recorded)."""
+        size = self.record.get("training", {}).get("data", {}).get("object_size_m")
+        return float(size) if size else None
+
+    def for_objects_of(self, size_m: float) -> ModelConfig:
+        """This model on imagery whose objects are ``size_m`` metres across (median): read at the
+        resolution where they look the size it learned on (:func:`matched_resolution`)."""
+        if size_m <= 0:
+            raise ModelError(f"object size {size_m:g}: give the objects' typical size in metres, more than zero")
+        if self.object_size_m is None or self.resolution_m is None:
+            why = "reads rasters at their own resolution" if self.resolution_m is None else "records no object size"
+            raise ModelError(f"model '{self.name}' {why}; `object_size` cannot be matched")
+        resolution = matched_resolution(self.resolution_m, self.object_size_m, size_m)
+        if resolution != self.resolution_m:
+            log.info(
+                "reading at %g m, not %g: objects of %.1f m look the size of those '%s' learned on (%.1f m)",
+                resolution, self.resolution_m, size_m, self.name, self.object_size_m,
+            )  # fmt: skip
+        return replace(self, resolution_m=resolution)
+
+
+#: the most a model's resolution is coarsened to match larger objects
+MAX_COARSENING = 4.0
+
+
+def matched_resolution(resolution: float, learned_m: float, size_m: float) -> float:
+    """The resolution at which objects ``size_m`` across (median) look as large in pixels as those a model
+    read at ``resolution`` learned on (``learned_m``): a model that learned 3 m conifers reads 7 m oaks at
+    twice its metres per pixel, instead of cutting each oak into conifer-sized pieces. Objects up to
+    1.25x the learned size keep the resolution, smaller ones are not read finer (that was never measured
+    to help), and it coarsens at most :data:`MAX_COARSENING` times."""
+    ratio = size_m / learned_m
+    return resolution if ratio <= 1.25 else round(resolution * min(ratio, MAX_COARSENING), 3)
 
 
 def load_config(path: Path) -> ModelConfig:
@@ -354,7 +392,7 @@ def verify_weights(cfg: ModelConfig) -> str:
                 f"the model YAML expects {cfg.sha256[:12]}…; the file is corrupt or was replaced"
             )
     elif cfg.source is not None and cfg.source.suffix.lower() in (".yaml", ".yml"):
-        logging.getLogger("geovision").warning(
+        log.warning(
             f"model '{cfg.name}': {cfg.source.name} gives no sha256, so {cfg.weights.name} is loaded unchecked; "
             f"add 'sha256: {actual}' once you trust the file"
         )

@@ -124,6 +124,7 @@ def detect(
     scheduler: str | None = None,
     workers: int | None = None,
     band_rows: int | None = None,
+    object_size: float | None = None,
 ) -> DetectResult:
     """Find objects in ``raster`` with ``model`` and optionally write them to ``output``.
 
@@ -133,6 +134,10 @@ def detect(
     YAML. ``pixel_coords`` accepts a raster without georeference and gives
     pixel coordinates; ``pixel_size`` (metres) says how large its pixels are
     on the ground, so it is still read at the model's resolution.
+    ``object_size`` (metres across, the typical object of this raster) reads
+    it coarser where its objects are larger than those the model learned on
+    (:meth:`ModelConfig.for_objects_of`): oaks of 8 m for a model of 4 m
+    conifers are read at twice its metres per pixel, not cut into pieces.
     ``mask_out``/``prob_out`` (segmenters only) also write the class
     raster and the probabilities as GeoTIFFs in the raster's own grid;
     ``regularize`` squares outlines up (``True``) or keeps them as traced
@@ -158,6 +163,8 @@ def detect(
     """
     started = time.perf_counter()
     cfg = model if isinstance(model, ModelConfig) else resolve_model(model)
+    if object_size is not None:
+        cfg = cfg.for_objects_of(object_size)
     cfg = cfg.with_overrides(
         batch_size=batch_size, confidence=confidence, iou=iou, bands=tuple(bands) if bands else None
     )

@@ -243,6 +243,34 @@ def test_real_yolo_on_sample_tile_end_to_end(tmp_path):
     assert set(gdf["class"]) == {"tree"} and (gdf["source"] == SAMPLE_TREES.name).all()
 
 
+def test_object_size_reads_larger_objects_coarser(tmp_path, model_yaml):
+    """``--object-size 8`` with `trees` (crowns of 4 m learned at 0.1 m) reads at 0.2 m, so that the model
+    sees such crowns at the size it learned, into a layer in the raster's place; objects near the learned
+    size keep the resolution."""
+    r = run("detect", SAMPLE_TREES, "-m", "trees", "--object-size", "8", "-o", tmp_path / "coarse.gpkg")
+    assert r.exit_code == 0, r.stderr
+    assert "reading at 0.2 m, not 0.1: objects of 8.0 m look the size of those 'trees' learned on (4.0 m)" in r.stderr
+    import geovision
+
+    fine = geovision.detect(SAMPLE_TREES, "trees", object_size=4.5)
+    assert fine.model.resolution_m == 0.1 and geovision.resolve_model("trees").object_size_m == 4.0
+    coarse = gpd.read_file(tmp_path / "coarse.gpkg", layer="coarse")
+    assert coarse.crs.to_epsg() == 32617 and len(coarse) > 5
+    with rasterio.open(SAMPLE_TREES) as ds:
+        left, bottom, right, top = ds.bounds
+    b = coarse.total_bounds
+    assert left - 1 <= b[0] and b[2] <= right + 1 and bottom - 1 <= b[1] and b[3] <= top + 1
+    assert geovision.detect(SAMPLE_TREES, "trees", object_size=40).model.resolution_m == 0.4  # at most 4x
+    with pytest.raises(geovision.ModelError, match="more than zero"):
+        geovision.detect(SAMPLE_TREES, "trees", object_size=0)
+    cfg = yaml.safe_load(model_yaml.read_text())
+    cfg.pop("training")  # a package made before sizes were recorded
+    model_yaml.write_text(yaml.safe_dump(cfg))
+    out = tmp_path / "none.gpkg"
+    r = run("detect", SAMPLE_TREES, "-m", model_yaml, "--object-size", "8", "-o", out)
+    assert_user_error(r, "records no object size; --object-size cannot be matched", out)
+
+
 def test_geojson_and_shapefile_outputs(tmp_path):
     import geopandas as gpd
 

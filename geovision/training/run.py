@@ -24,7 +24,14 @@ import numpy as np
 import shapely
 
 from geovision.backends.registry import backend, resolve
-from geovision.config import DEFAULT_CONFIDENCE, ModelConfig, VectorizeOptions, load_config, settings
+from geovision.config import (
+    DEFAULT_CONFIDENCE,
+    ModelConfig,
+    VectorizeOptions,
+    load_config,
+    matched_resolution,
+    settings,
+)
 from geovision.errors import OutputError, TrainingError, require
 from geovision.labels import (
     ImageLabels,
@@ -150,7 +157,11 @@ class Trainer:
             )
         size = object_size_m(items, {k: v or spec.resolution for k, v in self.pixel_m.items()})
         if spec.start_object_size_m and size and spec.resolution:
-            matched = matched_resolution(spec.resolution, spec.start_object_size_m, size, log)
+            matched = matched_resolution(spec.resolution, spec.start_object_size_m, size)
+            if matched != spec.resolution:
+                log(f"resolution: the labelled objects are {size:.1f} m across (median), the start model's "
+                    f"{spec.start_object_size_m:.1f} m; reading at {matched:g} m, not {spec.resolution:g}, so that "
+                    "they look the size it learned (give `resolution` to choose)")  # fmt: skip
             self.spec = spec = replace(spec, resolution=matched)
         chips = self.cut(items, staging, spec.val_fraction)
         if not chips.train and chips.val:  # the one labelled block went to validation: train on it instead
@@ -234,26 +245,6 @@ def object_size_m(items: Sequence[ImageLabels | ImageShapes], pixel_m: dict[Path
         if len(px):
             sides.append(px * pixel_m[item.image])
     return float(np.median(np.concatenate(sides))) if sides else None
-
-
-#: the most a fine-tuning run coarsens the start model's resolution to match the user's objects
-MAX_COARSENING = 4.0
-
-
-def matched_resolution(resolution: float, learned_m: float, size_m: float, log: Callable[[str], None]) -> float:
-    """The resolution at which the user's objects (``size_m`` across, median) look as large in pixels as
-    those a model read at ``resolution`` learned on (``learned_m``): a model that learned 3 m conifers
-    reads 7 m oaks at twice its metres per pixel, instead of cutting each oak into conifer-sized pieces.
-    Objects up to 1.25x the learned size keep the resolution, and smaller ones are not read finer (that
-    was never measured to help)."""
-    ratio = size_m / learned_m
-    if ratio <= 1.25:
-        return resolution
-    chosen = round(resolution * min(ratio, MAX_COARSENING), 3)
-    log(f"resolution: the labelled objects are {size_m:.1f} m across (median), the start model's {learned_m:.1f} m; "
-        f"reading at {chosen:g} m, not {resolution:g}, so that they look the size it learned (give `resolution` "
-        "to choose)")  # fmt: skip
-    return chosen
 
 
 def _data_summary(spec: TrainSpec) -> str:

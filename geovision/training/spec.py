@@ -87,7 +87,7 @@ class TrainSpec:
     start_confidence: float | None = None
     #: the median object size (metres across) of the labels the start model learned on, when the run
     #: fine-tunes one and no ``resolution`` is given: the run reads the user's imagery so that their
-    #: objects appear at that size (:func:`geovision.training.run.matched_resolution`)
+    #: objects appear at that size (:func:`geovision.config.matched_resolution`)
     start_object_size_m: float | None = None
 
 
@@ -316,9 +316,8 @@ def with_start_model(raw: dict[str, Any]) -> dict[str, Any]:
         )
     else:
         defaults["options"] = dict(FINE_TUNE_YOLO, nbs=int(out.get("batch", 8)))
-    learned_size = model.record.get("training", {}).get("data", {}).get("object_size_m")
-    if out.get("resolution") is None and learned_size:
-        defaults["start_object_size_m"] = float(learned_size)
+    if out.get("resolution") is None and model.object_size_m:
+        defaults["start_object_size_m"] = model.object_size_m
     if out.get("epochs") is None and out.get("time") is None:
         defaults.update(time=FINE_TUNE_MINUTES, epochs=FINE_TUNE_EPOCHS)
     for key, value in defaults.items():
