@@ -24,6 +24,7 @@ from geovision.cli import options as opt
 @click.option("--scheduler", help="Address of a dask.distributed scheduler, e.g. tcp://host:8786.")
 @click.option("--dedupe", is_flag=True, help="Keep objects found in two overlapping scenes once in the merged layer.")
 @opt.conf_option
+@opt.object_size_option
 @opt.runtime_options
 @opt.progress_option
 @opt.common_options

@@ -35,12 +35,7 @@ from geovision.cli import options as opt
     help="Raster without georeference: ground size of its pixels in metres, so it is read at the model's "
     "resolution (implies --pixel-coords).",
 )
-@click.option(
-    "--object-size",
-    type=click.FloatRange(min=0, min_open=True),
-    help="Typical size of the objects in metres across (e.g. crowns of 8): objects larger than the model "
-    "learned on are read at a coarser resolution, so that they are not cut into pieces.",
-)
+@opt.object_size_option
 @click.option("--mask-out", type=click.Path(path_type=str), help="Segmenters: also write the class raster (GeoTIFF).")
 @click.option(
     "--prob-out", type=click.Path(path_type=str), help="Segmenters: also write class probabilities (GeoTIFF)."

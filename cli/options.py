@@ -185,6 +185,12 @@ progress_option = click.option(
     show_default=True,
     help="bar: a progress bar; lines: 'progress DONE/TOTAL' lines on stderr, for programs that run geovision.",
 )
+object_size_option = click.option(
+    "--object-size",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Typical size of the objects in metres across (e.g. crowns of 8): objects larger than the model "
+    "learned on are read at a coarser resolution, so that they are not cut into pieces.",
+)
 debug_option = click.option("--debug", is_flag=True, help="Show tracebacks of unexpected failures.")
 qml_option = click.option(
     "--qml", is_flag=True, help="Also write the layer's QGIS style as a .qml beside it (GeoPackages carry it inside)."

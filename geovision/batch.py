@@ -4,7 +4,8 @@ Every scene goes through :func:`geovision.detect` into its own layer under
 ``out/scenes/``; a manifest (``out/manifest.json``, rewritten atomically after
 each scene) records status, object count, megapixels, seconds and any error.
 A re-run skips scenes whose manifest entry says done and whose output is
-still there with the recorded size, for the same input file and model; a
+still there with the recorded size, for the same input file, model and
+settings (confidence, reading resolution); a
 scene interrupted half-way has no output (detect writes to a temporary file)
 and is redone. At the end all scenes' objects go into ``out/merged.gpkg``
 with a ``source`` field; with ``dedupe`` an object found in two overlapping
@@ -66,6 +67,8 @@ class SceneResult:
     input_mtime: float = 0.0
     output_size: int = 0
     model_sha256: str = ""
+    #: what else decides the objects (:func:`scene_settings`): another value redoes the scene
+    settings: str = ""
     worker: str = ""  # host:pid of the process that ran it
     threads: int = 0  # CPU threads the model was given there (its share of the cores)
 
@@ -143,6 +146,7 @@ def process_scene(
         input_size=stat.st_size if stat else 0,
         input_mtime=stat.st_mtime if stat else 0.0,
         model_sha256=cfg.sha256 or "",
+        settings=scene_settings(cfg),
         worker=f"{socket.gethostname()}:{os.getpid()}",
         threads=threads or usable_cores(),
     )
@@ -192,7 +196,13 @@ def is_complete(entry: SceneResult | None, raster: Path, cfg: ModelConfig) -> bo
         and stat.st_size == entry.input_size
         and abs(stat.st_mtime - entry.input_mtime) < 1e-3
         and entry.model_sha256 == (cfg.sha256 or "")
+        and entry.settings == scene_settings(cfg)
     )
+
+
+def scene_settings(cfg: ModelConfig) -> str:
+    """The settings besides the weights that decide a scene's objects, as the manifest records them."""
+    return f"confidence {cfg.confidence:g}, resolution {cfg.resolution_m if cfg.resolution_m else 'native'}"
 
 
 def run_batch(
@@ -207,14 +217,17 @@ def run_batch(
     confidence: float | None = None,
     runtime: str | None = "auto",
     quantize: str | None = None,
+    object_size: float | None = None,
     progress: BatchProgress | None = None,
 ) -> BatchResult:
     """Run every input scene through ``model`` into ``out_dir``; see the module docstring.
 
-    ``runtime`` and ``quantize`` are those of :func:`geovision.detect`.
+    ``runtime``, ``quantize`` and ``object_size`` are those of :func:`geovision.detect`.
     """
     rasters = find_inputs(inputs) if isinstance(inputs, (str, os.PathLike)) else [Path(p) for p in inputs]
     cfg = model if isinstance(model, ModelConfig) else resolve_model(model)
+    if object_size is not None:
+        cfg = cfg.for_objects_of(object_size)
     cfg = cfg.with_overrides(confidence=confidence)
     out = Path(out_dir)
     try:

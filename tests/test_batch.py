@@ -103,6 +103,28 @@ def test_interrupted_batch_resumes_without_redoing(tmp_path):
     assert r.exit_code == 0 and f"({len(scenes)} already done before)" in r.stderr
 
 
+def test_a_rerun_with_other_settings_redoes_the_scenes(tmp_path):
+    """The manifest records the confidence and reading resolution: the same command skips every scene,
+    another --conf or --object-size redoes them (a layer of the old settings is no answer to the new)."""
+    survey(tmp_path / "survey", n=2, size=200)
+    base = ["batch", str(tmp_path / "survey"), "-m", "trees", "-o", str(tmp_path / "out")]
+
+    def runs(*extra: str) -> list[dict]:
+        r = CliRunner().invoke(main, [*base, *extra])
+        assert r.exit_code == 0, r.stderr
+        return json.loads((tmp_path / "out" / "manifest.json").read_text())["scenes"]
+
+    first = runs("--conf", "0.05")
+    assert {s["settings"] for s in first} == {"confidence 0.05, resolution 0.1"}
+    r = CliRunner().invoke(main, [*base, "--conf", "0.05"])
+    assert "(2 already done before)" in r.stderr
+    higher = runs("--conf", "0.3")
+    assert all(s["objects"] < f["objects"] for s, f in zip(higher, first))
+    coarse = runs("--conf", "0.3", "--object-size", "8")
+    assert {s["settings"] for s in coarse} == {"confidence 0.3, resolution 0.2"}
+    assert sum(s["objects"] for s in coarse) == len(gpd.read_file(tmp_path / "out" / "merged.gpkg", layer="merged"))
+
+
 def test_worker_processes_and_dask_local_cluster_give_the_same_results(tmp_path):
     from dask.distributed import LocalCluster
 

@@ -232,7 +232,7 @@ def training_resolution(pixel_m: dict[Path, float | None], log: Callable[[str], 
     return chosen
 
 
-def object_size_m(items: Sequence[ImageLabels | ImageShapes], pixel_m: dict[Path, float]) -> float | None:
+def object_size_m(items: Sequence[ImageLabels | ImageShapes], pixel_m: dict[Path, float | None]) -> float | None:
     """The median size of the labelled objects in metres across (the side of a square of their area;
     ``pixel_m``: each image's metres per pixel), recorded in the package so that fine-tuning on other
     imagery can match it; None without labels."""
@@ -242,8 +242,9 @@ def object_size_m(items: Sequence[ImageLabels | ImageShapes], pixel_m: dict[Path
             px = np.sqrt(shapely.area(np.asarray(item.geoms, dtype=object)))
         else:
             px = np.sqrt((item.boxes[:, 2] - item.boxes[:, 0]) * (item.boxes[:, 3] - item.boxes[:, 1]))
-        if len(px):
-            sides.append(px * pixel_m[item.image])
+        size = pixel_m[item.image]
+        if len(px) and size:
+            sides.append(px * size)
     return float(np.median(np.concatenate(sides))) if sides else None
 
 
