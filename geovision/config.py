@@ -156,6 +156,11 @@ class ModelConfig:
                 "reading at %g m, not %g: objects of %.1f m look the size of those '%s' learned on (%.1f m)",
                 resolution, self.resolution_m, size_m, self.name, self.object_size_m,
             )  # fmt: skip
+        else:
+            log.info(
+                "reading at %g m, as '%s' does: objects of %.1f m are not much larger than those it learned on "
+                "(%.1f m), and it never reads finer", resolution, self.name, size_m, self.object_size_m,
+            )  # fmt: skip
         return replace(self, resolution_m=resolution)
 
 

@@ -252,6 +252,8 @@ def test_object_size_reads_larger_objects_coarser(tmp_path, model_yaml):
     assert "reading at 0.2 m, not 0.1: objects of 8.0 m look the size of those 'trees' learned on (4.0 m)" in r.stderr
     import geovision
 
+    r = run("detect", SAMPLE_TREES, "-m", "trees", "--object-size", "3", "-o", tmp_path / "small.gpkg")
+    assert "reading at 0.1 m, as 'trees' does: objects of 3.0 m are not much larger" in r.stderr  # never finer
     fine = geovision.detect(SAMPLE_TREES, "trees", object_size=4.5)
     assert fine.model.resolution_m == 0.1 and geovision.resolve_model("trees").object_size_m == 4.0
     coarse = gpd.read_file(tmp_path / "coarse.gpkg", layer="coarse")
