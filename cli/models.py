@@ -33,11 +33,12 @@ def models_cmd(as_json: bool, quiet: bool, debug: bool) -> None:
             str(m.tile_size),
             str(m.overlap),
             f"{m.resolution_m:g}" if m.resolution_m else "native",
+            f"{m.object_size_m:g} m" if m.object_size_m else "",
             m.description,
         )
         for m in found
     ]
-    header = ("NAME", "TASK", "BACKEND", "CLASSES", "TILE", "OVERLAP", "M/PX", "DESCRIPTION")
+    header = ("NAME", "TASK", "BACKEND", "CLASSES", "TILE", "OVERLAP", "M/PX", "OBJECTS", "DESCRIPTION")
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     for r in [header, *rows]:
         click.echo("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip())

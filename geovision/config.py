@@ -123,6 +123,7 @@ class ModelConfig:
             "tile_size": self.tile_size,
             "overlap": self.overlap,
             "resolution": self.resolution_m,
+            "object_size_m": self.object_size_m,
             "classes": list(self.classes),
             "bands": list(self.bands) if self.bands else None,
             "in_channels": self.in_channels,

@@ -217,8 +217,12 @@ def test_models_json_describes_each_model():
     assert len(trees["sha256"]) == 64
     assert trees["tile_size"] > 0 and 0 <= trees["overlap"] < trees["tile_size"]
     assert trees["resolution"] > 0 and trees["classes"] == ["tree"]
+    assert trees["object_size_m"] == 4.0 and models["buildings"]["object_size_m"] == 8.25  # for --object-size
     table = run("models")
     assert table.exit_code == 0 and "trees" in table.stdout
+    header, *rows = table.stdout.splitlines()
+    column = header.index("OBJECTS")
+    assert next(r for r in rows if r.startswith("trees ")).startswith("4 m", column)
 
 
 def test_real_yolo_on_sample_tile_end_to_end(tmp_path):
