@@ -116,6 +116,20 @@ def test_the_plugin_zip_is_what_install_from_zip_takes(tmp_path):
     assert r.exit_code == 2 and "--overwrite" in r.stderr
 
 
+def test_the_plugin_passes_the_object_size_to_detect_and_batch(tmp_path):
+    """The dialogs' optional object size becomes --object-size (left out when empty), and the command runs."""
+    exe = runner.find_executable()
+    out = tmp_path / "t.gpkg"
+    cmd = runner.detect_command(exe, str(SAMPLE_TREES), "trees", str(out), object_size=8.0)
+    assert cmd[cmd.index("--object-size") + 1] == "8"
+    assert "--object-size" not in runner.detect_command(exe, str(SAMPLE_TREES), "trees", str(out))
+    assert "--object-size 8" in runner.command_line(runner.batch_command(exe, "f", "trees", "o", 0.2, None, 8.0))
+    lines: list[str] = []
+    result = runner.run(cmd, on_line=lines.append)
+    assert result.returncode == 0 and out.exists()
+    assert any("reading at 0.2 m, not 0.1" in line for line in lines), lines
+
+
 def test_the_plugin_runner_follows_and_cancels_the_real_command(tmp_path):
     exe = runner.find_executable()
     out = tmp_path / "t.gpkg"

@@ -120,11 +120,21 @@ class _GeovisionAlgorithm(QgsProcessingAlgorithm):
             )
         )
         self.addParameter(
+            QgsProcessingParameterNumber(
+                "OBJECT_SIZE",
+                "Typical object size in metres, e.g. crown width (empty: read at the model's resolution; larger "
+                "objects than the model learned on are read coarser)",
+                type=QgsProcessingParameterNumber.Double,
+                minValue=0.0,
+                optional=True,
+            )
+        )
+        self.addParameter(
             QgsProcessingParameterEnum("DEVICE", "Device", options=DEVICES, defaultValue="auto", usesStaticStrings=True)
         )
 
     def _settings(self, parameters, context):
-        """(command, model, confidence, device) from the dialog's values."""
+        """(command, model, confidence, device, object size) from the dialog's values."""
         executable = self._executable()
         model = self.parameterAsEnumString(parameters, "MODEL", context)
         if model == MODEL_FILE_CHOICE or not model:
@@ -134,8 +144,11 @@ class _GeovisionAlgorithm(QgsProcessingAlgorithm):
         confidence = None
         if parameters.get("CONFIDENCE") is not None:
             confidence = self.parameterAsDouble(parameters, "CONFIDENCE", context)
+        object_size = None
+        if parameters.get("OBJECT_SIZE") is not None:
+            object_size = self.parameterAsDouble(parameters, "OBJECT_SIZE", context) or None
         device = self.parameterAsEnumString(parameters, "DEVICE", context) or "auto"
-        return executable, model, confidence, device
+        return executable, model, confidence, device, object_size
 
     @staticmethod
     def _executable():
@@ -207,8 +220,8 @@ class DetectAlgorithm(_GeovisionAlgorithm):
                 f"{layer.name()}: geovision reads raster files (GDAL), not {layer.providerType()}"
             )
         output = self.parameterAsOutputLayer(parameters, "OUTPUT", context)
-        executable, model, confidence, device = self._settings(parameters, context)
-        cmd = runner.detect_command(executable, layer.source(), model, output, confidence, device)
+        executable, model, confidence, device, object_size = self._settings(parameters, context)
+        cmd = runner.detect_command(executable, layer.source(), model, output, confidence, device, object_size)
         self._run(cmd, feedback)
         self._style_when_loaded(output, context)  # loaded only if the user asked for it
         return {"OUTPUT": output}
@@ -242,8 +255,8 @@ class BatchAlgorithm(_GeovisionAlgorithm):
         if not folder or not os.path.isdir(folder):
             raise QgsProcessingException(f"{folder or 'input'}: not a folder")
         output = self.parameterAsString(parameters, "OUTPUT", context)
-        executable, model, confidence, device = self._settings(parameters, context)
-        cmd = runner.batch_command(executable, folder, model, output, confidence, device)
+        executable, model, confidence, device, object_size = self._settings(parameters, context)
+        cmd = runner.batch_command(executable, folder, model, output, confidence, device, object_size)
         self._run(cmd, feedback)
         merged = os.path.join(output, MERGED)
         if not os.path.isfile(merged):

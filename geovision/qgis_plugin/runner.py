@@ -91,9 +91,11 @@ def detect_command(
     output: str,
     confidence: float | None = None,
     device: str | None = None,
+    object_size: float | None = None,
 ) -> list[str]:
     """The ``geovision detect`` command line for these settings (outputs replaced, as Processing does)."""
-    cmd = [executable, "detect", raster, "--model", model, "-o", output, *_model_options(confidence, device)]
+    options = _model_options(confidence, device, object_size)
+    cmd = [executable, "detect", raster, "--model", model, "-o", output, *options]
     if not output.lower().endswith(".gpkg"):  # GeoPackages carry their style inside
         cmd.append("--qml")
     return [*cmd, "--overwrite"]
@@ -106,9 +108,11 @@ def batch_command(
     output_folder: str,
     confidence: float | None = None,
     device: str | None = None,
+    object_size: float | None = None,
 ) -> list[str]:
     """The ``geovision batch`` command line (re-running it resumes where a run stopped)."""
-    return [executable, "batch", folder, "--model", model, "-o", output_folder, *_model_options(confidence, device)]
+    options = _model_options(confidence, device, object_size)
+    return [executable, "batch", folder, "--model", model, "-o", output_folder, *options]
 
 
 def compare_command(executable: str, before: str, after: str, output: str, align: bool = True) -> list[str]:
@@ -121,9 +125,11 @@ def compare_command(executable: str, before: str, after: str, output: str, align
     return [*cmd, "--overwrite"]
 
 
-def _model_options(confidence: float | None, device: str | None) -> list[str]:
-    """--conf and --device when they differ from the command's defaults (the model's threshold, auto)."""
+def _model_options(confidence: float | None, device: str | None, object_size: float | None = None) -> list[str]:
+    """--conf, --device and --object-size when they differ from the command's defaults (the model's
+    threshold, auto, the model's resolution)."""
     options = ["--conf", f"{confidence:g}"] if confidence is not None else []
+    options += ["--object-size", f"{object_size:g}"] if object_size else []
     return options + (["--device", device] if device and device != "auto" else [])
 
 
