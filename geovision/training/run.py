@@ -67,9 +67,11 @@ def train(spec: TrainSpec, log: Callable[[str], None] = lambda s: None) -> Model
     if len(spec.labels) not in (1, len(spec.images)):
         raise TrainingError(f"give one labels file, or one per image ({len(spec.images)}), not {len(spec.labels)}")
     trainer.check()
-    trainer.pixel_m = pixel_sizes_m(spec.images, spec.image_resolution)
-    if spec.resolution is None:
-        trainer.spec = replace(spec, resolution=training_resolution(trainer.pixel_m, log))
+    pixel_m = pixel_sizes_m(spec.images, spec.image_resolution)
+    resolution = spec.resolution or training_resolution(pixel_m, log)
+    trainer.spec = replace(spec, resolution=resolution)
+    # an image with neither georeference nor ``image_resolution`` is read at the model's resolution
+    trainer.pixel_m = {image: size or resolution for image, size in pixel_m.items()}
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         package = staging / "package"
@@ -102,8 +104,8 @@ class Trainer:
 
     def __init__(self, spec: TrainSpec, log: Callable[[str], None]) -> None:
         self.spec, self.log = spec, log
-        #: metres on the ground per pixel of each image (None: no georeference, no ``image_resolution``)
-        self.pixel_m: dict[Path, float | None] = {}
+        #: metres on the ground per pixel of each image (set by :func:`train`)
+        self.pixel_m: dict[Path, float] = {}
 
     def check(self) -> None:
         """Refuse a start that must not be loaded, before any work (nothing to check by default)."""
@@ -155,7 +157,7 @@ class Trainer:
             raise TrainingError(
                 f"no usable labels ({report.summary()}); check the labels' CRS, classes and `class_field`"
             )
-        size = object_size_m(items, {k: v or spec.resolution for k, v in self.pixel_m.items()})
+        size = object_size_m(items, self.pixel_m)
         if spec.start_object_size_m and size and spec.resolution:
             matched = matched_resolution(spec.resolution, spec.start_object_size_m, size)
             if matched != spec.resolution:
@@ -232,7 +234,7 @@ def training_resolution(pixel_m: dict[Path, float | None], log: Callable[[str], 
     return chosen
 
 
-def object_size_m(items: Sequence[ImageLabels | ImageShapes], pixel_m: dict[Path, float | None]) -> float | None:
+def object_size_m(items: Sequence[ImageLabels | ImageShapes], pixel_m: dict[Path, float]) -> float | None:
     """The median size of the labelled objects in metres across (the side of a square of their area;
     ``pixel_m``: each image's metres per pixel), recorded in the package so that fine-tuning on other
     imagery can match it; None without labels."""
@@ -242,9 +244,8 @@ def object_size_m(items: Sequence[ImageLabels | ImageShapes], pixel_m: dict[Path
             px = np.sqrt(shapely.area(np.asarray(item.geoms, dtype=object)))
         else:
             px = np.sqrt((item.boxes[:, 2] - item.boxes[:, 0]) * (item.boxes[:, 3] - item.boxes[:, 1]))
-        size = pixel_m[item.image]
-        if len(px) and size:
-            sides.append(px * size)
+        if len(px):
+            sides.append(px * pixel_m[item.image])
     return float(np.median(np.concatenate(sides))) if sides else None
 
 
